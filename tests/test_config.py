@@ -1,0 +1,49 @@
+import pytest
+
+from prismatic.config import PrismConfig, load_config, resolve_home
+from prismatic.errors import InputError
+
+
+def test_defaults_without_a_file(tmp_path):
+    config = load_config(tmp_path)
+    assert config == PrismConfig(home=tmp_path)
+    assert config.features.dim == 1024 and config.features.proxy == "smollm2-135m-instruct"
+    assert config.models_dir == tmp_path / "models"
+
+
+def test_values_are_read(tmp_path):
+    (tmp_path / "prism.yaml").write_text("features:\n  dim: 512\n  seed: 7\ndata:\n  prompt_field: question\n")
+    config = load_config(tmp_path)
+    assert (config.features.dim, config.features.seed, config.data.prompt_field) == (512, 7, "question")
+
+
+@pytest.mark.parametrize("text, line, field, message", [
+    ("features:\n  dim: -3\n", 2, "features.dim", "greater than 0"),
+    ("features:\n  dim: 1024\n  colour: blue\n", 3, "features.colour", "Extra inputs"),
+    ("stores: x\n", 1, "stores", "Extra inputs"),
+    ("features:\n  model_dtype: float16\n", 2, "features.model_dtype", "'float32' or 'bfloat16'"),
+])
+def test_errors_name_file_line_and_field(tmp_path, text, line, field, message):
+    path = tmp_path / "prism.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_config(tmp_path)
+    assert (info.value.line, info.value.field) == (line, field)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path):
+    (tmp_path / "prism.yaml").write_text("features:\n  dim: [1, 2\n")
+    with pytest.raises(InputError, match="invalid YAML"):
+        load_config(tmp_path)
+    (tmp_path / "prism.yaml").write_text("- a\n- b\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_config(tmp_path)
+
+
+def test_home_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("PRISM_HOME", raising=False)
+    assert str(resolve_home()) == ".prism"
+    monkeypatch.setenv("PRISM_HOME", str(tmp_path))
+    assert resolve_home() == tmp_path
+    assert resolve_home("elsewhere") == type(tmp_path)("elsewhere")
