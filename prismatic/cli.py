@@ -27,7 +27,8 @@ Home = Annotated[Path | None, typer.Option("--home", help="Prism home (default $
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Proxy = Annotated[str | None, typer.Option("--proxy", help="Proxy model: folder under <home>/models, a path "
                                                            "or a Hugging Face id (default from prism.yaml).")]
-Mode = Annotated[str | None, typer.Option("--mode", help="faithful (one backward per sample).")]
+Mode = Annotated[str | None, typer.Option("--mode", help="fast (batched, default) | faithful (one backward "
+                                                         "per sample, the paper code's method).")]
 Dim = Annotated[int | None, typer.Option("--dim", help="Projection dimension (default 1024).")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Projection seed (default 0).")]
 MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Truncate chats to this many tokens.")]
@@ -89,25 +90,12 @@ def _fields(config, id_field, prompt_field, response_field):
 
 
 def _compute_features(data_path: Path, config, fields):
-    """Load DATA (validated before any model work), then the proxy, then faithful features."""
-    import torch
-
+    """Load DATA (validated before any model work), then the proxy, then the features."""
     from prismatic.data import load_samples
-    from prismatic.gradients import faithful_features
-    from prismatic.models import load_causal_lm, resolve_model
+    from prismatic.featurize import compute_features
 
     samples = load_samples(data_path, fields)
-    feat = config.features
-    proxy = resolve_model(feat.proxy, config.models_dir)
-    device = torch.device("cuda" if feat.device == "cuda" or (feat.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    print(f"loading proxy {proxy} on {device}", file=sys.stderr)
-    model, tokenizer = load_causal_lm(proxy, getattr(torch, feat.model_dtype), device)
-    result = faithful_features(model, tokenizer, samples, dim=feat.dim, seed=feat.seed,
-                               max_tokens=feat.max_tokens,
-                               projection_dtype=getattr(torch, feat.projection_dtype),
-                               buffer_bytes=feat.gradient_buffer_gb * 1e9)
-    return result, proxy
+    return compute_features(samples, config.features, config.models_dir)
 
 
 @app.command()

@@ -35,24 +35,32 @@ class FeaturesConfig(_Section):
     """Gradient features of the proxy model (DESIGN §7).
 
     proxy: a folder under `$PRISM_HOME/models`, a path, or a Hugging Face id.
+    mode: `fast` (batched, factored per-layer projection; see fast_gradients) or `faithful` (the
+      paper code's method: one backward per sample, dense projection of the full gradient).
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
     seed: seed of the Rademacher projection; features of different seeds are never mixed.
     max_tokens: truncate each chat to this many tokens (None: never truncate; recorded when used).
     model_dtype: dtype of the proxy's weights and gradients.
     projection_dtype: dtype the dense projection multiplies in (accumulation is always float32).
-    gradient_buffer_gb: RAM for per-sample flattened gradients awaiting projection; each random
-      sign block is generated once per buffer, so larger buffers amortize generation better.
+    gradient_buffer_gb: (faithful) RAM for per-sample flattened gradients awaiting projection; each
+      random sign block is generated once per buffer, so larger buffers amortize generation better.
+    block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
+      k_out × k_in block; a side no larger than its block size is kept exactly.
+    batch_tokens: (fast) padded tokens per forward+backward batch; bounds memory.
     device: "auto" picks CUDA when available.
     """
 
     proxy: str = "smollm2-135m-instruct"
-    mode: Literal["faithful"] = "faithful"
+    mode: Literal["fast", "faithful"] = "fast"
     dim: int = Field(1024, gt=0)
     seed: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, gt=0)
     model_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     projection_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    gradient_buffer_gb: float = Field(4.0, gt=0)
+    gradient_buffer_gb: float = Field(8.0, gt=0)
+    block_in: int = Field(32, gt=0)
+    block_out: int = Field(32, gt=0)
+    batch_tokens: int = Field(4096, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -125,7 +125,7 @@ class FeatureSet:
 
 def faithful_features(model, tokenizer, samples: pl.DataFrame, *, dim: int = 1024, seed: int = 0,
                       max_tokens: int | None = None, projection_dtype: torch.dtype = torch.bfloat16,
-                      buffer_bytes: float = 4e9, progress: bool = True) -> FeatureSet:
+                      buffer_bytes: float = 8e9, progress: bool = True) -> FeatureSet:
     """Faithful G-Vendi features of `samples` (columns id, prompt, response).
 
     Flattened gradients are buffered (as many as fit in `buffer_bytes`, in `projection_dtype`) and

@@ -9,8 +9,8 @@ size, device or batch gives the same projection. The full d × D matrix is never
 `block_coords` × d signs at a time (bf16: 2 bytes a sign).
 
 Signs are made from random bytes by writing each bit into a float's sign bit (no per-entry random
-draw, no multiply), chunks in parallel threads: about 2 G signs/s per core pair here, against
-0.2 G/s for `torch.randint`.
+draw, no multiply) in a reused buffer, chunks in parallel threads: about 3.5 G signs/s on this
+2-core machine, against 0.2 G/s for `torch.randint`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,19 +34,22 @@ _SIGN_BITS = {  # (integer view, shift of the sign bit, bit pattern of +1.0)
 _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
 
 
-def _chunk_signs(seed: int, chunk: int, n_coords: int, out_dim: int, dtype: torch.dtype) -> np.ndarray:
-    """The (n_coords × out_dim) signs of one chunk: bit k of the chunk's PCG64 byte stream is entry k
-    (row-major, least significant bit first); bit 1 means −1. Built by setting the float sign bit."""
+def _fill_chunk_signs(seed: int, chunk: int, dtype: torch.dtype, out: np.ndarray) -> None:
+    """Write one chunk's signs into `out` (n_coords × out_dim, `dtype`'s integer view).
+
+    Bit k of the chunk's PCG64 byte stream is entry k (row-major, least significant bit first);
+    bit 1 means −1. Each entry is +1.0's bit pattern with the sign bit set from its random bit.
+    """
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk])))
-    bits = np.unpackbits(np.frombuffer(rng.bytes(n_coords * out_dim // 8), dtype=np.uint8), bitorder="little")
+    bits = np.unpackbits(np.frombuffer(rng.bytes(out.size // 8), dtype=np.uint8), bitorder="little")
     view, shift, one = _SIGN_BITS[dtype]
-    words = bits.astype(view)
-    words <<= shift
-    words |= np.array(one, dtype=np.uint64).astype(view)
-    return words.reshape(n_coords, out_dim)
+    flat = out.reshape(-1)
+    np.copyto(flat, bits, casting="unsafe")
+    flat <<= shift
+    flat |= np.array(one, dtype=np.uint64).astype(view)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RademacherProjection:
     """The projection of `in_dim` coordinates to `out_dim`, fixed by `seed`.
 
@@ -57,6 +60,7 @@ class RademacherProjection:
     out_dim: int = 1024
     seed: int = 0
     block_coords: int = 8 * CHUNK
+    _buffers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.out_dim % 8:
@@ -69,24 +73,36 @@ class RademacherProjection:
         return {"kind": KIND, "seed": self.seed, "in_dim": self.in_dim, "out_dim": self.out_dim,
                 "chunk": CHUNK}
 
-    def signs(self, start: int, stop: int, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-        """Rows [start, stop) of Pᵀ: a (stop − start) × d matrix of ±1; start is chunk-aligned."""
+    def signs(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows [start, stop) of Pᵀ: a (stop − start) × d matrix of ±1 (a fresh tensor)."""
+        return self._block(start, stop, dtype).clone()
+
+    def _block(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Like `signs`, but a view of a reused buffer: valid until the next call."""
         if start % CHUNK:
             raise ValueError(f"start {start} is not a multiple of {CHUNK}")
-        stop = min(stop, self.in_dim)
         if dtype not in _SIGN_BITS:
-            return self.signs(start, stop, torch.float32, device).to(dtype)
-        chunks = range(start // CHUNK, math.ceil(stop / CHUNK))
-        parts = _POOL.map(lambda c: _chunk_signs(self.seed, c, min(CHUNK, self.in_dim - c * CHUNK),
-                                                 self.out_dim, dtype), chunks)
-        signs = torch.from_numpy(np.concatenate(list(parts))).view(dtype)
-        return signs.to(device, non_blocking=True)
+            return self._block(start, stop, torch.float32).to(dtype)
+        stop = min(stop, self.in_dim)
+        view = _SIGN_BITS[dtype][0]
+        rows = max(stop - start, CHUNK)
+        if dtype not in self._buffers or self._buffers[dtype].shape[0] < rows:
+            self._buffers[dtype] = np.empty((max(rows, self.block_coords), self.out_dim), dtype=view)
+        buffer = self._buffers[dtype]
+        jobs = []
+        for chunk in range(start // CHUNK, math.ceil(stop / CHUNK)):
+            lo = chunk * CHUNK - start
+            hi = min(lo + CHUNK, stop - start)
+            jobs.append(_POOL.submit(_fill_chunk_signs, self.seed, chunk, dtype, buffer[lo:hi]))
+        for job in jobs:
+            job.result()
+        return torch.from_numpy(buffer[:stop - start]).view(dtype)
 
     def project(self, vectors: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """y = vectors @ Pᵀ / √d for a batch (n × D); returns float32 n × d.
 
-        `dtype` is the multiply dtype (default: the input's); products accumulate in float32.
+        `dtype` is the multiply dtype (default: the input's); each block's product is added to a
+        float32 accumulator.
         """
         if vectors.shape[-1] != self.in_dim:
             raise ValueError(f"expected vectors of length {self.in_dim}, got {vectors.shape[-1]}")
@@ -94,6 +110,6 @@ class RademacherProjection:
         out = torch.zeros(vectors.shape[0], self.out_dim, dtype=torch.float32, device=vectors.device)
         for start in range(0, self.in_dim, self.block_coords):
             stop = min(start + self.block_coords, self.in_dim)
-            block = self.signs(start, stop, dtype=dtype, device=vectors.device)
+            block = self._block(start, stop, dtype).to(vectors.device, non_blocking=True)
             out += (vectors[:, start:stop].to(dtype) @ block).float()
         return out / math.sqrt(self.out_dim)

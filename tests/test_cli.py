@@ -20,14 +20,15 @@ def run_prism(*args, home, timeout=900):
     return subprocess.run([PRISM, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_gvendi_on_bundled_seeds_with_tiny_model(tmp_path, tiny_model_dir):
-    result = run_prism("gvendi", bundled_seeds_path(), "--proxy", tiny_model_dir, "--dim", 256, "--json",
-                       home=tmp_path)
+@pytest.mark.parametrize("mode", ["fast", "faithful"])
+def test_gvendi_on_bundled_seeds_with_tiny_model(tmp_path, tiny_model_dir, mode):
+    result = run_prism("gvendi", bundled_seeds_path(), "--proxy", tiny_model_dir, "--dim", 256, "--mode", mode,
+                       "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert set(payload) == {"gvendi", "n", "dim", "mode", "proxy", "seconds"}
     assert payload["n"] == sum(1 for _ in bundled_seeds_path().open()) and payload["dim"] == 256
-    assert payload["mode"] == "faithful" and payload["proxy"] == str(tiny_model_dir)
+    assert payload["mode"] == mode and payload["proxy"] == str(tiny_model_dir)
     assert 1.0 < payload["gvendi"] <= 256
 
 
@@ -41,6 +42,7 @@ def test_features_then_vendi_gives_the_same_score_as_gvendi(tmp_path, tiny_model
     assert json.loads(made.stdout)["n"] == 12
     scored = run_prism("vendi", out, "--json", home=tmp_path)
     direct = run_prism("gvendi", data, "--proxy", tiny_model_dir, "--dim", 128, "--json", home=tmp_path)
+    assert json.loads(scored.stdout)["mode"] == "fast"
     assert json.loads(scored.stdout)["gvendi"] == pytest.approx(json.loads(direct.stdout)["gvendi"], rel=1e-5)
 
     import polars as pl
@@ -58,6 +60,12 @@ def test_features_then_vendi_gives_the_same_score_as_gvendi(tmp_path, tiny_model
     mixed = run_prism("vendi", out, other, home=tmp_path)
     assert mixed.returncode == 2
     assert "different projection" in mixed.stderr and "Traceback" not in mixed.stderr
+    # So are features of the other mode.
+    faithful = tmp_path / "h.parquet"
+    assert run_prism("features", data, "--out", faithful, "--proxy", tiny_model_dir, "--dim", 128,
+                     "--mode", "faithful", home=tmp_path).returncode == 0
+    across = run_prism("vendi", out, faithful, home=tmp_path)
+    assert across.returncode == 2 and "field 'mode'" in across.stderr
 
 
 BAD_INPUTS = {

@@ -1,0 +1,1 @@
+"""Reproducible speed and fidelity runs: `python -m benchmarks.NAME [--quick] --json`."""

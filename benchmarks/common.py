@@ -1,0 +1,55 @@
+"""Shared benchmark helpers: the machine's matmul peak, medians of repeats, JSON + markdown output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured GFLOP/s of a square matmul (2·size³ FLOPs) in fp32 and bf16 on this machine's CPU."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        seconds = median_seconds(lambda a=a, b=b: a @ b, repeats=repeats)
+        peaks[f"{name}_gflops"] = round(2 * size**3 / seconds / 1e9, 1)
+    return peaks
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, **matmul_peak()}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def emit(result: dict, markdown: str, as_json: bool) -> None:
+    """Print the JSON object (stdout) and write the markdown report under benchmarks/results/."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result['benchmark']}.md").write_text(markdown)
+    (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))

@@ -1,0 +1,138 @@
+"""The DuckDB catalog: one VIEW per store table over its Parquet files, queried read-only.
+
+`$PRISM_HOME/catalog.duckdb` holds, for every table with at least one round in the store,
+
+    CREATE OR REPLACE VIEW <table> AS SELECT * FROM read_parquet('<root>/<table>/round=*/*.parquet',
+        hive_partitioning = true, union_by_name = true, hive_types = {'round': VARCHAR})
+
+so `select round, count(*) from verified_samples group by 1` works, `round` being the VARCHAR of
+the partition directory ('r001'). The views hold globs, not data: a round written after `refresh()`
+shows up in the next query without another refresh; `refresh()` is needed only when a table gets its
+first round (or loses its last). DuckDB reads the fixed-size `feature` arrays as `FLOAT[]` lists.
+
+Concurrency. DuckDB locks the database file: one read-write process at a time, or any number of
+read-only ones, never both. So:
+- `refresh()` (the writer: an asset after it writes, `prism run`) opens the file read-write only for
+  the few DDL statements in one transaction, then closes it;
+- `query()` (the reader: `prism query`) opens it `read_only=True`, runs the statement, closes it;
+- both wait up to `lock_timeout` seconds for the other side's lock before giving up with a
+  `PrismError`. Parquet files are replaced atomically by the store, so a query that runs while a
+  round is being written sees the old partition or the new one.
+Readers cannot write: the connection is read-only and `query` accepts only SELECT/EXPLAIN
+statements (a read-only DuckDB connection would still let `COPY ... TO` write files).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from prismatic.errors import PrismError
+from prismatic.store import PARTITION_COLUMN, TABLES, Store
+
+CATALOG_FILE = "catalog.duckdb"
+READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+def one_line(exc: BaseException) -> str:
+    """DuckDB's message without the caret picture under it, on one line."""
+    head = str(exc).strip().split("\n\n", 1)[0]
+    return " ".join(part.strip() for part in head.splitlines() if part.strip())
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Catalog:
+    """Views over a `Store`, in a DuckDB file that readers open read-only."""
+
+    def __init__(self, db_path: str | Path, store_root: str | Path, *, lock_timeout: float = 10.0):
+        self.db_path = Path(db_path).expanduser().absolute()
+        self.store = Store(store_root)
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.db_path)!r}, {str(self.store.root)!r})"
+
+    def view_sql(self, table: str) -> str:
+        """The statement that (re)creates the view of `table`."""
+        return (f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM read_parquet('
+                f"{_sql_string(self.store.glob(table))}, hive_partitioning = true, union_by_name = true, "
+                f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}})")
+
+    def refresh(self) -> list[str]:
+        """(Re)create the view of every table with data, drop the others; returns the viewed tables.
+
+        One short read-write transaction: readers wait at most that long.
+        """
+        present = self.store.tables()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        current = ""
+        with self._connect(read_only=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in TABLES:
+                    current = table
+                    if table in present:
+                        con.execute(self.view_sql(table))
+                    else:
+                        con.execute(f'DROP VIEW IF EXISTS "{table}"')
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                con.execute("ROLLBACK")
+                raise PrismError(f"catalog {self.db_path}: view '{current}': {one_line(exc)}") from None
+        return present
+
+    def views(self) -> list[str]:
+        """Names of the views in the catalog (empty when it does not exist yet)."""
+        if not self.db_path.exists():
+            return []
+        _, rows = self.query("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+        return [row[0] for row in rows]
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run read-only SQL; returns (column names, rows) of the last statement."""
+        if not self.db_path.exists():
+            raise PrismError(f"no catalog at {self.db_path}: run a round first (prism demo, or prism run "
+                             f"--round r000), then query")
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise PrismError(one_line(exc)) from None
+        if not statements:
+            raise PrismError("empty query")
+        for statement in statements:
+            if statement.type not in READ_STATEMENTS:
+                raise PrismError(f"queries are read-only: only SELECT statements run here, got "
+                                 f"{statement.type.name}")
+        with self._connect(read_only=True) as con:
+            try:
+                cursor = con.execute(sql)
+                if cursor.description is None:
+                    return [], []
+                columns = [column[0] for column in cursor.description]
+                return columns, cursor.fetchall()
+            except duckdb.Error as exc:
+                raise PrismError(one_line(exc)) from None
+
+    def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the catalog, waiting up to `lock_timeout` s while another process holds the lock."""
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+                if time.monotonic() >= deadline:
+                    raise PrismError(f"catalog {self.db_path} is locked by another process "
+                                     f"(waited {self.lock_timeout:g} s); try again") from None
+            except duckdb.Error as exc:
+                raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)

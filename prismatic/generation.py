@@ -1,0 +1,332 @@
+"""Prompts and parsing for Prismatic Synthesis generation (DESIGN §8), and deterministic requests.
+
+Two kinds of generation happen in a round:
+
+- Problems: a few-shot prompt shows 5 problems from the pool, drawn without replacement with
+  probability ∝ `level` (`sample_few_shot`), and asks for `n_new` (paper: 2) new problems that are
+  similar to or harder than them, each under a `### Problem i` line and closed by `### End`
+  (`problem_prompt`, `parse_problems`). Paper sampling: T=1.0, top_p=0.95 (`PROBLEM_SAMPLING`).
+- Solutions: several per problem, reasoning step by step and ending with the final answer in
+  `\\boxed{}` (`solution_prompt`). Paper sampling: T=0.75, top_p=0.95 (`SOLUTION_SAMPLING`).
+
+An NLI "problem" is a premise/hypothesis pair. The model writes only the `Premise:` and
+`Hypothesis:` lines; `parse_problems(..., task="nli")` re-renders each pair in the seeds' exact prompt
+format (`nli_prompt`), so generated NLI prompts look like the bundled ones.
+
+Every request has a key (`request_key`): the SHA-256 of the canonical JSON of everything that
+determines its output (model, messages, sampling, index, structured-output constraint). The same
+request always has the same key, so finished responses can be journaled and a retried step sends
+only the missing ones. The prompts are this project's own wording of the paper's method.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import json
+import random
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prismatic.errors import PrismError
+
+TASKS = ("math", "nli")
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+NLI_QUESTION = "Does the premise entail the hypothesis? Answer with one word: entailment, neutral, or contradiction."
+N_FEW_SHOT = 5
+N_NEW_PROBLEMS = 2
+
+Message = dict[str, str]
+
+
+# --------------------------------------------------------------------------------------- sampling
+
+
+class Sampling(BaseModel):
+    """Decoding settings of one request.
+
+    seed: the step's base seed (None: the engine's own randomness, not reproducible). A request's
+      effective seed is derived from its key (`GenerationRequest.seed`), so requests that differ only
+      by `index` (e.g. the 3 solutions of one problem) sample differently but reproducibly.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, gt=0)
+    seed: int | None = Field(0, ge=0)
+
+
+PROBLEM_SAMPLING = Sampling(temperature=1.0, top_p=0.95, max_tokens=1024)
+SOLUTION_SAMPLING = Sampling(temperature=0.75, top_p=0.95, max_tokens=1024)
+
+
+# --------------------------------------------------------------------------------------- requests
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no insignificant whitespace: one text per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def request_key(model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
+                choices: list[str] | None = None, json_schema: dict | None = None) -> str:
+    """SHA-256 hex of the canonical JSON of everything that determines a request's output.
+
+    `index` tells apart requests that are otherwise identical (the i-th solution of a problem).
+    """
+    payload = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "sampling": sampling.model_dump(),
+        "index": index,
+        "choices": list(choices) if choices is not None else None,
+        "json_schema": json_schema,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+class GenerationRequest(BaseModel):
+    """One chat completion to run: messages, sampling, and an optional structured-output constraint.
+
+    choices: the output must be exactly one of these strings.
+    json_schema: the output must be JSON valid under this schema.
+    Build requests with `GenerationRequest.build` so the key matches the content.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    messages: list[Message]
+    sampling: Sampling
+    choices: list[str] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
+              choices: list[str] | None = None, json_schema: dict | None = None) -> GenerationRequest:
+        if choices is not None and json_schema is not None:
+            raise PrismError("a request takes either `choices` or `json_schema`, not both")
+        if choices is not None and not choices:
+            raise PrismError("`choices` must not be empty")
+        key = request_key(model, messages, sampling, index, choices=choices, json_schema=json_schema)
+        return cls(key=key, messages=messages, sampling=sampling, choices=choices, json_schema=json_schema)
+
+    @property
+    def seed(self) -> int | None:
+        """The seed an engine samples with: None when `sampling.seed` is None, else 31 bits of the key."""
+        if self.sampling.seed is None:
+            return None
+        return int(self.key[:8], 16) & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------------------- few-shot
+
+
+def sample_few_shot(pool: list[dict], k: int, rng: random.Random, *, weight_key: str = "level",
+                    default_weight: float | None = None) -> list[dict]:
+    """`k` distinct examples drawn without replacement, each draw ∝ `weight_key` among those left.
+
+    This is successive weighted sampling (like `numpy.random.choice(replace=False, p=w)`): drawn by
+    bisection on the cumulative weights and redrawing an example already taken, which gives exactly
+    the conditional distribution over the remaining ones. Deterministic for a seeded `rng`.
+    Rows without `weight_key` get `default_weight`, or are refused when it is None.
+    """
+    if k < 0:
+        raise PrismError(f"cannot draw {k} few-shot examples")
+    if k > len(pool):
+        raise PrismError(f"cannot draw {k} distinct few-shot examples from a pool of {len(pool)}")
+    weights = []
+    for i, row in enumerate(pool):
+        weight = row.get(weight_key, default_weight)
+        if weight is None:
+            raise PrismError(f"few-shot pool row {row.get('id', i)!r} has no {weight_key!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise PrismError(f"few-shot pool row {row.get('id', i)!r}: {weight_key!r} must be a positive "
+                             f"number, got {weight!r}")
+        weights.append(float(weight))
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1] if cumulative else 0.0
+    chosen: list[int] = []
+    taken: set[int] = set()
+    attempts = 0
+    while len(chosen) < k:
+        attempts += 1
+        if attempts > 50 * (k + 1):  # heavy weights keep being redrawn: draw among the rest directly
+            rest = [i for i in range(len(pool)) if i not in taken]
+            rest_cum = list(itertools.accumulate(weights[i] for i in rest))
+            index = rest[min(bisect.bisect_right(rest_cum, rng.random() * rest_cum[-1]), len(rest) - 1)]
+        else:
+            index = min(bisect.bisect_right(cumulative, rng.random() * total), len(pool) - 1)
+            if index in taken:
+                continue
+        chosen.append(index)
+        taken.add(index)
+    return [pool[i] for i in chosen]
+
+
+# --------------------------------------------------------------------------------------- prompts
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise PrismError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def nli_prompt(premise: str, hypothesis: str) -> str:
+    """An NLI problem in the bundled seeds' format."""
+    return f"Premise: {premise.strip()}\nHypothesis: {hypothesis.strip()}\n{NLI_QUESTION}"
+
+
+_PREMISE = re.compile(r"^\W*premise\W*:\s*(.*)$", re.IGNORECASE)
+_HYPOTHESIS = re.compile(r"^\W*hypothesis\W*:\s*(.*)$", re.IGNORECASE)
+
+
+def parse_nli_pair(text: str) -> tuple[str, str] | None:
+    """(premise, hypothesis) from `Premise: …` and `Hypothesis: …` lines, or None when one is missing.
+
+    A premise may run over several lines (up to the hypothesis line); the hypothesis is its line.
+    Markdown emphasis around the labels (`**Premise:**`) is tolerated.
+    """
+    premise: list[str] | None = None
+    hypothesis = None
+    for line in text.splitlines():
+        if hypothesis is None and (match := _HYPOTHESIS.match(line)):
+            hypothesis = match.group(1)
+        elif premise is None and hypothesis is None and (match := _PREMISE.match(line)):
+            premise = [match.group(1)]
+        elif premise is not None and hypothesis is None and line.strip():
+            premise.append(line)
+    if premise is None or hypothesis is None:
+        return None
+    premise_text = " ".join(part.strip() for part in premise).strip(" *_")
+    hypothesis_text = hypothesis.strip(" *_")
+    if not premise_text or not hypothesis_text:
+        return None
+    return premise_text, hypothesis_text
+
+
+def _example_text(example: dict, task: str) -> str:
+    prompt = str(example["prompt"]).strip()
+    if task == "nli":
+        pair = parse_nli_pair(prompt)
+        if pair is not None:
+            return f"Premise: {pair[0]}\nHypothesis: {pair[1]}"
+    return prompt
+
+
+_PROBLEM_INSTRUCTIONS = {
+    "math": (
+        "You write math word problems. Below are {n_examples} example problems. Write {n_new} new "
+        "problems that are similar to them or harder: vary the setting, the quantities and the "
+        "reasoning needed. Each new problem must be self-contained and have exactly one correct final "
+        "answer (a number or a short expression). Do not copy an example, and do not include "
+        "solutions or answers."
+    ),
+    "nli": (
+        "You write natural language inference problems. Each problem is a premise and a hypothesis; "
+        "the hypothesis is either entailed by the premise, neutral, or contradicted by it. Below are "
+        "{n_examples} examples. Write {n_new} new problems that are similar to them or harder: vary "
+        "the topic and the kind of inference needed, and mix the three relations. Write each problem "
+        "as two lines, `Premise: ...` and `Hypothesis: ...`, with no label and no explanation."
+    ),
+}
+
+
+def problem_prompt(examples: list[dict], task: str, n_new: int = N_NEW_PROBLEMS) -> list[Message]:
+    """Chat messages asking for `n_new` new problems like the few-shot `examples` (rows with `prompt`).
+
+    The answer format is fixed so `parse_problems` can read it:
+    `### Problem 1`, the problem, `### Problem 2`, …, then a final `### End` line.
+    """
+    _check_task(task)
+    if not examples:
+        raise PrismError("a problem prompt needs at least one few-shot example")
+    if n_new < 1:
+        raise PrismError(f"n_new must be at least 1, got {n_new}")
+    intro = _PROBLEM_INSTRUCTIONS[task].format(n_examples=len(examples), n_new=n_new)
+    shown = "\n\n".join(f"### Example {i}\n{_example_text(ex, task)}" for i, ex in enumerate(examples, 1))
+    layout = "\n".join(f"### Problem {i}\n<new problem {i}>" for i in range(1, n_new + 1))
+    text = (f"{intro}\n\n{shown}\n\n"
+            f"Answer in exactly this format, with nothing before the first heading:\n\n"
+            f"{layout}\n### End")
+    return [{"role": "user", "content": text}]
+
+
+def solution_prompt(problem: str, task: str, *, reasoning: bool = True) -> list[Message]:
+    """Chat messages asking for a solution of `problem`.
+
+    math: step-by-step reasoning that ends with the final answer in `\\boxed{}`.
+    nli: a short justification, then exactly one label in `\\boxed{}` (as in the seeds); with
+      `reasoning=False` only the label, which pairs with the structured output `choices=NLI_LABELS`.
+    """
+    _check_task(task)
+    problem = problem.strip()
+    if task == "math":
+        text = (f"Solve the following problem. Reason step by step, then write the final answer as "
+                f"\\boxed{{answer}} at the end.\n\n{problem}")
+    elif reasoning:
+        text = (f"{problem}\n\nExplain your reasoning in a few sentences, then give exactly one label "
+                f"({', '.join(NLI_LABELS)}) as \\boxed{{label}} at the end.")
+    else:
+        text = f"{problem}\n\nReply with exactly one word: {', '.join(NLI_LABELS)}."
+    return [{"role": "user", "content": text}]
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+# A problem heading on its own line: `### Problem 2`, `## Problem 2:`, `**Problem 2.**`, `Problem 2:`.
+# Text may follow on the same line (`### Problem 1: A train ...`). A bare `Problem 2 asks ...` inside
+# a problem is not a heading: without `#`/`**` the number must be followed by `:`/`.`/`)` or the line end.
+_NUM = r"(?:new[ \t]+)?(?:problem|question)[ \t]*#?[ \t]*\d+"
+_BARE_NUM = r"(?:new[ \t]+)?problem[ \t]*#?[ \t]*\d+"
+_HEADING = re.compile(
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*(?:\*\*)?[ \t]*{_NUM}[ \t]*(?:\*\*)?[ \t]*[:.)]?(?:\*\*)?"
+    rf"|\*\*[ \t]*{_NUM}[ \t]*[:.)]?[ \t]*\*\*[ \t]*[:.)]?"
+    rf"|{_BARE_NUM}[ \t]*(?:[:.)]|(?=[ \t]*$)))[ \t]*",
+    re.IGNORECASE | re.MULTILINE)
+_END = re.compile(r"^[ \t]*(?:#{1,6}|\*\*)[ \t]*end\b.*$", re.IGNORECASE | re.MULTILINE)
+_SOLUTION = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*(?:solution|answer)s?\b[ \t]*(?:\*\*)?[ \t]*:",
+                       re.IGNORECASE | re.MULTILINE)
+
+
+def parse_problems(text: str, task: str = "math", *, require_end: bool = False) -> list[str]:
+    """The problems of a `problem_prompt` answer, in order, stripped, without empties or duplicates.
+
+    Text before the first `### Problem` heading and after an `### End` line is ignored; a missing
+    final `### End` is tolerated (the last problem runs to the end of the text), unless `require_end`
+    is set, in which case an unterminated last problem (e.g. cut by max_tokens) is dropped. Math
+    problems are cut at a `Solution:`/`Answer:` line. NLI problems are kept only when they have both
+    a premise and a hypothesis, and are re-rendered in the seeds' format (`nli_prompt`). Duplicates
+    are judged after collapsing whitespace and case.
+    """
+    _check_task(task)
+    headings = list(_HEADING.finditer(text))
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, match in enumerate(headings):
+        last = i + 1 == len(headings)
+        block = text[match.end():len(text) if last else headings[i + 1].start()]
+        end = _END.search(block)
+        if end is not None:
+            block = block[:end.start()]
+        elif last and require_end:
+            break
+        if task == "nli":
+            pair = parse_nli_pair(block)
+            if pair is None:
+                continue
+            problem = nli_prompt(*pair)
+        else:
+            solution = _SOLUTION.search(block)
+            problem = (block[:solution.start()] if solution else block).strip().strip("`").strip()
+        norm = " ".join(problem.split()).lower()
+        if not norm or norm in seen:
+            continue
+        seen.add(norm)
+        problems.append(problem)
+    return problems

@@ -1,0 +1,357 @@
+"""The table store: one Parquet file per table and round, `<root>/<table>/round=<rNNN>/part-0.parquet`.
+
+Every table of DESIGN §4 has a fixed polars schema (`TABLES`). The hive partition column `round`
+lives only in the directory name, never inside a file, so DuckDB's `hive_partitioning` adds it.
+
+Writes are validated and atomic:
+- the frame must have exactly the table's columns; a column whose dtype differs is cast only when
+  no value changes (Int32 → Int64, Float32 → Float64, an all-null column, ...), otherwise the write
+  is refused with a `PrismError` naming the table and the column, and nothing is written;
+- key columns (`KEYS`) must be non-null and unique within the partition;
+- the file is written to a temporary file beside the partition directory (a dot-name ending in
+  `.tmp`, which no `round=*/*.parquet` glob matches), fsynced, then moved into place with
+  `os.replace`. A reader sees the old partition or the new one, never a half-written file; the
+  store writes exactly one file per partition, so a rewrite replaces the partition whole (stray
+  `*.parquet` files left there by anything else are removed after the swap).
+
+The frame's provenance (`metadata=`, a JSON-serializable dict) travels in the file's Parquet
+key-value metadata and comes back from `read_metadata`.
+
+All path logic sits behind `Store` methods so that an S3 store can come later behind the same
+interface; today the root must be a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prismatic.errors import PrismError
+
+ROUND_RE = re.compile(r"^r\d{3,}$")
+PARTITION_COLUMN = "round"
+PART_FILE = "part-0.parquet"
+PROVENANCE_KEY = b"prismatic.provenance"
+
+ANY_WIDTH = 0
+"""`pl.Array(pl.Float32, ANY_WIDTH)` in `TABLES` stands for a fixed-size float32 array of any width
+(gradient features: the width is the projection dimension d). `schema(table, dim=d)` fills it in."""
+
+_STR = pl.String()
+_INT = pl.Int64()
+_FLOAT = pl.Float64()
+_BOOL = pl.Boolean()
+
+TABLES: dict[str, dict[str, pl.DataType]] = {
+    # The seed problems of round r000. level: difficulty level (weights few-shot sampling).
+    "seeds": {
+        "id": _STR, "prompt": _STR, "response": _STR, "answer": _STR, "task": _STR,
+        "source": _STR, "level": _INT,
+    },
+    # Raw LLM outputs. kind: 'problem' | 'solution'; parent_ids: the few-shot ids a problem was made
+    # from, or the problem id a solution answers; request_key: the deterministic request key;
+    # sampling: the sampling parameters as JSON.
+    "generations": {
+        "id": _STR, "kind": _STR, "parent_ids": pl.List(_STR), "text": _STR, "model": _STR,
+        "request_key": _STR, "sampling": _STR,
+    },
+    # Solutions kept by the majority vote. votes: solutions whose answer equals this one;
+    # majority_size: the size of the winning answer group of the problem.
+    "verified_samples": {
+        "id": _STR, "problem_id": _STR, "prompt": _STR, "response": _STR, "answer": _STR,
+        "votes": _INT, "majority_size": _INT, "task": _STR,
+    },
+    # Projected per-sample gradients (DESIGN §7). dim: the width of `feature`; n_tokens: tokens
+    # the loss was taken over; truncated: whether max_tokens cut the chat.
+    "gradient_features": {
+        "id": _STR, "feature": pl.Array(pl.Float32, ANY_WIDTH), "proxy": _STR, "mode": _STR,
+        "dim": _INT, "n_tokens": _INT, "truncated": _BOOL,
+    },
+    # Spherical k-means of the pool. distance: cosine distance to the cluster's centroid.
+    "clusters": {"id": _STR, "cluster": _INT, "cluster_size": _INT, "distance": _FLOAT},
+    # One row per candidate: the nearest pool cluster, its size when the decision was made, the
+    # decision, and the rule that made it ('paper' | 'balanced').
+    "selection": {
+        "id": _STR, "cluster": _INT, "cluster_size_at_decision": _INT, "kept": _BOOL, "rule": _STR,
+    },
+    # The pool as of this round. origin: 'seed' | 'generated'; round_added: e.g. 'r001'.
+    "pool": {
+        "id": _STR, "prompt": _STR, "response": _STR, "answer": _STR, "task": _STR,
+        "origin": _STR, "round_added": _STR,
+    },
+    # One row per metric. n: samples scored; details: JSON (proxy, dim, raw counts, ...).
+    "diversity_scores": {"metric": _STR, "value": _FLOAT, "n": _INT, "details": _STR},
+    # Rows dropped on the way (dedup, decontamination, failed parse, ...). detail: free text.
+    "rejections": {"id": _STR, "reason": _STR, "detail": _STR},
+}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "seeds": ("id",),
+    "generations": ("id",),
+    "verified_samples": ("id",),
+    "gradient_features": ("id",),
+    "clusters": ("id",),
+    "selection": ("id",),
+    "pool": ("id",),
+    "diversity_scores": ("metric",),
+    "rejections": (),
+}
+"""Columns that identify a row within one partition: never null, never repeated."""
+
+
+def check_table(table: str) -> str:
+    if table not in TABLES:
+        raise PrismError(f"unknown table '{table}'; tables are: {', '.join(TABLES)}")
+    return table
+
+
+def check_round(round_key: str) -> str:
+    """Round keys are `r` and at least three digits: `r000`, `r001`, ..., `r1000`."""
+    if not isinstance(round_key, str) or not ROUND_RE.fullmatch(round_key):
+        raise PrismError(f"invalid round key {round_key!r}: expected 'r' and at least 3 digits, e.g. 'r001'")
+    return round_key
+
+
+def round_sort_key(round_key: str) -> tuple[int, str]:
+    """Numeric order (r999 before r1000)."""
+    return int(round_key[1:]), round_key
+
+
+def schema(table: str, *, dim: int | None = None) -> pl.Schema:
+    """The concrete polars schema of `table`; `dim` fixes the width of `gradient_features.feature`."""
+    out = {}
+    for name, dtype in TABLES[check_table(table)].items():
+        if _is_any_width(dtype):
+            if dim is None or dim <= 0:
+                raise PrismError(f"table '{table}', column '{name}': give dim > 0 for the feature width")
+            dtype = pl.Array(pl.Float32, dim)
+        out[name] = dtype
+    return pl.Schema(out)
+
+
+def conform(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with exactly the columns of `table`, in schema order and schema dtypes.
+
+    Raises `PrismError` naming the table and the column for a missing or extra column, a dtype
+    that cannot be cast without changing a value, or a null or repeated key.
+    """
+    spec = TABLES[check_table(table)]
+    if not isinstance(frame, pl.DataFrame):
+        raise PrismError(f"table '{table}': expected a polars DataFrame, got {type(frame).__name__}")
+    missing = [c for c in spec if c not in frame.columns]
+    if missing:
+        raise PrismError(f"table '{table}': missing column(s) {', '.join(repr(c) for c in missing)}")
+    extra = [c for c in frame.columns if c not in spec]
+    if extra:
+        note = (f" ('{PARTITION_COLUMN}' is the partition: it lives in the directory name, not in files)"
+                if PARTITION_COLUMN in extra else "")
+        raise PrismError(f"table '{table}': unexpected column(s) {', '.join(repr(c) for c in extra)}{note}")
+    columns = [_conform_column(table, name, frame.get_column(name), dtype) for name, dtype in spec.items()]
+    out = pl.DataFrame(columns)
+    for key in KEYS[table]:
+        column = out.get_column(key)
+        if column.null_count():
+            raise PrismError(f"table '{table}', column '{key}': {column.null_count()} null key(s)")
+        if column.n_unique() != len(column):
+            repeated = column.filter(column.is_duplicated()).unique(maintain_order=True).head(3).to_list()
+            raise PrismError(f"table '{table}', column '{key}': repeated key(s) {repeated}")
+    return out
+
+
+class Store:
+    """Parquet tables per round under a local root directory."""
+
+    def __init__(self, root: str | Path):
+        text = str(root)
+        if text.startswith("file://"):
+            text = text[len("file://"):]
+        elif "://" in text:
+            raise PrismError(f"store {text!r}: only local directories are supported so far")
+        self.root = Path(text).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _table_dir(self, table: str) -> Path:
+        return self.root / check_table(table)
+
+    def _partition_dir(self, table: str, round_key: str) -> Path:
+        return self._table_dir(table) / f"{PARTITION_COLUMN}={check_round(round_key)}"
+
+    def path(self, table: str, round_key: str) -> Path:
+        """Where the partition's file lives (whether or not it exists)."""
+        return self._partition_dir(table, round_key) / PART_FILE
+
+    def glob(self, table: str) -> str:
+        """A glob over every partition file of `table`, for DuckDB's `read_parquet`."""
+        return str(self._table_dir(table) / f"{PARTITION_COLUMN}=*" / "*.parquet")
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def exists(self, table: str, round_key: str) -> bool:
+        return self.path(table, round_key).is_file()
+
+    def rounds(self, table: str) -> list[str]:
+        """Round keys that have a file for `table`, in numeric order."""
+        table_dir = self._table_dir(table)
+        if not table_dir.is_dir():
+            return []
+        prefix = f"{PARTITION_COLUMN}="
+        found = []
+        for entry in table_dir.iterdir():
+            key = entry.name[len(prefix):]
+            if entry.name.startswith(prefix) and ROUND_RE.fullmatch(key) and (entry / PART_FILE).is_file():
+                found.append(key)
+        return sorted(found, key=round_sort_key)
+
+    def tables(self) -> list[str]:
+        """Tables with at least one round, in `TABLES` order."""
+        return [table for table in TABLES if self.rounds(table)]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, table: str, round_key: str) -> pl.DataFrame:
+        """The partition as a frame with the table's schema (no `round` column)."""
+        path = self.path(table, round_key)
+        if not path.is_file():
+            raise PrismError(f"table '{table}' has no round '{round_key}' in the store at {self.root}")
+        return conform(table, pl.from_arrow(self._read_arrow(path)))
+
+    def read_metadata(self, table: str, round_key: str) -> dict[str, Any]:
+        """The provenance dict given to `write` (empty when none was given)."""
+        path = self.path(table, round_key)
+        if not path.is_file():
+            raise PrismError(f"table '{table}' has no round '{round_key}' in the store at {self.root}")
+        try:
+            raw = (pq.read_schema(path).metadata or {}).get(PROVENANCE_KEY)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or unreadable file
+            raise PrismError(f"{path}: not a readable Parquet file ({exc})") from None
+        return json.loads(raw) if raw else {}
+
+    @staticmethod
+    def _read_arrow(path: Path):
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or unreadable file
+            raise PrismError(f"{path}: not a readable Parquet file ({exc})") from None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, table: str, round_key: str, frame: pl.DataFrame,
+              metadata: dict[str, Any] | None = None) -> Path:
+        """Validate `frame` and replace the partition `table`/`round_key` with it, atomically."""
+        check_table(table)
+        check_round(round_key)
+        data = conform(table, frame).to_arrow()
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise PrismError(f"table '{table}': metadata must be a dict, got {type(metadata).__name__}")
+            try:
+                encoded = json.dumps(metadata, sort_keys=True, allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise PrismError(f"table '{table}': metadata is not JSON-serializable ({exc})") from None
+            data = data.replace_schema_metadata({**(data.schema.metadata or {}), PROVENANCE_KEY: encoded})
+        target = self.path(table, round_key)
+        partition = target.parent
+        table_dir = partition.parent
+        table_dir.mkdir(parents=True, exist_ok=True)
+        # Beside the partition directory, a dot-name not ending in .parquet: no reader's glob sees it.
+        fd, tmp = tempfile.mkstemp(dir=table_dir, prefix=f".{partition.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pq.write_table(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            partition.mkdir(exist_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for stray in partition.glob("*.parquet"):
+            if stray.name != PART_FILE:
+                stray.unlink(missing_ok=True)
+        _fsync_dir(partition)
+        _fsync_dir(table_dir)
+        return target
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _is_any_width(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.Array) and dtype.shape == (ANY_WIDTH,)
+
+
+def _family(dtype: pl.DataType) -> Any:
+    if dtype == pl.Null:
+        return "null"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return "str"
+    if dtype == pl.Boolean:
+        return "bool"
+    if isinstance(dtype, pl.List):
+        return ("list", _family(dtype.inner))
+    if isinstance(dtype, pl.Array):
+        return ("array", dtype.shape, _family(dtype.inner))
+    return str(dtype)
+
+
+def _castable(source: Any, target: Any) -> bool:
+    """Whether a value of family `source` may become `target` (the values are checked after)."""
+    if source == target or source == "null":
+        return True
+    if source == "int" and target == "float":
+        return True
+    if isinstance(source, tuple) and isinstance(target, tuple) and source[0] == target[0]:
+        if source[0] == "list":
+            return _castable(source[1], target[1])
+        return source[1] == target[1] and _castable(source[2], target[2])
+    return False
+
+
+def _conform_column(table: str, name: str, column: pl.Series, want: pl.DataType) -> pl.Series:
+    have = column.dtype
+    if _is_any_width(want):
+        if not (isinstance(have, pl.Array) and len(have.shape) == 1 and have.shape[0] > 0):
+            raise PrismError(f"table '{table}', column '{name}': expected a fixed-size float32 array "
+                             f"pl.Array(pl.Float32, dim), got {have}")
+        want = pl.Array(pl.Float32, have.shape[0])
+    if have == want:
+        return column
+    if not _castable(_family(have), _family(want)):
+        raise PrismError(f"table '{table}', column '{name}': expected {want}, got {have}")
+    try:
+        cast = column.cast(want, strict=True)
+        # Strict casts refuse integer overflow; only a float target can lose a value silently.
+        lossless = "float" not in str(_family(want)) or cast.cast(have).equals(column)
+    except pl.exceptions.PolarsError:
+        lossless = False
+    if not lossless:
+        raise PrismError(f"table '{table}', column '{name}': expected {want}, got {have} "
+                         f"with values that do not fit {want}")
+    return cast
