@@ -3,8 +3,3 @@
 from dagster import DynamicPartitionsDefinition
 
 rounds = DynamicPartitionsDefinition(name="rounds")
-
-
-def round_key(number: int) -> str:
-    """Zero-padded round key, so lexical order is round order."""
-    return f"r{number:03d}"

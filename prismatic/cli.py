@@ -148,6 +148,88 @@ def vendi(files: Annotated[list[Path], typer.Argument(help="Feature Parquet file
            "proxy": meta.get("proxy")}, as_json)
 
 
+Store = Annotated[str | None, typer.Option("--store", help="Store URI (overrides prism.yaml and $PRISM_STORE).")]
+
+
+def _round_home(home: Path | None, store: str | None) -> Path:
+    from prismatic.config import load_config, resolve_home
+
+    if store:
+        os.environ["PRISM_STORE"] = store
+    resolved = resolve_home(home).resolve()
+    load_config(resolved)  # validate before starting anything
+    return resolved
+
+
+@app.command()
+def demo(rounds: Annotated[int, typer.Option("--rounds", help="Rounds after the seed round r000.")] = 2,
+         store: Store = None, as_json: Json = False, home: Home = None) -> None:
+    """Run the seed round and N synthesis rounds with the configured generator and proxy; print a table."""
+    from prism_assets.runner import instance_for, round_summary, run_round
+    from prismatic.synthesis import round_key
+    from resources.generator import close_engines
+
+    resolved = _round_home(home, store)
+    instance = instance_for(resolved)
+    keys = [round_key(i) for i in range(rounds + 1)]
+    runs = []
+    try:
+        for key in keys:
+            print(f"round {key} ...", file=sys.stderr)
+            runs.append(run_round(resolved, key, instance))
+            print(f"round {key} done, seconds per asset: {runs[-1]['seconds']}", file=sys.stderr)
+    finally:
+        close_engines()
+    table = round_summary(resolved, keys)
+    if as_json:
+        print(json.dumps({"rounds": table.to_dicts(), "runs": runs}))
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+            print(table)
+        print("\nquery it: prism query \"select round, count(*) from verified_samples group by 1\"")
+        print(f"see it:   DAGSTER_HOME={resolved / 'dagster'} dagster dev -w workspace.yaml")
+
+
+@app.command()
+def run(round_: Annotated[str, typer.Option("--round", help="Round key, e.g. r001.")], store: Store = None,
+        as_json: Json = False, home: Home = None) -> None:
+    """Materialize one round (every asset of that partition) in-process."""
+    import re
+
+    from prism_assets.runner import round_summary, run_round
+
+    if not re.fullmatch(r"r\d{3,}", round_):
+        raise PrismError(f"option --round: expected a key like r001, got {round_!r}")
+    from resources.generator import close_engines
+
+    resolved = _round_home(home, store)
+    try:
+        result = run_round(resolved, round_)
+    finally:
+        close_engines()
+    summary = round_summary(resolved, [round_]).to_dicts()[0]
+    _emit({**summary, "run_id": result["run_id"], "seconds": result["seconds"]}, as_json)
+
+
+@app.command()
+def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB views, read-only).")],
+          as_json: Json = False, home: Home = None) -> None:
+    """Run SQL over every table of every round; the catalog is opened read-only."""
+    from prismatic.catalog import Catalog
+    from prismatic.config import load_config
+
+    config = load_config(home)
+    columns, rows = Catalog(config.catalog_path, config.store_uri).query(sql)
+    if as_json:
+        print(json.dumps({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]}, default=str))
+    else:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(str(value) for value in row))
+
+
 @models_app.command("install")
 def models_install(name: Annotated[str, typer.Argument(help="smollm2")],
                    from_hub: Annotated[bool, typer.Option("--from-hub", help="Download from the Hugging "

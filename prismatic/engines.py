@@ -260,16 +260,21 @@ class OpenAIEngine:
         return body
 
     def _pick(self, start: int, attempt: int, last_failed: str | None) -> tuple[str, bool]:
-        """(URL for this attempt, whether it is rested). Prefers rested-out URLs other than the last failure."""
+        """(URL for this attempt, whether it is still resting).
+
+        Round-robin from URL `start + attempt`: the first URL that is not resting and did not just
+        fail; else the one that just failed, if its rest is over; else the one whose rest ends first.
+        """
         now = time.monotonic()
         n = len(self.base_urls)
         order = [self.base_urls[(start + attempt + j) % n] for j in range(n)]
         with self._lock:
-            for url in order:
-                if url != last_failed and self._rest_until[url] <= now:
+            awake = [url for url in order if self._rest_until[url] <= now]
+            for url in awake:
+                if url != last_failed:
                     return url, False
-            if self._rest_until.get(last_failed or "", 0.0) <= now and last_failed is not None:
-                return last_failed, False
+            if awake:
+                return awake[0], False
             return min(order, key=lambda u: self._rest_until[u]), True
 
     def _record(self, url: str, ok: bool, tokens: int = 0) -> None:

@@ -56,11 +56,12 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "id": _STR, "prompt": _STR, "response": _STR, "answer": _STR, "task": _STR,
         "source": _STR, "level": _INT,
     },
-    # Raw LLM outputs. kind: 'problem' | 'solution'; parent_ids: the few-shot ids a problem was made
+    # Raw LLM outputs. kind: 'problem' | 'solution'; task: 'math' | 'nli'; parent_ids: the few-shot ids a
+    # problem was made
     # from, or the problem id a solution answers; request_key: the deterministic request key;
     # sampling: the sampling parameters as JSON.
     "generations": {
-        "id": _STR, "kind": _STR, "parent_ids": pl.List(_STR), "text": _STR, "model": _STR,
+        "id": _STR, "kind": _STR, "task": _STR, "parent_ids": pl.List(_STR), "text": _STR, "model": _STR,
         "request_key": _STR, "sampling": _STR,
     },
     # Solutions kept by the majority vote. votes: solutions whose answer equals this one;
@@ -77,6 +78,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     },
     # Spherical k-means of the pool. distance: cosine distance to the cluster's centroid.
     "clusters": {"id": _STR, "cluster": _INT, "cluster_size": _INT, "distance": _FLOAT},
+    # The centroids of that clustering (unit rows); the next round assigns its candidates to them.
+    "centroids": {"cluster": _INT, "centroid": pl.Array(pl.Float32, ANY_WIDTH), "size": _INT},
     # One row per candidate: the nearest pool cluster, its size when the decision was made, the
     # decision, and the rule that made it ('paper' | 'balanced').
     "selection": {
@@ -99,6 +102,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "verified_samples": ("id",),
     "gradient_features": ("id",),
     "clusters": ("id",),
+    "centroids": ("cluster",),
     "selection": ("id",),
     "pool": ("id",),
     "diversity_scores": ("metric",),

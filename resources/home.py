@@ -1,4 +1,4 @@
-"""The Prism home folder: `prism.yaml`, models, store and catalog live under it."""
+"""The Prism home folder: `prism.yaml`, models, store, catalog and the Dagster instance live under it."""
 
 from dagster import ConfigurableResource
 
@@ -6,7 +6,7 @@ from prismatic.config import PrismConfig, load_config
 
 
 class PrismHome(ConfigurableResource):
-    """Where `prism.yaml` is; defaults resolve like the CLI (`$PRISM_HOME`, else `./.prism`)."""
+    """Where `prism.yaml` is; resolves like the CLI (`$PRISM_HOME`, else `./.prism`)."""
 
     home: str = ".prism"
 

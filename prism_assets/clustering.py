@@ -1,0 +1,101 @@
+"""Selection, pool and clusters: keep candidates in sparse gradient-space clusters, grow the pool,
+re-cluster it for the next round."""
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from prism_assets import io
+from prism_assets.features import gradient_features
+from prism_assets.partitions import rounds
+from prism_assets.verification import verified_samples
+from prismatic.kmeans import num_clusters, spherical_kmeans
+from prismatic.synthesis import (SEED_ROUND, clustering_from_centroids, pool_rows, previous_round,
+                                 seeds_as_verified, select_candidates)
+from resources.home import PrismHome
+from resources.store import StoreResource
+
+SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64,
+                    "kept": pl.Boolean, "rule": pl.String}
+
+
+@asset(partitions_def=rounds, deps=[gradient_features], kinds={"polars"}, code_version="1", group_name="prismatic",
+       owners=["team:prismatic"],
+       description="Each candidate goes to its nearest centroid of the previous round's pool clustering "
+                   "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size. "
+                   "Every decision is a row. Round r000: all seeds kept.")
+def selection(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
+    key = context.partition_key
+    if key == SEED_ROUND:
+        ids = io.read(store, "seeds", SEED_ROUND)["id"]
+        frame = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "kept": True,
+                              "rule": "seed"}, schema=SELECTION_SCHEMA)
+        version = io.write(context, store, "selection", frame)
+        return MaterializeResult(data_version=version, metadata={"dagster/row_count": len(frame), "kept": len(frame)})
+    rule = prism_home.config().synthesis.selection_rule
+    centroids, used = io.read_previous(store, "centroids", previous_round(key))
+    features = io.read(store, "gradient_features", key)
+    if features.is_empty():
+        frame = pl.DataFrame(schema=SELECTION_SCHEMA)
+    else:
+        clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
+                                               centroids["size"].to_numpy())
+        frame = select_candidates(features["id"].to_list(), np.asarray(features["feature"].to_numpy()),
+                                  clustering, rule)
+    version = io.write(context, store, "selection", frame, previous_centroids=used)
+    kept = int(frame["kept"].sum()) if len(frame) else 0
+    return MaterializeResult(data_version=version, metadata={
+        "dagster/row_count": len(frame), "kept": kept, "rule": rule,
+        "keep_rate": round(kept / len(frame), 4) if len(frame) else 0.0,
+        "previous_centroids": MetadataValue.json(used),
+    })
+
+
+@asset(partitions_def=rounds, deps=[selection, verified_samples], kinds={"polars"}, code_version="1",
+       group_name="prismatic", owners=["team:prismatic"],
+       description="The pool after this round: the previous round's pool plus the kept candidates.")
+def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+    key = context.partition_key
+    if key == SEED_ROUND:
+        frame = pool_rows(seeds_as_verified(io.read(store, "seeds", SEED_ROUND)), "seed", SEED_ROUND)
+        version = io.write(context, store, "pool", frame)
+        return MaterializeResult(data_version=version, metadata={"dagster/row_count": len(frame), "added": len(frame)})
+    previous, used = io.read_previous(store, "pool", previous_round(key))
+    kept_ids = io.read(store, "selection", key).filter("kept")["id"]
+    added = pool_rows(io.read(store, "verified_samples", key).filter(pl.col("id").is_in(kept_ids.implode())),
+                      "generated", key)
+    frame = pl.concat([previous, added])
+    version = io.write(context, store, "pool", frame, previous_pool=used)
+    return MaterializeResult(data_version=version, metadata={
+        "dagster/row_count": len(frame), "added": len(added), "previous_pool": MetadataValue.json(used)})
+
+
+@asset(partitions_def=rounds, deps=[pool, gradient_features], kinds={"polars"}, code_version="1",
+       group_name="prismatic", owners=["team:prismatic"],
+       description="Spherical k-means (k = cluster_ratio × pool size, faiss) of the pool's gradient features; "
+                   "writes the per-sample `clusters` table and the `centroids` the next round selects against.")
+def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
+    key = context.partition_key
+    synthesis = prism_home.config().synthesis
+    members = io.read(store, "pool", key)
+    features, projection = io.pool_features(store, members)
+    k = num_clusters(len(members), synthesis.cluster_ratio)
+    result = spherical_kmeans(features, k, iterations=synthesis.kmeans_iterations, seed=synthesis.seed)
+    frame = pl.DataFrame({"id": members["id"], "cluster": result.labels,
+                          "cluster_size": result.sizes[result.labels],
+                          "distance": 1.0 - result.similarity.astype(np.float64)})
+    centroids = pl.DataFrame({
+        "cluster": np.arange(result.k),
+        "centroid": pl.Series("centroid", result.centroids, dtype=pl.Array(pl.Float32, result.dim)),
+        "size": result.sizes})
+    io.write(context, store, "centroids", centroids, projection=projection)
+    version = io.write(context, store, "clusters", frame, k=result.k)
+    sizes = np.sort(result.sizes)[::-1]
+    table = "| cluster | size |\n|---|---|\n" + "\n".join(
+        f"| {c} | {s} |" for c, s in sorted(enumerate(result.sizes.tolist()), key=lambda x: -x[1])[:20])
+    return MaterializeResult(data_version=version, metadata={
+        "dagster/row_count": len(frame), "k": result.k,
+        "cluster_size_min": int(sizes[-1]), "cluster_size_median": float(np.median(sizes)),
+        "cluster_size_max": int(sizes[0]), "mean_cosine_to_centroid": round(result.mean_similarity, 4),
+        "largest_clusters": MetadataValue.md(table),
+    })

@@ -1,0 +1,58 @@
+"""Round rN's generations: few-shot problems from pool r(N-1), then N solutions per problem."""
+
+import time
+
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from prism_assets import io
+from prism_assets.partitions import rounds
+from prism_assets.seeds import seeds
+from prismatic.engines import Journal
+from prismatic.synthesis import SEED_ROUND, generate_round, previous_round
+from resources.generator import GeneratorResource
+from resources.home import PrismHome
+from resources.store import StoreResource
+
+
+@asset(partitions_def=rounds, deps=[seeds], kinds={"vllm", "polars"}, code_version="1", group_name="prismatic",
+       owners=["team:prismatic"],
+       description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
+                   "Reads the previous round's pool through the store (the one undeclared edge). "
+                   "Finished requests are journaled, so a retry sends only the missing ones.")
+def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
+                generator: GeneratorResource) -> MaterializeResult:
+    key = context.partition_key
+    config = prism_home.config()
+    empty = pl.DataFrame(schema={"id": pl.String, "reason": pl.String, "detail": pl.String})
+    if key == SEED_ROUND:
+        frame = pl.DataFrame(schema={"id": pl.String, "kind": pl.String, "task": pl.String,
+                                     "parent_ids": pl.List(pl.String), "text": pl.String, "model": pl.String,
+                                     "request_key": pl.String, "sampling": pl.String})
+        version = io.write(context, store, "generations", frame)
+        io.write(context, store, "rejections", empty)
+        return MaterializeResult(data_version=version, metadata={"dagster/row_count": 0,
+                                                                 "note": "seed round: nothing generated"})
+    previous = previous_round(key)
+    pool, used = io.read_previous(store, "pool", previous)
+    levels = io.read(store, "seeds", SEED_ROUND).select("id", "level")
+    pool = pool.join(levels, on="id", how="left")
+    journal = Journal(config.home / "journal" / f"{key}.jsonl")
+    engine = generator.engine()
+    tokens_before = engine.output_tokens
+    started = time.perf_counter()
+    frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key)
+    seconds = time.perf_counter() - started
+    version = io.write(context, store, "generations", frame, previous_pool=used)
+    io.write(context, store, "rejections", rejections)
+    tokens = engine.output_tokens - tokens_before
+    return MaterializeResult(data_version=version, metadata={
+        "dagster/row_count": len(frame),
+        "problems": len(problems),
+        "solutions": frame.filter(kind="solution").height,
+        "unparseable_prompts": len(rejections),
+        "output_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else 0.0,
+        "previous_pool": MetadataValue.json(used),
+        "model": generator.model_name(),
+    })

@@ -1,0 +1,73 @@
+"""How assets read and write their tables: through the store, with provenance in every file.
+
+Inside a round, edges are declared Dagster dependencies and data flows through the store. The one
+undeclared edge, round rN reading r(N-1), goes through `read_previous`, which returns what it read
+with the materialization it came from (round, run id, data version) for the asset's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, DataVersion
+
+from prismatic.errors import PrismError
+from prismatic.store import Store
+from resources.store import StoreResource
+
+
+def file_version(store: Store, table: str, round_key: str) -> str:
+    """Data version of a stored partition: SHA-256 (first 16 hex) of its Parquet file."""
+    return hashlib.sha256(store.path(table, round_key).read_bytes()).hexdigest()[:16]
+
+
+def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
+          **provenance: Any) -> DataVersion:
+    """Write this partition of `table` (atomically) with provenance; refresh the catalog's views."""
+    store = resource.store()
+    key = context.partition_key if context.has_partition_key else "r000"
+    store.write(table, key, frame, metadata={"round": key, "run_id": context.run_id,
+                                             "asset": context.asset_key.to_user_string(), **provenance})
+    resource.catalog().refresh()
+    return DataVersion(file_version(store, table, key))
+
+
+def read(resource: StoreResource, table: str, round_key: str) -> pl.DataFrame:
+    return resource.store().read(table, round_key)
+
+
+def read_previous(resource: StoreResource, table: str, round_key: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Table of an earlier round, and which materialization it was (for metadata and checks)."""
+    store = resource.store()
+    frame = store.read(table, round_key)
+    written = store.read_metadata(table, round_key)
+    used = {"round": round_key, "run_id": str(written.get("run_id", "")),
+            "data_version": file_version(store, table, round_key)}
+    return frame, used
+
+
+def pool_features(resource: StoreResource, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
+    """Features of every pool row (in pool order), gathered from the rounds that added them.
+
+    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
+    """
+    store = resource.store()
+    parts, projection, first_round = [], None, None
+    for round_added in sorted(pool["round_added"].unique().to_list()):
+        stored = store.read("gradient_features", round_added)
+        meta = store.read_metadata("gradient_features", round_added)
+        identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
+        if projection is None:
+            projection, first_round = identity, round_added
+        elif identity != projection:
+            raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
+                             f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
+        parts.append(stored.select("id", "feature"))
+    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
+    if table["feature"].null_count():
+        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
+        raise PrismError(f"pool rows without gradient features, e.g. {missing}")
+    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}

@@ -1,0 +1,234 @@
+"""One Prismatic Synthesis round as pure table transformations (DESIGN §8); assets call these.
+
+    pool(r−1) ──few-shot──▶ problems ──N solutions each──▶ majority vote ──▶ verified candidates
+    candidates ──features──▶ nearest centroid of pool(r−1) ──sparse cluster?──▶ kept ──▶ pool(r)
+
+Round r000 is the seed round: the seeds are its verified samples, all kept, and form the pool.
+Generation goes through an `Engine` and a `Journal`, so a retried step sends only missing requests.
+Ids are deterministic: `r001-p003-1` is the second problem of the fourth prompt of round r001, and
+`r001-p003-1-s2` its third solution.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from prismatic.config import SamplingConfig, SynthesisConfig
+from prismatic.engines import Engine, Journal, generate_journaled
+from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
+                                  problem_prompt, sample_few_shot, solution_prompt)
+from prismatic.kmeans import Clustering
+from prismatic.selection import select
+from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
+
+SEED_ROUND = "r000"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+GENERATED_LEVEL = 3.0
+
+
+def round_number(round_key: str) -> int:
+    return int(round_key[1:])
+
+
+def round_key(number: int) -> str:
+    """Zero-padded, so lexical order is round order: r000, r001, …"""
+    return f"r{number:03d}"
+
+
+def previous_round(key: str) -> str:
+    if key == SEED_ROUND:
+        raise ValueError("the seed round has no previous round")
+    return round_key(round_number(key) - 1)
+
+
+# ------------------------------------------------------------------------------------ seed round
+
+
+def seeds_as_verified(seeds: pl.DataFrame) -> pl.DataFrame:
+    """The seed round's verified samples: each seed is its own problem, verified by its reference."""
+    return seeds.select(
+        "id", pl.col("id").alias("problem_id"), "prompt", "response", "answer",
+        pl.lit(1).alias("votes"), pl.lit(1).alias("majority_size"), "task")
+
+
+def pool_rows(verified: pl.DataFrame, origin: str, round_added: str) -> pl.DataFrame:
+    return verified.select("id", "prompt", "response", "answer", "task",
+                           pl.lit(origin).alias("origin"), pl.lit(round_added).alias("round_added"))
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+def _sampling(config: SamplingConfig, seed: int) -> Sampling:
+    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=seed)
+
+
+def problems_schema(task: str, n_new: int) -> dict:
+    """JSON schema of a structured problem answer: `n_new` problems (NLI: premise/hypothesis pairs)."""
+    if task == "nli":
+        item = {"type": "object", "properties": {"premise": {"type": "string", "minLength": 8, "maxLength": 160},
+                                                 "hypothesis": {"type": "string", "minLength": 4, "maxLength": 100}},
+                "required": ["premise", "hypothesis"], "additionalProperties": False}
+    else:
+        item = {"type": "string", "minLength": 16, "maxLength": 600}
+    return {"type": "object", "properties": {"problems": {"type": "array", "items": item, "minItems": n_new,
+                                                          "maxItems": n_new}},
+            "required": ["problems"], "additionalProperties": False}
+
+
+def parse_structured_problems(text: str, task: str) -> list[str]:
+    """Problems of a JSON answer (see `problems_schema`); [] when it does not parse.
+
+    Grammar-constrained decoding can emit raw control characters inside strings (not strict JSON):
+    they are accepted and replaced by spaces.
+    """
+    try:
+        items = json.loads(text, strict=False)["problems"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    problems = []
+    for item in items:
+        if task == "nli" and isinstance(item, dict):
+            premise, hypothesis = _clean(item.get("premise", "")), _clean(item.get("hypothesis", ""))
+            if premise and hypothesis:
+                problems.append(nli_prompt(premise, hypothesis))
+        elif isinstance(item, str) and _clean(item):
+            problems.append(_clean(item))
+    return list(dict.fromkeys(problems))
+
+
+def _clean(text: object) -> str:
+    return _CONTROL.sub(" ", str(text)).strip()
+
+
+@dataclass
+class ProblemJob:
+    request: GenerationRequest
+    task: str
+    parent_ids: list[str]
+    prompt_index: int
+
+
+def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: str) -> list[ProblemJob]:
+    """Few-shot problem requests: prompts spread evenly over `config.tasks`, examples drawn ∝ `level`.
+
+    Rows without a level (generated problems) weigh `GENERATED_LEVEL`, the middle of the 1–5 scale.
+    """
+    rng = random.Random(f"{config.seed}:{key}:problems")
+    level = pl.col("level").fill_null(GENERATED_LEVEL) if "level" in pool.columns else pl.lit(GENERATED_LEVEL)
+    pool = pool.with_columns(level=level)
+    rows_by_task = {task: pool.filter(task=task).to_dicts() for task in config.tasks}
+    jobs = []
+    tasks = [task for task in config.tasks if rows_by_task[task]]
+    for index in range(config.prompts_per_round if tasks else 0):
+        task = tasks[index % len(tasks)]
+        rows = rows_by_task[task]
+        examples = sample_few_shot(rows, min(config.few_shot, len(rows)), rng)
+        messages = problem_prompt(examples, task, n_new=config.problems_per_prompt)
+        schema = problems_schema(task, config.problems_per_prompt) if config.problem_format == "json" else None
+        request = GenerationRequest.build(model, messages, _sampling(config.problem_sampling, config.seed),
+                                          index, json_schema=schema)
+        jobs.append(ProblemJob(request, task, [row["id"] for row in examples], index))
+    return jobs
+
+
+def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
+                   model: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(generations, problems, rejections) of round `key`: problems, then N solutions per problem.
+
+    `problems` has id, task, prompt; generations holds one row per problem and per solution.
+    """
+    jobs = problem_jobs(pool, config, model, key)
+    texts = generate_journaled(engine, [job.request for job in jobs], journal)
+    gen_rows, problem_rows, rejections = [], [], []
+    for job, text in zip(jobs, texts, strict=True):
+        parsed = (parse_structured_problems(text, job.task) if config.problem_format == "json"
+                  else parse_problems(text, job.task))
+        if not parsed:
+            rejections.append({"id": f"{key}-p{job.prompt_index:03d}", "reason": "unparseable_problems",
+                               "detail": text[:500]})
+        for j, problem in enumerate(parsed[:config.problems_per_prompt]):
+            pid = f"{key}-p{job.prompt_index:03d}-{j}"
+            problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
+            gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
+
+    solution_requests = []
+    for problem in problem_rows:
+        constrained = problem["task"] == "nli"
+        messages = solution_prompt(problem["prompt"], problem["task"], reasoning=not constrained)
+        for s in range(config.solutions_per_problem):
+            solution_requests.append((problem["id"], s, GenerationRequest.build(
+                model, messages, _sampling(config.solution_sampling, config.seed), s,
+                choices=list(NLI_LABELS) if constrained else None)))
+    texts = generate_journaled(engine, [r for _, _, r in solution_requests], journal)
+    task_of = {p["id"]: p["task"] for p in problem_rows}
+    for (pid, s, request), text in zip(solution_requests, texts, strict=True):
+        gen_rows.append(_generation_row(f"{pid}-s{s}", "solution", task_of[pid], [pid], text, model, request))
+    schema = {"id": pl.String, "kind": pl.String, "task": pl.String, "parent_ids": pl.List(pl.String),
+              "text": pl.String,
+              "model": pl.String, "request_key": pl.String, "sampling": pl.String}
+    return (pl.DataFrame(gen_rows, schema=schema),
+            pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String}),
+            pl.DataFrame(rejections, schema={"id": pl.String, "reason": pl.String, "detail": pl.String}))
+
+
+def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest) -> dict:
+    sampling = dict(request.sampling.model_dump(), seed=request.seed, choices=request.choices,
+                    structured=request.json_schema is not None)
+    return {"id": row_id, "kind": kind, "task": task, "parent_ids": parents, "text": text, "model": model,
+            "request_key": request.key, "sampling": json.dumps(sampling, sort_keys=True)}
+
+
+# ------------------------------------------------------------------------------------ verification
+
+
+def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(verified_samples, rejections): per problem, the solutions in the winning answer group.
+
+    Answers: math → last `\\boxed{}` compared with math-verify both ways; nli → the label. votes =
+    non-empty answers among the problem's solutions; majority_size = the winning group's size.
+    """
+    problems = generations.filter(kind="problem")
+    solutions = generations.filter(kind="solution").with_columns(problem_id=pl.col("parent_ids").list.first())
+    rows, rejections = [], []
+    for problem in problems.iter_rows(named=True):
+        task = problem["task"]
+        group = solutions.filter(problem_id=problem["id"]).sort("id")
+        texts = group["text"].to_list()
+        answers = [nli_label(t) if task == "nli" else extract_boxed(t) for t in texts]
+        equal = (lambda a, b: a == b) if task == "nli" else math_equal
+        winner, members, size = majority_vote(answers, equal=equal, min_agree=min_agree)
+        votes = sum(1 for a in answers if a)
+        if winner is None:
+            rejections.append({"id": problem["id"], "reason": "no_majority",
+                               "detail": json.dumps({"answers": answers})})
+            continue
+        for i in members:
+            rows.append({"id": group["id"][i], "problem_id": problem["id"], "prompt": problem["text"],
+                         "response": texts[i], "answer": str(winner), "votes": votes, "majority_size": size,
+                         "task": task})
+    schema = {"id": pl.String, "problem_id": pl.String, "prompt": pl.String, "response": pl.String,
+              "answer": pl.String, "votes": pl.Int64, "majority_size": pl.Int64, "task": pl.String}
+    return (pl.DataFrame(rows, schema=schema),
+            pl.DataFrame(rejections, schema={"id": pl.String, "reason": pl.String, "detail": pl.String}))
+
+
+# ------------------------------------------------------------------------------------ selection
+
+
+def select_candidates(ids: list[str], features: np.ndarray, clustering: Clustering, rule: str) -> pl.DataFrame:
+    """The `selection` table of a round: every candidate with its cluster and decision."""
+    return select(rule, ids, features, clustering)
+
+
+def clustering_from_centroids(centroids: np.ndarray, sizes: np.ndarray) -> Clustering:
+    """A Clustering that carries only what selection needs: the centroids and pool cluster sizes."""
+    empty = np.zeros(0)
+    return Clustering(centroids=centroids.astype(np.float32), labels=empty.astype(np.int64),
+                      sizes=sizes.astype(np.int64), similarity=empty.astype(np.float32), mean_similarity=float("nan"))

@@ -1,0 +1,26 @@
+"""The proxy LM whose per-sample gradients define G-Vendi; loaded once per step process."""
+
+from __future__ import annotations
+
+import polars as pl
+from dagster import ConfigurableResource
+
+from prismatic.config import load_config
+from prismatic.featurize import compute_features, load_proxy
+from prismatic.gradients import FeatureSet
+
+_PROXIES: dict[str, tuple] = {}
+
+
+class ProxyResource(ConfigurableResource):
+    """Gradient features of samples under `features:` of prism.yaml."""
+
+    home: str = ".prism"
+
+    def featurize(self, samples: pl.DataFrame) -> tuple[FeatureSet, str]:
+        config = load_config(self.home)
+        key = f"{config.features.proxy}|{config.features.model_dtype}|{config.features.device}"
+        if key not in _PROXIES:
+            _PROXIES[key] = load_proxy(config.features, config.models_dir)
+        return compute_features(samples, config.features, config.models_dir, proxy_model=_PROXIES[key],
+                                progress=False)
