@@ -6,7 +6,7 @@ PRISM := $(VENV)/bin/prism
 export PRISM_HOME ?= $(CURDIR)/.prism
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup install model demo test lint clean
+.PHONY: setup install model demo ui test lint clean
 
 setup: install model
 
@@ -30,7 +30,10 @@ model: install
 	$(PRISM) models install smollm2
 
 demo: setup
-	$(PRISM) gvendi "$$($(PY) -c 'from prismatic.data import bundled_seeds_path; print(bundled_seeds_path())')" --json
+	$(PRISM) demo --rounds 2
+
+ui: install
+	DAGSTER_HOME=$(PRISM_HOME)/dagster $(VENV)/bin/dagster dev -w workspace.yaml
 
 test: install
 	$(VENV)/bin/pytest

@@ -159,12 +159,15 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
             gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
 
     solution_requests = []
+    solution_sampling = _sampling(config.solution_sampling, config.seed)
+    # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
+    label_sampling = solution_sampling.model_copy(update={"max_tokens": max(32, solution_sampling.max_tokens)})
     for problem in problem_rows:
         constrained = problem["task"] == "nli"
         messages = solution_prompt(problem["prompt"], problem["task"], reasoning=not constrained)
         for s in range(config.solutions_per_problem):
             solution_requests.append((problem["id"], s, GenerationRequest.build(
-                model, messages, _sampling(config.solution_sampling, config.seed), s,
+                model, messages, label_sampling if constrained else solution_sampling, s,
                 choices=list(NLI_LABELS) if constrained else None)))
     texts = generate_journaled(engine, [r for _, _, r in solution_requests], journal)
     task_of = {p["id"]: p["task"] for p in problem_rows}

