@@ -26,7 +26,7 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
         })
     if table == "generations":
         return pl.DataFrame({
-            "id": ids, "kind": ["problem"] + ["solution"] * (n - 1),
+            "id": ids, "kind": ["problem"] + ["solution"] * (n - 1), "task": ["math"] * n,
             "parent_ids": [["seed-1", "seed-2"]] + [[ids[0]]] * (n - 1), "text": text,
             "model": ["smollm2-135m-instruct"] * n, "request_key": [f"{i:064x}" for i in range(n)],
             "sampling": [json.dumps({"temperature": 0.75, "top_p": 0.95, "seed": i}) for i in range(n)],
@@ -49,6 +49,10 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
             "id": ids, "cluster": [i % 2 for i in range(n)], "cluster_size": [2, 1, 2][:n] + [1] * (n - 3),
             "distance": rng.random(n).tolist(),
         })
+    if table == "centroids":
+        matrix = rng.standard_normal((n, dim)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        return pl.DataFrame({"cluster": list(range(n)), "centroid": pl.Series(matrix), "size": [3] * n})
     if table == "selection":
         return pl.DataFrame({
             "id": ids, "cluster": [i % 2 for i in range(n)], "cluster_size_at_decision": [5] * n,
