@@ -10,8 +10,8 @@ from prism_assets.features import gradient_features
 from prism_assets.partitions import rounds
 from prism_assets.verification import verified_samples
 from prismatic.kmeans import num_clusters, spherical_kmeans
-from prismatic.synthesis import (SEED_ROUND, clustering_from_centroids, pool_rows, previous_round,
-                                 seeds_as_verified, select_candidates)
+from prismatic.selection import select
+from prismatic.synthesis import SEED_ROUND, clustering_from_centroids, pool_rows, previous_round, seeds_as_verified
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -40,8 +40,7 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
     else:
         clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
                                                centroids["size"].to_numpy())
-        frame = select_candidates(features["id"].to_list(), np.asarray(features["feature"].to_numpy()),
-                                  clustering, rule)
+        frame = select(rule, features["id"].to_list(), np.asarray(features["feature"].to_numpy()), clustering)
     version = io.write(context, store, "selection", frame, previous_centroids=used)
     kept = int(frame["kept"].sum()) if len(frame) else 0
     return MaterializeResult(data_version=version, metadata={

@@ -24,7 +24,6 @@ from prismatic.engines import Engine, Journal, generate_journaled
 from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
                                   problem_prompt, sample_few_shot, solution_prompt)
 from prismatic.kmeans import Clustering
-from prismatic.selection import select
 from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
 
 SEED_ROUND = "r000"
@@ -223,11 +222,6 @@ def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.Data
 
 
 # ------------------------------------------------------------------------------------ selection
-
-
-def select_candidates(ids: list[str], features: np.ndarray, clustering: Clustering, rule: str) -> pl.DataFrame:
-    """The `selection` table of a round: every candidate with its cluster and decision."""
-    return select(rule, ids, features, clustering)
 
 
 def clustering_from_centroids(centroids: np.ndarray, sizes: np.ndarray) -> Clustering:

@@ -8,8 +8,9 @@ import polars as pl
 from prismatic.config import SynthesisConfig
 from prismatic.engines import Journal
 from prismatic.kmeans import spherical_kmeans
+from prismatic.selection import select
 from prismatic.synthesis import (clustering_from_centroids, generate_round, parse_structured_problems,
-                                 problem_jobs, problems_schema, select_candidates, verify_round)
+                                 problem_jobs, problems_schema, verify_round)
 
 
 class ScriptedEngine:
@@ -96,5 +97,4 @@ def test_selection_against_previous_centroids_matches_a_fresh_clustering():
     rebuilt = clustering_from_centroids(clustering.centroids, clustering.sizes)
     candidates = rng.normal(size=(10, 8)).astype(np.float32)
     ids = [f"c{i}" for i in range(10)]
-    assert select_candidates(ids, candidates, rebuilt, "paper").equals(
-        select_candidates(ids, candidates, clustering, "paper"))
+    assert select("paper", ids, candidates, rebuilt).equals(select("paper", ids, candidates, clustering))
