@@ -24,13 +24,13 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
                 generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
     config = prism_home.config()
-    empty = pl.DataFrame(schema={"id": pl.String, "reason": pl.String, "detail": pl.String})
     if key == SEED_ROUND:
         frame = pl.DataFrame(schema={"id": pl.String, "kind": pl.String, "task": pl.String,
                                      "parent_ids": pl.List(pl.String), "text": pl.String, "model": pl.String,
                                      "request_key": pl.String, "sampling": pl.String})
         version = io.write(context, store, "generations", frame)
-        io.write(context, store, "rejections", empty)
+        io.write(context, store, "rejections",
+                 pl.DataFrame(schema={"id": pl.String, "reason": pl.String, "detail": pl.String}))
         return MaterializeResult(data_version=version, metadata={"dagster/row_count": 0,
                                                                  "note": "seed round: nothing generated"})
     previous = previous_round(key)
