@@ -26,12 +26,19 @@ def file_version(store: Store, table: str, round_key: str) -> str:
 
 def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
           **provenance: Any) -> DataVersion:
-    """Write this partition of `table` (atomically) with provenance; refresh the catalog's views."""
+    """Write this partition of `table` (atomically) with provenance.
+
+    Views read a file pattern, so new rounds of a table appear in queries by themselves; the catalog
+    is rebuilt only when a table gets its first partition (or the catalog file is missing).
+    """
     store = resource.store()
     key = context.partition_key if context.has_partition_key else "r000"
+    first_partition = not store.rounds(table)
     store.write(table, key, frame, metadata={"round": key, "run_id": context.run_id,
                                              "asset": context.asset_key.to_user_string(), **provenance})
-    resource.catalog().refresh()
+    catalog = resource.catalog()
+    if first_partition or not catalog.db_path.exists():
+        catalog.refresh()
     return DataVersion(file_version(store, table, key))
 
 
