@@ -1,36 +1,69 @@
-"""Diversity scores of each round: G-Vendi of the pool and of the round's verified candidates."""
+"""Diversity scores of each round: every configured metric of the pool, G-Vendi of the candidates."""
 
+import base64
 import json
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from prism_assets import io
 from prism_assets.clustering import clusters, pool
 from prism_assets.partitions import rounds
 from prismatic.gvendi import gvendi
+from prismatic.metrics.plots import metric_plot_png
+from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
 from prismatic.synthesis import SEED_ROUND, previous_round
+from resources.generator import build_engine
+from resources.home import PrismHome
+from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="1",
+@asset(partitions_def=rounds, deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="2",
        group_name="prismatic", owners=["team:prismatic"],
-       description="One row per metric: `gvendi` of the pool after this round (exp entropy of the spectrum of "
-                   "unit gradient features), `gvendi_candidates` of this round's verified samples.")
-def diversity_scores(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+       description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
+                   "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "
+                   "details as JSON; `gvendi_candidates` of this round's verified samples. Metadata: every "
+                   "value, and a plot of each metric across rounds.")
+def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
+                     proxy: ProxyResource) -> MaterializeResult:
     key = context.partition_key
+    config = prism_home.config()
     members = io.read(store, "pool", key)
     pool_x, projection = io.pool_features(store, members)
+    about = {"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection}
+    judge = config.metrics.cluster_agent.judge or config.generator
+    inputs = inputs_from_config(members, config, features=lambda: (pool_x, about), proxy=proxy.model,
+                                judge=lambda: (build_engine(judge, config.models_dir), judge.model))
+    results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=context.log.info)
+    rows = [{"metric": name, "value": result.value, "n": len(members), "details": json.dumps(result.details)}
+            for name, result in results.items()]
     candidates = io.read(store, "gradient_features", key)
-    details = json.dumps({"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection})
-    rows = [{"metric": "gvendi", "value": gvendi(pool_x), "n": len(members), "details": details}]
     if len(candidates):
-        cand_x = candidates["feature"].to_numpy()
-        rows.append({"metric": "gvendi_candidates", "value": gvendi(cand_x), "n": len(candidates), "details": details})
+        rows.append({"metric": "gvendi_candidates", "value": gvendi(candidates["feature"].to_numpy()),
+                     "n": len(candidates), "details": json.dumps(about)})
     frame = pl.DataFrame(rows, schema={"metric": pl.String, "value": pl.Float64, "n": pl.Int64, "details": pl.String})
-    metadata = {"dagster/row_count": len(frame), "gvendi": rows[0]["value"], "pool_size": len(members)}
+    metadata = {"dagster/row_count": len(frame), "pool_size": len(members),
+                **{row["metric"]: MetadataValue.float(row["value"]) for row in rows}}
     if key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key)):
         before = io.read(store, "diversity_scores", previous_round(key)).filter(metric="gvendi")["value"][0]
-        metadata["gvendi_gain"] = rows[0]["value"] - before
+        metadata["gvendi_gain"] = results["gvendi"].value - before
+    history = _history(store, key, frame)
+    for name in results:
+        series = history.filter(metric=name)
+        direction = METRICS[name].more_diverse
+        png = metric_plot_png(name, series["round"].to_list(), series["value"].to_list(),
+                              note=f"{direction} = more diverse" if direction else "not a diversity metric")
+        metadata[f"{name} by round"] = MetadataValue.md(
+            f"![{name} by round](data:image/png;base64,{base64.b64encode(png).decode()})")
     version = io.write(context, store, "diversity_scores", frame)
     return MaterializeResult(data_version=version, metadata=metadata)
+
+
+def _history(store: StoreResource, key: str, current: pl.DataFrame) -> pl.DataFrame:
+    """(round, metric, value) of the stored earlier rounds and this one, in round order."""
+    earlier = sorted((r for r in store.store().rounds("diversity_scores") if int(r[1:]) < int(key[1:])),
+                     key=lambda r: int(r[1:]))
+    frames = [io.read(store, "diversity_scores", r).with_columns(round=pl.lit(r)) for r in earlier]
+    frames.append(current.with_columns(round=pl.lit(key)))
+    return pl.concat([f.select("round", "metric", "value") for f in frames])

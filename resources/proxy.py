@@ -17,10 +17,15 @@ class ProxyResource(ConfigurableResource):
 
     home: str = ".prism"
 
-    def featurize(self, samples: pl.DataFrame) -> tuple[FeatureSet, str]:
+    def model(self) -> tuple:
+        """(model, tokenizer, name) of the configured proxy, loaded once per process."""
         config = load_config(self.home)
         key = f"{config.features.proxy}|{config.features.model_dtype}|{config.features.device}"
         if key not in _PROXIES:
             _PROXIES[key] = load_proxy(config.features, config.models_dir)
-        return compute_features(samples, config.features, config.models_dir, proxy_model=_PROXIES[key],
+        return _PROXIES[key]
+
+    def featurize(self, samples: pl.DataFrame) -> tuple[FeatureSet, str]:
+        config = load_config(self.home)
+        return compute_features(samples, config.features, config.models_dir, proxy_model=self.model(),
                                 progress=False)

