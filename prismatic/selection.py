@@ -1,4 +1,4 @@
-"""The Prismatic Synthesis selection rule: keep candidates that land in sparse pool clusters.
+"""Prismatic Synthesis selection rules: which candidates of a round join the pool.
 
 The pool is clustered (`prismatic.kmeans.spherical_kmeans`) into k clusters of sizes s_0 … s_{k−1}
 (pool members only). Each candidate i goes to its nearest pool centroid by cosine,
@@ -12,7 +12,7 @@ and the sparsity threshold is the median pool cluster size
 Rules (Jung et al., 2025; DESIGN §8):
   paper     kept(i) ⇔ s_{c(i)} < m (strict). Every candidate is judged against the pool alone, so any
             number of candidates may pile into one sparse cluster. With k = 1, or all sizes equal,
-            nothing is kept.
+            nothing is kept. The number it keeps, K_paper, is the default budget of the other rules.
   balanced  kept(i) ⇔ n_{c(i)} < m (strict), where n_j = s_j + (candidates of this round already kept
             in j) at the moment i is decided; m stays the median of the original pool sizes. A sparse
             cluster therefore accepts at most ⌈m⌉ − s_j candidates, and a cluster with s_j ≥ m none,
@@ -23,11 +23,39 @@ Rules (Jung et al., 2025; DESIGN §8):
             the smallest clusters fill first. With the per-cluster threshold alone this interleaving
             does not change any outcome; it decides who is kept when `max_kept` caps the number of
             candidates kept this round (once reached, every later candidate is rejected).
+            With a budget `count` B the threshold is dropped and the same order is followed until
+            min(B, #candidates) are kept ("water-filling"): every cluster below m is filled before any
+            cluster at or above m takes a candidate, so for B ≤ (what the threshold rule keeps) the
+            result equals `max_kept=B`, and a larger B continues into the smallest remaining clusters.
+  logdet    greedy maximum-volume selection in feature space, with budget B. With unit rows,
+            pool rows p_1 … p_n and the candidates kept so far, let
 
-Both functions return one row per candidate, in input order, with the `selection` table's columns:
-id (str), cluster (int64, the pool cluster), cluster_size_at_decision (int64: s_j for `paper`, n_j
-just before the decision for `balanced`), kept (bool), rule (str). Ids must be unique; they are
-compared as strings.
+                A = ε I + Σ_pool p pᵀ + Σ_kept x xᵀ            (d × d, symmetric positive definite).
+
+            Each step keeps the remaining candidate with the largest leverage  ℓ(x) = xᵀ A⁻¹ x,
+            which is the one that raises log det A the most, since
+            log det(A + x xᵀ) = log det A + log(1 + ℓ(x)) (matrix determinant lemma). Then, with
+            u = A⁻¹ x* (Sherman–Morrison),
+
+                A⁻¹ ← A⁻¹ − u uᵀ / (1 + ℓ(x*)),      ℓ(x_i) ← ℓ(x_i) − (x_iᵀ u)² / (1 + ℓ(x*)),
+
+            so a step costs O(d² + #candidates · d) after one O(n d² + d³ + #candidates · d²) start,
+            never an eigendecomposition; total O(d³ + (n + #candidates) d² + B (d² + #candidates d)),
+            within the O(B · #candidates · d²) bound. Maximizing log det(XᵀX + εI) spreads the spectrum
+            of XᵀX, the matrix whose normalized eigenvalues G-Vendi takes the entropy of. ε (> 0,
+            in units of one unit-norm row's contribution) is the prior weight of every direction:
+            a direction that pool and kept rows cover with eigenvalue λ counts as new in proportion to
+            1/(λ + ε). A candidate identical to a pool row p has ℓ(p) ≤ 1/(1 + ε) (since A ⪰ εI + p pᵀ),
+            below the 1/ε of a direction that no pool or kept row touches, so copies of pool rows
+            come after every such candidate. Ties (leverages within a
+            relative 1e-9 of the best) go to the lowest id, so the outcome does not depend on input
+            order. Arithmetic is float64.
+
+Every function returns one row per candidate, in input order, with the `selection` table's columns:
+id (str), cluster (int64, the nearest pool cluster), cluster_size_at_decision (int64: s_j for `paper`;
+n_j just before the decision for `balanced` and, for `logdet`, n_j just before a kept candidate was
+kept or, for a rejected one, after the last step), kept (bool), rule (str). Ids must be unique; they
+are compared as strings.
 """
 
 from __future__ import annotations
@@ -42,7 +70,11 @@ from prismatic.kmeans import Clustering, assign
 
 SCHEMA = {"id": pl.Utf8, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64, "kept": pl.Boolean,
           "rule": pl.Utf8}
-RULES = ("paper", "balanced")
+RULES = ("paper", "balanced", "logdet")
+BUDGETED_RULES = ("balanced", "logdet")
+DEFAULT_EPSILON = 1.0
+_TIE = 1e-9  # leverages within this relative distance of the best count as tied (lowest id wins)
+_GRAM_ROWS = 8192  # pool rows per chunk when accumulating Σ p pᵀ
 
 
 def sparse_threshold(sizes: np.ndarray) -> float:
@@ -54,15 +86,43 @@ def sparse_threshold(sizes: np.ndarray) -> float:
 
 
 def select(rule: str, candidate_ids: Sequence, candidate_features: np.ndarray,
-           clustering: Clustering, max_kept: int | None = None) -> pl.DataFrame:
-    """Dispatch on `rule` ("paper" or "balanced"); `max_kept` only exists for "balanced"."""
+           clustering: Clustering, max_kept: int | None = None, *, count: int | None = None,
+           pool_features: np.ndarray | None = None, epsilon: float = DEFAULT_EPSILON) -> pl.DataFrame:
+    """Dispatch on `rule` ("paper", "balanced" or "logdet"); see the module docstring.
+
+    count: the budget of the budgeted rules (balanced, logdet); None means K_paper, what `paper`
+      keeps of these candidates. `paper` takes no budget.
+    max_kept: balanced only, instead of `count`: the threshold rule, capped at max_kept.
+    pool_features: logdet only (required): the pool's feature rows (n × d).
+    epsilon: logdet only: the ridge ε of A = εI + XᵀX.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
+    if max_kept is not None and rule != "balanced":
+        raise ValueError("max_kept applies to the balanced rule only")
+    if count is not None and rule not in BUDGETED_RULES:
+        raise ValueError(f"count applies to the budgeted rules ({', '.join(BUDGETED_RULES)}) only")
+    if pool_features is not None and rule != "logdet":
+        raise ValueError("pool_features apply to the logdet rule only")
     if rule == "paper":
-        if max_kept is not None:
-            raise ValueError("max_kept applies to the balanced rule only")
         return select_paper(candidate_ids, candidate_features, clustering)
-    if rule == "balanced":
+    if rule == "balanced" and max_kept is not None:
+        if count is not None:
+            raise ValueError("give count or max_kept, not both")
         return select_balanced(candidate_ids, candidate_features, clustering, max_kept=max_kept)
-    raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
+    if count is None:
+        count = paper_count(candidate_ids, candidate_features, clustering)
+    if rule == "balanced":
+        return select_balanced(candidate_ids, candidate_features, clustering, count=count)
+    if pool_features is None:
+        raise ValueError("the logdet rule needs the pool's features (pool_features)")
+    return select_logdet(candidate_ids, candidate_features, pool_features, count, clustering=clustering,
+                         epsilon=epsilon)
+
+
+def paper_count(candidate_ids: Sequence, candidate_features: np.ndarray, clustering: Clustering) -> int:
+    """K_paper: how many of these candidates the paper rule keeps (the default budget)."""
+    return int(select_paper(candidate_ids, candidate_features, clustering)["kept"].sum())
 
 
 def select_paper(candidate_ids: Sequence, candidate_features: np.ndarray,
@@ -75,21 +135,28 @@ def select_paper(candidate_ids: Sequence, candidate_features: np.ndarray,
 
 
 def select_balanced(candidate_ids: Sequence, candidate_features: np.ndarray,
-                    clustering: Clustering, *, max_kept: int | None = None) -> pl.DataFrame:
+                    clustering: Clustering, *, max_kept: int | None = None,
+                    count: int | None = None) -> pl.DataFrame:
     """Balanced rule: like `paper`, but each kept candidate counts toward its cluster's size.
 
     Decision order, counts and the threshold are as in the module docstring. A candidate's
     `cluster_size_at_decision` is its cluster's count (pool + kept so far) just before its decision.
     `max_kept` (optional) caps how many candidates are kept in total; the sparsest clusters get the
-    budget first.
+    budget first. `count` (optional, instead of max_kept) drops the threshold and keeps exactly
+    min(count, #candidates), smallest current cluster first.
     """
-    if max_kept is not None and max_kept < 0:
-        raise ValueError(f"max_kept must be ≥ 0, got {max_kept}")
+    if max_kept is not None and count is not None:
+        raise ValueError("give count or max_kept, not both")
+    for name, value in (("max_kept", max_kept), ("count", count)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {value}")
     ids, labels, cosine = _prepare(candidate_ids, candidate_features, clustering)
-    budget = len(ids) if max_kept is None else max_kept
-    threshold = sparse_threshold(clustering.sizes)
-    counts = np.asarray(clustering.sizes, dtype=np.int64).copy()
     n = len(ids)
+    if count is not None:
+        budget, threshold = count, float("inf")
+    else:
+        budget, threshold = (n if max_kept is None else max_kept), sparse_threshold(clustering.sizes)
+    counts = np.asarray(clustering.sizes, dtype=np.int64).copy()
     size_at = np.zeros(n, dtype=np.int64)
     kept = np.zeros(n, dtype=bool)
     # Per cluster: its candidates, best fit first (cosine descending, then id, then input position).
@@ -99,10 +166,10 @@ def select_balanced(candidate_ids: Sequence, candidate_features: np.ndarray,
     heap = [(int(counts[j]), -float(cosine[q[-1]]), ids[q[-1]], q[-1], j) for j, q in queues.items()]
     heapq.heapify(heap)
     while heap:
-        count, _, _, i, j = heapq.heappop(heap)
+        current, _, _, i, j = heapq.heappop(heap)
         queues[j].pop()
-        size_at[i] = count
-        if count < threshold and budget > 0:
+        size_at[i] = current
+        if current < threshold and budget > 0:
             kept[i] = True
             budget -= 1
             counts[j] += 1
@@ -112,12 +179,112 @@ def select_balanced(candidate_ids: Sequence, candidate_features: np.ndarray,
     return _frame(ids, labels, size_at, kept, "balanced")
 
 
-def _prepare(candidate_ids, candidate_features, clustering):
+class GreedyLogDet:
+    """The state of greedy maximum-volume selection (module docstring, `logdet`).
+
+    inverse: A⁻¹ (d × d float64) for A = εI + Σ_pool p pᵀ + Σ_kept x xᵀ over unit rows.
+    leverage: ℓ_i = x_iᵀ A⁻¹ x_i for every candidate (kept ones too), kept current by rank-1 updates.
+    kept: candidate indices in the order they were kept.
+    Memory: two d × d float64 matrices plus the candidates in float64 (#candidates × d × 8 bytes).
+    """
+
+    def __init__(self, pool_features: np.ndarray | None, candidate_features: np.ndarray, epsilon: float):
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        self.candidates = _unit_rows64(candidate_features, "candidate features")
+        d = self.candidates.shape[1]
+        gram = np.eye(d) * float(epsilon)
+        if pool_features is not None and len(pool_features):
+            pool = np.asarray(pool_features)
+            if pool.ndim != 2 or pool.shape[1] != d:
+                raise ValueError(f"pool features must be an n × {d} matrix, got shape {pool.shape}")
+            for start in range(0, pool.shape[0], _GRAM_ROWS):
+                block = _unit_rows64(pool[start:start + _GRAM_ROWS], "pool features")
+                gram += block.T @ block
+        self.epsilon = float(epsilon)
+        self.inverse = _spd_inverse(gram)
+        self.leverage = np.sum((self.candidates @ self.inverse) * self.candidates, axis=1)
+        self.kept: list[int] = []
+        self._open = np.ones(self.candidates.shape[0], dtype=bool)
+
+    def best(self) -> int:
+        """Index of the open candidate with the largest leverage (ties: lowest index); -1 if none."""
+        if not self._open.any():
+            return -1
+        scores = np.where(self._open, self.leverage, -np.inf)
+        top = scores.max()
+        return int(np.flatnonzero(scores >= top - _TIE * abs(top))[0])
+
+    def keep(self, index: int) -> None:
+        """Add candidate `index` to A: Sherman–Morrison update of A⁻¹ and of every leverage."""
+        if not self._open[index]:
+            raise ValueError(f"candidate {index} is already kept")
+        x = self.candidates[index]
+        u = self.inverse @ x
+        denominator = 1.0 + float(x @ u)
+        self.inverse -= np.outer(u, u) / denominator
+        self.leverage -= (self.candidates @ u) ** 2 / denominator
+        self._open[index] = False
+        self.kept.append(index)
+
+    def run(self, count: int) -> list[int]:
+        """Keep up to `count` candidates greedily; returns their indices in the order kept."""
+        while len(self.kept) < count:
+            index = self.best()
+            if index < 0:
+                break
+            self.keep(index)
+        return self.kept
+
+
+def select_logdet(candidate_ids: Sequence, candidate_features: np.ndarray, pool_features: np.ndarray | None,
+                  count: int, *, clustering: Clustering | None = None,
+                  epsilon: float = DEFAULT_EPSILON) -> pl.DataFrame:
+    """Log-det rule: keep min(count, #candidates) candidates by greedy maximum volume.
+
+    Candidates are processed in id order, so ties go to the lowest id and the input order does not
+    matter. With a `clustering`, `cluster` and `cluster_size_at_decision` are filled as in the module
+    docstring; without one they are −1 and 0.
+    """
+    if count < 0:
+        raise ValueError(f"count must be ≥ 0, got {count}")
+    ids = _unique_ids(candidate_ids)
+    n = len(ids)
+    if clustering is not None:
+        _, labels, _ = _prepare(ids, candidate_features, clustering)
+        counts = np.asarray(clustering.sizes, dtype=np.int64).copy()
+    else:
+        labels, counts = np.full(n, -1, dtype=np.int64), None
+    size_at = np.zeros(n, dtype=np.int64)
+    kept = np.zeros(n, dtype=bool)
+    features = np.asarray(candidate_features)
+    if n and (features.ndim != 2 or features.shape[0] != n):
+        raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
+    if n and count:
+        order = sorted(range(n), key=lambda i: ids[i])
+        greedy = GreedyLogDet(pool_features, features[order], epsilon)
+        for position in greedy.run(count):
+            i = order[position]
+            kept[i] = True
+            if counts is not None:
+                size_at[i] = counts[labels[i]]
+                counts[labels[i]] += 1
+    if counts is not None:
+        size_at[~kept] = counts[labels[~kept]]
+    return _frame(ids, labels, size_at, kept, "logdet")
+
+
+def _unique_ids(candidate_ids) -> list[str]:
     ids = [str(i) for i in candidate_ids]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise ValueError(f"duplicate candidate id {dup!r}")
+    return ids
+
+
+def _prepare(candidate_ids, candidate_features, clustering):
+    ids = _unique_ids(candidate_ids)
     features = np.asarray(candidate_features)
     if len(ids) == 0:
         return ids, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -128,6 +295,24 @@ def _prepare(candidate_ids, candidate_features, clustering):
                          f"centroids have {clustering.dim}")
     labels, cosine = assign(features, clustering.centroids)
     return ids, labels, cosine
+
+
+def _unit_rows64(features, name: str) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{name}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    return x / norms
+
+
+def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix via its Cholesky factor L: A⁻¹ = L⁻ᵀ L⁻¹."""
+    lower_inverse = np.linalg.inv(np.linalg.cholesky(matrix))
+    return lower_inverse.T @ lower_inverse
 
 
 def _frame(ids, labels, sizes, kept, rule) -> pl.DataFrame:
