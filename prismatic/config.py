@@ -92,6 +92,37 @@ class GeneratorConfig(_Section):
     kv_cache_gb: int = Field(1, gt=0)
 
 
+class DedupConfig(_Section):
+    """Duplicate removal of generated problems (prismatic.quality), against the pool and the round.
+
+    exact: drop a problem whose normalized text (NFKC, case-folded, punctuation and spacing
+      collapsed) equals one already seen.
+    near: drop a problem whose Jaccard similarity of `shingle_words`-word shingles with one already
+      seen is ≥ `threshold` (MinHash LSH with `permutations` hash functions finds the candidates,
+      the exact Jaccard confirms them).
+    """
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(0.8, gt=0, le=1)
+    shingle_words: int = Field(3, gt=0)
+    permutations: int = Field(128, ge=16)
+
+
+class BenchmarkFile(_Section):
+    """A benchmark that generated problems must not copy: a JSONL or Parquet file and its text field."""
+
+    path: str
+    field: str = "question"
+
+
+class DecontaminationConfig(_Section):
+    """Drop generated problems that share any `ngram`-word n-gram with a text of `benchmarks`."""
+
+    benchmarks: list[BenchmarkFile] = Field(default_factory=list)
+    ngram: int = Field(10, gt=0)
+
+
 class SynthesisConfig(_Section):
     """One Prismatic Synthesis round (DESIGN §8).
 
@@ -101,7 +132,14 @@ class SynthesisConfig(_Section):
     problem_format: `json` (structured output, always parses) or `delimited` (the paper's text format).
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
-    selection_rule: `paper` (keep if the nearest pool cluster is smaller than the median) or `balanced`.
+    selection_rule: `paper` (keep if the nearest pool cluster is smaller than the median), `balanced`
+      (the paper rule with counts updated within the round, smallest cluster first) or `logdet`
+      (greedy maximum volume in gradient space); see prismatic.selection.
+    selection_count: candidates kept per round by the budgeted rules (balanced, logdet); None: as
+      many as the paper rule keeps of the same candidates.
+    logdet_epsilon: the ridge ε of the logdet rule's A = εI + XᵀX (unit rows).
+    dedup: exact and near-duplicate removal of generated problems against the pool and the round.
+    decontamination: benchmark files whose word n-grams generated problems must not share.
     """
 
     seeds: str = "bundled"
@@ -116,7 +154,11 @@ class SynthesisConfig(_Section):
     min_agree: int = Field(1, gt=0)
     cluster_ratio: float = Field(0.1, gt=0, le=1)
     kmeans_iterations: int = Field(20, gt=0)
-    selection_rule: Literal["paper", "balanced"] = "paper"
+    selection_rule: Literal["paper", "balanced", "logdet"] = "paper"
+    selection_count: int | None = Field(None, ge=0)
+    logdet_epsilon: float = Field(1.0, gt=0)
+    dedup: DedupConfig = DedupConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
     seed: int = Field(0, ge=0)
 
 

@@ -24,6 +24,7 @@ from prismatic.engines import Engine, Journal, generate_journaled
 from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
                                   problem_prompt, sample_few_shot, solution_prompt)
 from prismatic.kmeans import Clustering
+from prismatic.quality import ProblemFilter
 from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
 
 SEED_ROUND = "r000"
@@ -138,10 +139,14 @@ def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: s
 
 
 def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
-                   model: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+                   model: str, key: str, problem_filter: ProblemFilter | None = None
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(generations, problems, rejections) of round `key`: problems, then N solutions per problem.
 
     `problems` has id, task, prompt; generations holds one row per problem and per solution.
+    `problem_filter` (dedup, decontamination; prismatic.quality) removes problems before they are
+    solved: their problem rows stay in generations (raw outputs), they get no solutions, and each
+    removal is a rejections row with its reason.
     """
     jobs = problem_jobs(pool, config, model, key)
     texts = generate_journaled(engine, [job.request for job in jobs], journal)
@@ -157,6 +162,10 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
             problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
             gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
 
+    if problem_filter is not None and problem_rows:
+        kept, removed = problem_filter.apply(pl.DataFrame(problem_rows))
+        problem_rows = kept.to_dicts()
+        rejections.extend(removed.to_dicts())
     solution_requests = []
     solution_sampling = _sampling(config.solution_sampling, config.seed)
     # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
@@ -202,6 +211,8 @@ def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.Data
     for problem in problems.iter_rows(named=True):
         task = problem["task"]
         group = solutions.filter(problem_id=problem["id"]).sort("id")
+        if group.is_empty():  # removed before solving (dedup/decontamination): already a rejection
+            continue
         texts = group["text"].to_list()
         answers = [nli_label(t) if task == "nli" else extract_boxed(t) for t in texts]
         equal = (lambda a, b: a == b) if task == "nli" else math_equal
