@@ -22,8 +22,9 @@ SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decis
 @asset(partitions_def=rounds, deps=[gradient_features], kinds={"polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
        description="Each candidate goes to its nearest centroid of the previous round's pool clustering "
-                   "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size. "
-                   "Every decision is a row. Round r000: all seeds kept.")
+                   "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size; "
+                   "`balanced` and `logdet` (greedy max log-det against the pool's features) keep as many as "
+                   "`paper` would, or `selection_count`. Every decision is a row. Round r000: all seeds kept.")
 def selection(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     if key == SEED_ROUND:
@@ -32,7 +33,8 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
                               "rule": "seed"}, schema=SELECTION_SCHEMA)
         version = io.write(context, store, "selection", frame)
         return MaterializeResult(data_version=version, metadata={"dagster/row_count": len(frame), "kept": len(frame)})
-    rule = prism_home.config().synthesis.selection_rule
+    synthesis = prism_home.config().synthesis
+    rule = synthesis.selection_rule
     centroids, used = io.read_previous(store, "centroids", previous_round(key))
     features = io.read(store, "gradient_features", key)
     if features.is_empty():
@@ -40,7 +42,13 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
     else:
         clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
                                                centroids["size"].to_numpy())
-        frame = select(rule, features["id"].to_list(), np.asarray(features["feature"].to_numpy()), clustering)
+        pool_features = None
+        if rule == "logdet":
+            previous_pool, _ = io.read_previous(store, "pool", previous_round(key))
+            pool_features, _ = io.pool_features(store, previous_pool)
+        frame = select(rule, features["id"].to_list(), np.asarray(features["feature"].to_numpy()), clustering,
+                       count=None if rule == "paper" else synthesis.selection_count,
+                       pool_features=pool_features, epsilon=synthesis.logdet_epsilon)
     version = io.write(context, store, "selection", frame, previous_centroids=used)
     kept = int(frame["kept"].sum()) if len(frame) else 0
     return MaterializeResult(data_version=version, metadata={

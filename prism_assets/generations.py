@@ -9,6 +9,7 @@ from prism_assets import io
 from prism_assets.partitions import rounds
 from prism_assets.seeds import seeds
 from prismatic.engines import Journal
+from prismatic.quality import build_filter, removal_counts
 from prismatic.synthesis import SEED_ROUND, generate_round, previous_round
 from resources.generator import GeneratorResource
 from resources.home import PrismHome
@@ -19,6 +20,8 @@ from resources.store import StoreResource
        owners=["team:prismatic"],
        description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
                    "Reads the previous round's pool through the store (the one undeclared edge). "
+                   "Problems that copy the pool or the round (exact or near duplicates) or share a 10-gram with "
+                   "a configured benchmark are dropped before they are solved (a `rejections` row each). "
                    "Finished requests are journaled, so a retry sends only the missing ones.")
 def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                 generator: GeneratorResource) -> MaterializeResult:
@@ -37,20 +40,26 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     pool, used = io.read_previous(store, "pool", previous)
     levels = io.read(store, "seeds", SEED_ROUND).select("id", "level")
     pool = pool.join(levels, on="id", how="left")
+    problem_filter = build_filter(pool.select("id", "prompt"), config.synthesis.dedup,
+                                  config.synthesis.decontamination)  # reads the benchmark files: fails early
     journal = Journal(config.home / "journal" / f"{key}.jsonl")
     engine = generator.engine()
     tokens_before = engine.output_tokens
     started = time.perf_counter()
-    frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key)
+    frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key,
+                                                 problem_filter=problem_filter)
     seconds = time.perf_counter() - started
     version = io.write(context, store, "generations", frame, previous_pool=used)
     io.write(context, store, "rejections", rejections)
     tokens = engine.output_tokens - tokens_before
+    removed = removal_counts(rejections)
     return MaterializeResult(data_version=version, metadata={
         "dagster/row_count": len(frame),
         "problems": len(problems),
         "solutions": frame.filter(kind="solution").height,
-        "unparseable_prompts": len(rejections),
+        "unparseable_prompts": rejections.filter(reason="unparseable_problems").height,
+        "problems_removed": sum(removed.values()),
+        **{f"removed_{reason}": count for reason, count in removed.items()},
         "output_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else 0.0,
         "previous_pool": MetadataValue.json(used),
