@@ -259,6 +259,27 @@ def diversity(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with i
             print(f"{name}: {value:.6g}")
 
 
+@app.command()
+def select(pool: Annotated[Path, typer.Option("--pool", help="The pool: DATA (JSONL/Parquet) or a feature file.")],
+           candidates: Annotated[Path, typer.Option("--candidates", help="The candidates: DATA or a feature file.")],
+           out: Annotated[Path, typer.Option("--out", help="JSONL of the kept candidates.")],
+           rule: Annotated[str, typer.Option("--rule", help="paper | balanced | logdet.")] = "paper",
+           count: Annotated[int | None, typer.Option("--count", help="Budget of balanced/logdet (default: what "
+                                                     "the paper rule keeps).", show_default=False)] = None,
+           ratio: Annotated[float | None, typer.Option("--ratio", help="Clusters k = ratio × pool size (default "
+                                                       "synthesis.cluster_ratio, 0.1).", show_default=False)] = None,
+           proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
+           max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
+           response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:
+    """Prismatic selection of CANDIDATES against POOL; prints kept counts and the pool's G-Vendi before/after."""
+    from prismatic.select_files import select_files
+
+    config = _config(home, proxy=proxy, mode=mode, dim=dim, seed=seed, max_tokens=max_tokens)
+    report = select_files(pool, candidates, out, config, rule=rule, count=count, ratio=ratio,
+                          fields=_fields(config, id_field, prompt_field, response_field))
+    _emit(report, as_json)
+
+
 @models_app.command("install")
 def models_install(name: Annotated[str, typer.Argument(help="smollm2")],
                    from_hub: Annotated[bool, typer.Option("--from-hub", help="Download from the Hugging "

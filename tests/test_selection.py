@@ -1,9 +1,13 @@
+import json
+
 import numpy as np
 import polars as pl
 import pytest
 
-from prismatic.kmeans import Clustering, spherical_kmeans
-from prismatic.selection import SCHEMA, select, select_balanced, select_paper, sparse_threshold
+from prismatic.gvendi import gvendi
+from prismatic.kmeans import Clustering, assign, spherical_kmeans
+from prismatic.selection import (SCHEMA, GreedyLogDet, paper_count, select, select_balanced, select_logdet,
+                                 select_paper, sparse_threshold)
 
 D = 8
 
@@ -170,3 +174,312 @@ def test_end_to_end_with_a_real_clustering():
     balanced = select_balanced(ids, cands, pool)
     assert balanced["kept"].sum() == 6  # counts 4 … 9 are below 10
     assert sorted(balanced.filter(pl.col("kept"))["cluster_size_at_decision"].to_list()) == list(range(4, 10))
+
+
+# ------------------------------------------------------------------------------------------ logdet
+
+
+def _unit(a):
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def _brute_force_greedy(pool, cands, count, eps):
+    """Exact greedy: each step recomputes log det(εI + XᵀX + x xᵀ) for every open candidate with slogdet."""
+    base = eps * np.eye(pool.shape[1]) + pool.T @ pool
+    kept = []
+    for _ in range(count):
+        scores = [np.linalg.slogdet(base + np.outer(x, x))[1] if i not in kept else -np.inf
+                  for i, x in enumerate(cands)]
+        best = int(np.argmax(scores))
+        kept.append(best)
+        base = base + np.outer(cands[best], cands[best])
+    return kept
+
+
+def test_logdet_incremental_inverse_equals_a_direct_recomputation_after_each_step():
+    rng = np.random.default_rng(3)
+    pool, cands = _unit(rng.normal(size=(7, 12))), _unit(rng.normal(size=(30, 12)))
+    eps = 0.05
+    greedy = GreedyLogDet(pool, cands, eps)
+    gram = eps * np.eye(12) + pool.T @ pool
+    for _ in range(20):  # past d = 12: the kept rows then span the space
+        greedy.keep(greedy.best())
+        gram = gram + np.outer(cands[greedy.kept[-1]], cands[greedy.kept[-1]])
+        direct = np.linalg.inv(gram)
+        assert np.abs(greedy.inverse - direct).max() <= 1e-6 * np.abs(direct).max()
+        leverage = np.einsum("ij,jk,ik->i", cands, direct, cands)
+        assert np.allclose(greedy.leverage, leverage, rtol=1e-6, atol=1e-9)
+
+
+def test_logdet_matches_the_brute_force_greedy_and_the_determinant_lemma():
+    rng = np.random.default_rng(4)
+    for trial in range(3):
+        pool, cands = _unit(rng.normal(size=(5, 6))), _unit(rng.normal(size=(14, 6)))
+        for eps in (0.1, 1.0):
+            greedy = GreedyLogDet(pool, cands, eps)
+            assert greedy.run(8) == _brute_force_greedy(pool, cands, 8, eps), (trial, eps)
+    # log det(A + x xᵀ) − log det A = log(1 + ℓ(x)): the leverage is the log-det gain.
+    gram = 0.3 * np.eye(6) + pool.T @ pool
+    greedy = GreedyLogDet(pool, cands, 0.3)
+    gains = [np.linalg.slogdet(gram + np.outer(x, x))[1] - np.linalg.slogdet(gram)[1] for x in cands]
+    assert np.allclose(np.log1p(greedy.leverage), gains, atol=1e-10)
+
+
+def test_logdet_hand_computed_leverages():
+    # Pool {e0}, ε = 1: A = I + e0 e0ᵀ, A⁻¹ = I − e0 e0ᵀ / 2.
+    pool = np.eye(4)[:1]
+    cands = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]], dtype=np.float64)
+    greedy = GreedyLogDet(pool, cands, 1.0)
+    # e0: 1 − 1/2 = 1/2; (e0 + e1)/√2: (1/2)(1/2 + 1) = 3/4; e2: 1.
+    assert np.allclose(greedy.leverage, [0.5, 0.75, 1.0])
+    greedy.keep(2)  # e2 is orthogonal to the others: their leverages do not move, e2's becomes 1/2
+    assert np.allclose(greedy.leverage, [0.5, 0.75, 0.5])
+
+
+def test_logdet_never_keeps_copies_of_pool_rows_while_new_directions_remain():
+    pool_rows = np.eye(D)[:4]  # e0 … e3
+    ids = ["dup0", "dup1", "dup3", "new4", "new5", "mix", "new6"]
+    features = np.stack([np.eye(D)[0], np.eye(D)[1] * 3, np.eye(D)[3], np.eye(D)[4], np.eye(D)[5],
+                         np.eye(D)[7] + np.eye(D)[0], np.eye(D)[6]])
+    clustering = _pool([1, 1, 1, 1])
+    df = select_logdet(ids, features, pool_rows, 3, clustering=clustering, epsilon=1.0)
+    # Leverages (ε = 1, A⁻¹ = I − Σ_pool e eᵀ / 2): copies of pool rows 1/2; e4, e5, e6 1;
+    # mix = (e0 + e7)/√2: (1/2)(1/2 + 1) = 3/4. Keeping e4, e5, e6 (orthogonal to the rest) moves no
+    # other leverage, and the tie at 1 goes to the lowest id.
+    assert df.filter(pl.col("kept"))["id"].to_list() == ["new4", "new5", "new6"]
+    assert df["id"].to_list() == ids and df.schema == pl.Schema(SCHEMA) and set(df["rule"]) == {"logdet"}
+    # A budget of 4 takes `mix` (3/4) next; the copies (1/2) are never kept.
+    four = select_logdet(ids, features, pool_rows, 4, epsilon=1.0)
+    assert four.filter(pl.col("kept"))["id"].to_list() == ["new4", "new5", "mix", "new6"]
+    assert set(four["cluster"]) == {-1} and set(four["cluster_size_at_decision"]) == {0}
+
+
+def test_logdet_records_clusters_and_counts_and_ignores_input_order():
+    rng = np.random.default_rng(5)
+    pool_rows = _unit(rng.normal(size=(20, D)))
+    clustering = spherical_kmeans(pool_rows, 4, seed=0)
+    ids = [f"c{i:02d}" for i in range(15)]
+    features = rng.normal(size=(15, D))
+    df = select_logdet(ids, features, pool_rows, 6, clustering=clustering, epsilon=0.5)
+    assert df["kept"].sum() == 6
+    labels, _ = assign(features, clustering.centroids)
+    assert df["cluster"].to_list() == labels.tolist()
+    # Kept candidates: their cluster's count just before they were kept (in the order greedy kept
+    # them); rejected ones: the count after the last step.
+    greedy = GreedyLogDet(pool_rows, features, 0.5)
+    counts = clustering.sizes.copy()
+    expected = {}
+    for i in greedy.run(6):
+        expected[ids[i]] = counts[labels[i]]
+        counts[labels[i]] += 1
+    for row in df.iter_rows(named=True):
+        want = expected.get(row["id"], counts[labels[int(row["id"][1:])]])
+        assert row["cluster_size_at_decision"] == want and row["kept"] == (row["id"] in expected)
+    perm = rng.permutation(15)
+    shuffled = select_logdet([ids[i] for i in perm], features[perm], pool_rows, 6, clustering=clustering,
+                             epsilon=0.5)
+    assert shuffled.sort("id").equals(df.sort("id"))
+    # Exact ties (identical candidates) go to the lowest id.
+    twins = select_logdet(["b", "a", "c"], np.stack([np.eye(D)[5]] * 3), pool_rows, 1)
+    assert twins.filter(pl.col("kept"))["id"].to_list() == ["a"]
+    assert select_logdet(ids, features, pool_rows, 0)["kept"].sum() == 0
+    assert select_logdet(ids, features, pool_rows, 99)["kept"].all()
+
+
+def test_logdet_raises_the_pool_gvendi_more_than_random_on_a_clear_case():
+    # Pool: 30 rows around 3 directions; candidates: 20 more near those and 5 along new directions.
+    rng = np.random.default_rng(6)
+    d = 16
+    centers = np.eye(d)[:3]
+    pool_rows = _unit(centers[rng.integers(0, 3, 30)] + 0.05 * rng.normal(size=(30, d)))
+    old = _unit(centers[rng.integers(0, 3, 20)] + 0.05 * rng.normal(size=(20, d)))
+    new = _unit(np.eye(d)[3:8] + 0.05 * rng.normal(size=(5, d)))
+    cands = np.concatenate([old, new])
+    df = select_logdet([f"c{i:02d}" for i in range(25)], cands, pool_rows, 5)
+    assert df["kept"].to_list() == [False] * 20 + [True] * 5
+    # Noise-free, with 10 rows per old direction: adding 5 old rows leaves G-Vendi at 3; adding the 5 new
+    # directions gives eigenvalues 10/35 (×3) and 1/35 (×5): exp(3·(10/35)·ln 3.5 + 5·(1/35)·ln 35) = 4.86.
+    assert gvendi(np.concatenate([pool_rows, new])) > 4.5
+    assert gvendi(np.concatenate([pool_rows, old[:5]])) < 3.6
+
+
+# ---------------------------------------------------------------------------- budgets and dispatch
+
+
+def test_balanced_with_a_count_fills_the_smallest_clusters_past_the_median():
+    pool = _pool(SIZES)  # sizes 1, 2, 5, 8; median 3.5
+    ids = ["p0", "p1", "p2", "p3", "q0", "q1", "q2", "r0", "r1", "s0"]
+    features = np.stack([_near(0, 0.1), _near(0, 0.2), _near(0, 0.3), _near(0, 0.4),
+                         _near(1, 0.1), _near(1, 0.2), _near(1, 0.3), _near(2, 0.1), _near(2, 0.2), _near(3)])
+    threshold = select_balanced(ids, features, pool)
+    assert threshold["kept"].sum() == 5  # p0 p1 p2 (counts 1, 2, 3) and q0 q1 (2, 3)
+    # A count up to 5 is the threshold rule capped; the order is by current count, then fit.
+    for count in range(6):
+        assert select_balanced(ids, features, pool, count=count).equals(
+            select_balanced(ids, features, pool, max_kept=count))
+    # Beyond 5 every open cluster is at count 4 (clusters 0, 1) or 5, 8: 0 and 1 go next, then 2.
+    got = _rows(select_balanced(ids, features, pool, count=8))
+    assert {i for i, (_, _, k) in got.items() if k} == {"p0", "p1", "p2", "p3", "q0", "q1", "q2", "r0"}
+    assert got["p3"] == (0, 4, True) and got["q2"] == (1, 4, True) and got["r0"] == (2, 5, True)
+    assert got["r1"] == (2, 6, False) and got["s0"] == (3, 8, False)
+    assert select_balanced(ids, features, pool, count=50)["kept"].all()
+
+
+def test_select_dispatch_budgets_default_to_what_paper_keeps():
+    pool = _pool(SIZES)
+    ids = ["p0", "p1", "q0", "r0", "s0"]
+    features = np.stack([_near(0, 0.1), _near(0, 0.2), _near(1), _near(2), _near(3)])
+    assert paper_count(ids, features, pool) == 3
+    pool_rows = np.eye(D)[:4]
+    for rule, extra in (("balanced", {}), ("logdet", {"pool_features": pool_rows})):
+        assert select(rule, ids, features, pool, **extra)["kept"].sum() == 3
+        assert select(rule, ids, features, pool, count=1, **extra)["kept"].sum() == 1
+    with pytest.raises(ValueError, match="count applies"):
+        select("paper", ids, features, pool, count=2)
+    with pytest.raises(ValueError, match="needs the pool's features"):
+        select("logdet", ids, features, pool)
+    with pytest.raises(ValueError, match="not both"):
+        select("balanced", ids, features, pool, max_kept=1, count=1)
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        select("logdet", ids, features, pool, pool_features=pool_rows, epsilon=0.0)
+    with pytest.raises(ValueError, match="duplicate candidate id"):
+        select_logdet(["a", "a"], np.stack([_near(0)] * 2), pool_rows, 1)
+    with pytest.raises(ValueError, match="pool features must be an n × 8"):
+        select_logdet(["a"], _near(0)[None], np.ones((2, 3)), 1)
+
+
+# ------------------------------------------------------------------------ prism select, the asset
+
+
+def _feature_file(path, ids, features):
+    from prismatic.features import write_features
+    from prismatic.gradients import FeatureSet
+
+    meta = {"mode": "fast", "dim": features.shape[1], "projection": {"kind": "test", "seed": 0}}
+    return write_features(path, FeatureSet(list(ids), features.astype(np.float32), [1] * len(ids),
+                                           [False] * len(ids), meta), "test-proxy")
+
+
+def test_select_files_on_feature_files_matches_the_rules_applied_directly(tmp_path):
+    from prismatic.config import PrismConfig
+    from prismatic.kmeans import num_clusters
+    from prismatic.select_files import select_files
+
+    rng = np.random.default_rng(7)
+    pool_rows = rng.normal(size=(40, 12))
+    pool_rows[:20, 0] += 4  # one dense region, so the clusters differ in size
+    cands = rng.normal(size=(30, 12))
+    pool_ids, cand_ids = [f"p{i}" for i in range(40)], [f"c{i:02d}" for i in range(30)]
+    pool_path = _feature_file(tmp_path / "pool.parquet", pool_ids, pool_rows)
+    cand_path = _feature_file(tmp_path / "cands.parquet", cand_ids, cands)
+    clustering = spherical_kmeans(pool_rows, num_clusters(40, 0.2), iterations=20, seed=0)
+    paper = select_paper(cand_ids, cands, clustering)
+    assert 0 < paper["kept"].sum() < 30
+    config = PrismConfig()
+    for rule in ("paper", "logdet"):
+        out = tmp_path / f"{rule}.jsonl"
+        report = select_files(pool_path, cand_path, out, config, rule=rule, ratio=0.2)
+        expected = paper if rule == "paper" else select_logdet(cand_ids, cands, pool_rows,
+                                                               int(paper["kept"].sum()), epsilon=1.0)
+        kept_ids = expected.filter(pl.col("kept"))["id"].to_list()
+        assert [row["id"] for row in map(json.loads, out.read_text().splitlines())] == kept_ids
+        assert report["kept"] == report["paper_kept"] == len(kept_ids) and report["k"] == clustering.k
+        kept_rows = cands[[cand_ids.index(i) for i in kept_ids]]
+        assert report["gvendi_before"] == pytest.approx(gvendi(pool_rows), rel=1e-6)
+        assert report["gvendi_after"] == pytest.approx(gvendi(np.concatenate([pool_rows, kept_rows])), rel=1e-6)
+        assert report["pool"] == 40 and report["candidates"] == 30 and report["proxy"] == "test-proxy"
+    counted = select_files(pool_path, cand_path, tmp_path / "b.jsonl", config, rule="balanced", count=7, ratio=0.2)
+    assert counted["kept"] == counted["count"] == 7 and len((tmp_path / "b.jsonl").read_text().splitlines()) == 7
+
+
+def test_select_files_refuses_bad_input_and_writes_nothing(tmp_path):
+    from prismatic.config import PrismConfig
+    from prismatic.errors import InputError, PrismError
+    from prismatic.select_files import select_files
+
+    pool_path = _feature_file(tmp_path / "pool.parquet", ["a", "b"], np.eye(3)[:2])
+    bad = tmp_path / "cands.jsonl"
+    bad.write_text('{"id": "x", "prompt": "p", "response": "r"}\n{"id": "y", "prompt": "p"}\n')
+    out = tmp_path / "kept.jsonl"
+    with pytest.raises(InputError, match=r"cands.jsonl:2: field 'response': missing required field"):
+        select_files(pool_path, bad, out, PrismConfig())
+    with pytest.raises(PrismError, match="option --count"):
+        select_files(pool_path, pool_path, out, PrismConfig(), rule="paper", count=3)
+    with pytest.raises(PrismError, match="option --rule"):
+        select_files(pool_path, pool_path, out, PrismConfig(), rule="greedy")
+    other = _feature_file(tmp_path / "other.parquet", ["c"], np.eye(4)[:1])
+    with pytest.raises(InputError, match="different dim"):
+        select_files(pool_path, other, out, PrismConfig())
+    assert not out.exists()
+
+
+def test_prism_select_command_on_data_files_with_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from prismatic.cli import app
+    from prismatic.data import bundled_seeds_path
+
+    lines = bundled_seeds_path().read_text().splitlines(keepends=True)
+    (tmp_path / "pool.jsonl").write_text("".join(lines[:12]))
+    (tmp_path / "cands.jsonl").write_text("".join(lines[12:20]))
+    monkeypatch.setenv("PRISM_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, [
+        "select", "--pool", str(tmp_path / "pool.jsonl"), "--candidates", str(tmp_path / "cands.jsonl"),
+        "--rule", "logdet", "--count", "3", "--ratio", "0.25", "--proxy", str(tiny_model_dir), "--dim", "64",
+        "--out", str(tmp_path / "kept.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"rule", "pool", "candidates", "k", "paper_kept", "count", "kept", "gvendi_before", "gvendi_after",
+            "gvendi_gain", "out", "proxy", "mode", "dim", "seconds"} == set(report)
+    assert (report["rule"], report["pool"], report["candidates"], report["k"], report["count"], report["kept"],
+            report["dim"]) == ("logdet", 12, 8, 3, 3, 3, 64)
+    assert report["gvendi_gain"] == pytest.approx(report["gvendi_after"] - report["gvendi_before"])
+    kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    originals = {row["id"]: row for row in map(json.loads, lines[12:20])}
+    assert len(kept) == 3 and all(row["prompt"] == originals[row["id"]]["prompt"] for row in kept)
+
+
+def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
+    from dagster import DagsterInstance, materialize
+
+    from prism_assets.clustering import selection
+    from prismatic.store import TABLES, Store, schema
+    from resources.home import PrismHome
+    from resources.store import StoreResource
+
+    rng = np.random.default_rng(8)
+    pool_rows, cands = _unit(rng.normal(size=(20, D))), _unit(rng.normal(size=(12, D)))
+    clustering = spherical_kmeans(pool_rows, 4, seed=0)
+    store = Store(tmp_path / "store")
+    pool_ids, cand_ids = [f"p{i:02d}" for i in range(20)], [f"c{i:02d}" for i in range(12)]
+
+    def features_frame(ids, rows):
+        n = len(ids)
+        return pl.DataFrame({"id": ids, "feature": pl.Series(rows.astype(np.float32), dtype=pl.Array(pl.Float32, D)),
+                             "proxy": ["m"] * n, "mode": ["fast"] * n, "dim": [D] * n, "n_tokens": [1] * n,
+                             "truncated": [False] * n})
+
+    provenance = {"proxy": "m", "projection": {"seed": 0}}
+    store.write("gradient_features", "r000", features_frame(pool_ids, pool_rows), metadata=provenance)
+    store.write("gradient_features", "r001", features_frame(cand_ids, cands), metadata=provenance)
+    store.write("pool", "r000", pl.DataFrame({"id": pool_ids, "prompt": "q", "response": "r", "answer": "1",
+                                              "task": "math", "origin": "seed", "round_added": "r000"}))
+    store.write("centroids", "r000", pl.DataFrame({
+        "cluster": np.arange(clustering.k),
+        "centroid": pl.Series(clustering.centroids, dtype=pl.Array(pl.Float32, D)), "size": clustering.sizes}))
+    for table in TABLES:  # every other table of r000 exists (empty), as after a finished round
+        if table != "seeds" and not store.exists(table, "r000"):
+            store.write(table, "r000", pl.DataFrame(schema=schema(table, dim=D)))
+    (tmp_path / "prism.yaml").write_text("synthesis:\n  selection_rule: logdet\n  selection_count: 4\n"
+                                         "  logdet_epsilon: 0.5\n")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", ["r000", "r001"])
+    home = str(tmp_path)
+    result = materialize([selection], partition_key="r001", instance=instance,
+                         resources={"prism_home": PrismHome(home=home), "store": StoreResource(home=home)})
+    assert result.success
+    stored = store.read("selection", "r001")
+    expected = select_logdet(cand_ids, cands, pool_rows, 4, clustering=clustering, epsilon=0.5)
+    assert stored.sort("id").equals(expected.sort("id"))
+    assert result.asset_materializations_for_node("selection")[0].metadata["rule"].value == "logdet"
