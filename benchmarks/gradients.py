@@ -15,9 +15,10 @@ shape, both bf16:
   matrix block by block; the benchmark times `anchor_blocks` of those blocks for real and
   multiplies by the number of blocks (every block is the same work), so the anchor column is
   measured, then extrapolated — the report says how many blocks were timed.
-Agreement on SmolLM2 (fast vs faithful features of the same samples): relative G-Vendi
-difference and Pearson r of the off-diagonal cosine matrices; on the tiny model, both against
-the exact (unprojected) gradient cosines. Headline `ratio` = fast ÷ anchor samples/s on the
+Agreement on SmolLM2 (fast vs faithful features of the same samples, the faithful timing taken
+from that same run): relative G-Vendi difference and Pearson r of the off-diagonal cosine
+matrices, swept over per-layer block sizes (full mode); on the tiny model, both paths against the
+exact (unprojected) gradient cosines at final sizes 1024 (and 4096 in full mode). Headline `ratio` = fast ÷ anchor samples/s on the
 0.5B-shaped model.
 """
 
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -35,7 +37,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.common import GSM8K, emit, machine, median_seconds, peak_rss_gb
+from benchmarks.common import GSM8K, emit, machine, peak_rss_gb
 from prismatic.config import load_config
 from prismatic.fast_gradients import FastFeaturizer
 from prismatic.gradients import encode_chat, faithful_features, per_sample_gradient
@@ -58,21 +60,30 @@ def gsm8k(n: int) -> pl.DataFrame | None:
     return pl.DataFrame(rows)
 
 
-def fast_column(model, tok, samples, repeats, peak_bf16) -> dict:
-    featurizer = FastFeaturizer(model, tok)
-    seconds = median_seconds(lambda: featurizer.features(samples, progress=False), repeats=repeats, warmup=1)
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def fast_column(model, tok, samples, repeats, peak_bf16, **featurizer_options):
+    """Fast features of `samples`: (features of the last repeat, column with the median samples/s)."""
+    featurizer = FastFeaturizer(model, tok, **featurizer_options)
+    featurizer.features(samples.head(8), progress=False)  # warm-up: allocator, thread pools
+    runs = [timed(lambda: featurizer.features(samples, progress=False).features) for _ in range(repeats)]
+    seconds = statistics.median(s for _, s in runs)
     tokens = sum(encode_chat(tok, r["prompt"], r["response"]).n_tokens for r in samples.iter_rows(named=True))
     flops = 4 * model.num_parameters() * tokens
-    return {"samples": len(samples), "samples_per_s": round(len(samples) / seconds, 3),
-            "tokens": tokens, "achieved_gflops": round(flops / seconds / 1e9, 1),
-            "fraction_of_bf16_peak": round(flops / seconds / 1e9 / peak_bf16, 3), "repeats": repeats}
+    return runs[-1][0], {"samples": len(samples), "samples_per_s": round(len(samples) / seconds, 3),
+                         "tokens": tokens, "achieved_gflops": round(flops / seconds / 1e9, 1),
+                         "fraction_of_bf16_peak": round(flops / seconds / 1e9 / peak_bf16, 3),
+                         "repeats": repeats, **featurizer_options}
 
 
-def faithful_column(model, tok, samples) -> dict:
-    start = time.perf_counter()
-    faithful_features(model, tok, samples, progress=False)
-    seconds = time.perf_counter() - start
-    return {"samples": len(samples), "samples_per_s": round(len(samples) / seconds, 4)}
+def faithful_column(model, tok, samples, **options):
+    """Faithful features of `samples` (one timed run): (features, column)."""
+    features, seconds = timed(lambda: faithful_features(model, tok, samples, progress=False, **options).features)
+    return features, {"samples": len(samples), "samples_per_s": round(len(samples) / seconds, 4)}
 
 
 def anchor_column(model, tok, samples, blocks_timed: int, max_block: int) -> dict:
@@ -112,89 +123,143 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
             "gvendi_rel_diff": round(abs(ga - gb) / gb, 4)}
 
 
-def exact_agreement(samples: pl.DataFrame) -> dict:
-    """Tiny model: fast and faithful features against the exact unprojected gradient cosines."""
+def exact_agreement(samples: pl.DataFrame, dims: tuple[int, ...]) -> dict:
+    """Tiny model: fast and faithful features at each final size against the exact gradient cosines.
+
+    Both methods are Johnson–Lindenstrauss estimates of the same cosines, so the Pearson ceiling at a
+    final size d is set by d itself (error of one cosine ≈ √((1 + cos²)/d)), whatever the method.
+    """
     model, tok = build_random_model("tiny")
     exact = torch.stack([per_sample_gradient(model, encode_chat(tok, r["prompt"], r["response"]))
                          for r in samples.iter_rows(named=True)]).double()
     exact = (exact / exact.norm(dim=1, keepdim=True)).numpy()
-    fast = FastFeaturizer(model, tok).features(samples, progress=False).features.astype(np.float64)
-    faithful = faithful_features(model, tok, samples, projection_dtype=torch.float32,
-                                 progress=False).features.astype(np.float64)
-    return {"fast_vs_exact": agreement(fast, exact), "faithful_vs_exact": agreement(faithful, exact)}
+    result = {"samples": len(samples)}
+    for dim in dims:
+        fast = FastFeaturizer(model, tok, dim=dim).features(samples, progress=False).features
+        faithful = faithful_features(model, tok, samples, dim=dim, projection_dtype=torch.float32,
+                                     progress=False).features
+        result[f"dim_{dim}"] = {"fast_vs_exact": agreement(fast.astype(np.float64), exact),
+                                "faithful_vs_exact": agreement(faithful.astype(np.float64), exact)}
+    return result
 
 
 def _progress(model: str, column: str, values: dict) -> None:
     print(f"[gradients] {model} {column}: {json.dumps(values)}", file=sys.stderr, flush=True)
 
 
+QUICK = dict(smol=24, repeats=1, qwen_fast=8, qwen_faithful=0, exact=24, dims=(1024,), blocks=(),
+             anchor_blocks=1, anchor_max_block=2)
+FULL = dict(smol=256, repeats=3, qwen_fast=64, qwen_faithful=8, exact=96, dims=(1024, 4096), blocks=(64, 128),
+            anchor_blocks=1, anchor_max_block=1024)
+
+
+def smollm2_columns(model, tok, data, sizes, peak) -> dict:
+    """Fast and faithful on the same samples (timings + agreement), then the per-layer block sweep."""
+    samples = data.head(sizes["smol"])
+    fast, column_fast = fast_column(model, tok, samples, sizes["repeats"], peak)
+    _progress("smollm2-135m", "fast", column_fast)
+    faithful, column_faithful = faithful_column(model, tok, samples)
+    _progress("smollm2-135m", "faithful", column_faithful)
+    column = {"fast": column_fast, "faithful": column_faithful,
+              "agreement_fast_vs_faithful": agreement(fast.astype(np.float64), faithful.astype(np.float64))}
+    _progress("smollm2-135m", "agreement", column["agreement_fast_vs_faithful"])
+    column["block_sweep"] = [{"block": 32, "samples_per_s": column_fast["samples_per_s"],
+                              **column["agreement_fast_vs_faithful"]}]
+    for block in sizes["blocks"]:
+        swept, timing = fast_column(model, tok, samples, 1, peak, block_in=block, block_out=block)
+        row = {"block": block, "samples_per_s": timing["samples_per_s"],
+               **agreement(swept.astype(np.float64), faithful.astype(np.float64))}
+        column["block_sweep"].append(row)
+        _progress("smollm2-135m", "block sweep", row)
+    return column
+
+
+def qwen_columns(model, tok, data, sizes, peak) -> dict:
+    _, column_fast = fast_column(model, tok, data.head(sizes["qwen_fast"]), sizes["repeats"], peak)
+    _progress("qwen2.5-0.5b-shape", "fast", column_fast)
+    column = {"fast": column_fast}
+    if sizes["qwen_faithful"]:
+        # One full 8 GB buffer of bf16 gradients (8 samples): the faithful path's steady state.
+        _, column["faithful"] = faithful_column(model, tok, data.head(sizes["qwen_faithful"]))
+    else:
+        column["faithful"] = {"samples": 0, "samples_per_s": None, "note": "not run with --quick"}
+    _progress("qwen2.5-0.5b-shape", "faithful", column["faithful"])
+    return column
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, under 3 minutes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # --quick: fewer samples, TRAK blocks of 2 columns (the per-block time is extrapolated either way),
-    # no faithful column on the 0.5B shape (one pass of its sign generation alone takes minutes).
-    sizes = dict(fast=16, faithful=2, agree=24, exact=24, repeats=1, blocks=1, max_block=2) if args.quick else \
-        dict(fast=128, faithful=8, agree=256, exact=96, repeats=3, blocks=1, max_block=1024)
-    data = gsm8k(max(sizes["fast"], sizes["agree"]))
+    # --quick: fewer samples, one repeat, TRAK blocks of 2 columns (the per-block time is extrapolated
+    # either way), no faithful column on the 0.5B shape (one pass of its signs alone takes minutes).
+    sizes = QUICK if args.quick else FULL
+    data = gsm8k(max(sizes["smol"], sizes["qwen_fast"], sizes["exact"]))
     if data is None:
         emit({"benchmark": "gradients", "ratio": None, "target": ">= 50", "details": {"skipped": f"{GSM8K} not found"}},
              "# gradients\n\nskipped: GSM8K not found\n", args.json)
         return
     info = machine()
     peak = info["bf16_gflops"]
-    details: dict = {"machine": info, "sizes": sizes}
+    details: dict = {"machine": info, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}
     smol_path = install_smollm2(load_config().models_dir)
-    for name, loader in (("smollm2-135m", lambda: load_causal_lm(str(smol_path), torch.bfloat16, torch.device("cpu"))),
-                         ("qwen2.5-0.5b-shape", lambda: build_random_model("qwen2.5-0.5b"))):
+    for name, loader, columns in (
+            ("smollm2-135m", lambda: load_causal_lm(str(smol_path), torch.bfloat16, torch.device("cpu")),
+             smollm2_columns),
+            ("qwen2.5-0.5b-shape", lambda: build_random_model("qwen2.5-0.5b"), qwen_columns)):
         model, tok = loader()
         model.eval()
-        column = {"params": model.num_parameters()}
-        column["fast"] = fast_column(model, tok, data.head(sizes["fast"]), sizes["repeats"], peak)
-        _progress(name, "fast", column["fast"])
-        if args.quick and name != "smollm2-135m":
-            column["faithful"] = {"samples": 0, "samples_per_s": None, "note": "not run with --quick"}
-        else:
-            column["faithful"] = faithful_column(model, tok, data.head(sizes["faithful"]))
-        _progress(name, "faithful", column["faithful"])
-        column["anchor"] = anchor_column(model, tok, data, sizes["blocks"], sizes["max_block"])
+        column = {"params": model.num_parameters(), **columns(model, tok, data, sizes, peak)}
+        column["anchor"] = anchor_column(model, tok, data, sizes["anchor_blocks"], sizes["anchor_max_block"])
         _progress(name, "anchor", column["anchor"])
-        column["fast_vs_anchor"] = round(column["fast"]["samples_per_s"] / column["anchor"]["samples_per_s"], 1)
-        faithful_rate = column["faithful"]["samples_per_s"]
-        fast_rate = column["fast"]["samples_per_s"]
+        fast_rate, faithful_rate = column["fast"]["samples_per_s"], column["faithful"]["samples_per_s"]
+        column["fast_vs_anchor"] = round(fast_rate / column["anchor"]["samples_per_s"], 1)
         column["fast_vs_faithful"] = round(fast_rate / faithful_rate, 1) if faithful_rate else None
-        if name == "smollm2-135m":
-            agree = data.head(sizes["agree"])
-            fast = FastFeaturizer(model, tok).features(agree, progress=False).features
-            faithful = faithful_features(model, tok, agree, progress=False).features
-            column["agreement_fast_vs_faithful"] = agreement(fast.astype(np.float64), faithful.astype(np.float64))
-            _progress(name, "agreement", column["agreement_fast_vs_faithful"])
         column["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
         details[name] = column
         del model
-    details["tiny_exact"] = exact_agreement(data.head(sizes["exact"]))
+    details["tiny_exact"] = exact_agreement(data.head(sizes["exact"]), sizes["dims"])
     _progress("tiny", "exact", details["tiny_exact"])
     qwen = details["qwen2.5-0.5b-shape"]
     result = {"benchmark": "gradients", "ratio": qwen["fast_vs_anchor"],
               "target": "fast >= 50x anchor and >= 10x faithful (0.5B shape); >= 50% bf16 peak; "
                         "|dG-Vendi| <= 3%, Pearson >= 0.95 (SmolLM2, >= 256 samples)", "details": details}
+    emit(result, markdown(details, args.quick), args.json)
+
+
+def markdown(details: dict, quick: bool) -> str:
+    info = details["machine"]
     lines = ["# Gradient features: fast vs faithful vs paper-code anchor", "",
-             f"`python -m benchmarks.gradients{' --quick' if args.quick else ''} --json` — bf16 peak {peak} GFLOP/s, "
-             f"fp32 peak {info['fp32_gflops']} GFLOP/s", "",
+             f"`python -m benchmarks.gradients{' --quick' if quick else ''} --json` — bf16 peak "
+             f"{info['bf16_gflops']} GFLOP/s, fp32 peak {info['fp32_gflops']} GFLOP/s", "",
              "| model | fast samples/s | faithful samples/s | anchor samples/s | fast÷anchor | fast÷faithful "
-             "| fast % bf16 peak |",
-             "|---|---|---|---|---|---|---|"]
+             "| fast % bf16 peak | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in ("smollm2-135m", "qwen2.5-0.5b-shape"):
         c = details[name]
         lines.append(f"| {name} | {c['fast']['samples_per_s']} | {c['faithful']['samples_per_s']} | "
                      f"{c['anchor']['samples_per_s']} | {c['fast_vs_anchor']} | {c['fast_vs_faithful']} | "
-                     f"{100 * c['fast']['fraction_of_bf16_peak']:.1f}% |")
-    a = details["smollm2-135m"]["agreement_fast_vs_faithful"]
-    lines += ["", f"Agreement on SmolLM2 ({sizes['agree']} samples): Pearson {a['pearson_offdiag_cosine']}, "
-                  f"G-Vendi fast {a['gvendi_a']} vs faithful {a['gvendi_b']} ({100 * a['gvendi_rel_diff']:.1f}%).",
-              f"Tiny model vs exact gradients: {json.dumps(details['tiny_exact'])}", ""]
-    emit(result, "\n".join(lines), args.json)
+                     f"{100 * c['fast']['fraction_of_bf16_peak']:.1f}% | {c['peak_rss_gb_so_far']} |")
+    smol = details["smollm2-135m"]
+    lines += ["", f"Agreement with the faithful path on SmolLM2 ({smol['fast']['samples']} GSM8K samples, "
+                  "final size 1024):", "",
+              "| per-layer block | fast samples/s | Pearson off-diagonal cosine | G-Vendi fast | G-Vendi faithful "
+              "| relative difference |", "|---|---|---|---|---|---|"]
+    for row in smol["block_sweep"]:
+        lines.append(f"| {row['block']}×{row['block']} | {row['samples_per_s']} | {row['pearson_offdiag_cosine']} | "
+                     f"{row['gvendi_a']} | {row['gvendi_b']} | {100 * row['gvendi_rel_diff']:.1f}% |")
+    tiny = details["tiny_exact"]
+    lines += ["", f"Tiny model, both paths against the exact (unprojected) gradient cosines ({tiny['samples']} "
+                  "samples):", "", "| final size | path | Pearson | G-Vendi | exact G-Vendi | relative difference |",
+              "|---|---|---|---|---|---|"]
+    for key, value in tiny.items():
+        if key.startswith("dim_"):
+            for path in ("fast_vs_exact", "faithful_vs_exact"):
+                a = value[path]
+                lines.append(f"| {key[4:]} | {path.split('_')[0]} | {a['pearson_offdiag_cosine']} | {a['gvendi_a']} | "
+                             f"{a['gvendi_b']} | {100 * a['gvendi_rel_diff']:.1f}% |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ Covered, so the concatenation is the whole gradient up to projection:
 A layer side whose size is ≤ its block size is not projected (identity), so small layers are exact.
 The concatenated vector is projected densely to `dim` with a seeded Rademacher matrix (÷√dim) and
 each row is L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
-tokens), so per-sample gradients are exact up to the projections; padding has no effect since a
-right-padded position gets no loss and no later real token attends to it.
+tokens), so per-sample gradients are exact up to the projections. Batches are right-padded and run
+with plain causal attention (no padding mask, so SDPA takes its causal kernel): a padded position
+comes after every real token of its row, so no real token attends to it, it gets no loss, and its
+output-gradients δ are exactly zero, so it adds nothing to any block.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class FastFeaturizer:
 
     def _forward_backward(self, ids, labels, mask, out) -> None:
         embeds = self.embedding(ids).detach().requires_grad_(True)
-        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = self.model.base_model(inputs_embeds=embeds).last_hidden_state
         # Position t predicts token t+1: score only assistant targets, each sample's loss a mean.
         targets = labels[:, 1:]
         rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
