@@ -39,6 +39,7 @@ ResponseField = Annotated[str | None, typer.Option("--response-field", help="Nam
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # vLLM logs to stdout by default
     try:
         app(standalone_mode=False)
     except PrismError as exc:
