@@ -45,6 +45,7 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     journal = Journal(config.home / "journal" / f"{key}.jsonl")
     engine = generator.engine()
     tokens_before = engine.output_tokens
+    journaled_before = len(journal)
     started = time.perf_counter()
     frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key,
                                                  problem_filter=problem_filter)
@@ -61,6 +62,8 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
         "problems_removed": sum(removed.values()),
         **{f"removed_{reason}": count for reason, count in removed.items()},
         "output_tokens": tokens,
+        "responses_from_journal": journaled_before,
+        "responses_generated": len(journal) - journaled_before,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else 0.0,
         "previous_pool": MetadataValue.json(used),
         "model": generator.model_name(),

@@ -29,11 +29,13 @@ def write(context: AssetExecutionContext, resource: StoreResource, table: str, f
     """Write this partition of `table` (atomically) with provenance.
 
     Views read a file pattern, so new rounds of a table appear in queries by themselves; the catalog
-    is rebuilt only when a table gets its first partition (or the catalog file is missing).
+    is rebuilt only when a table gets its first partition (or the catalog file is missing). A rewrite
+    of a table's only partition rebuilds it too: a run killed between its first write and the
+    rebuild leaves a table without a view, and its rerun writes that partition again.
     """
     store = resource.store()
     key = context.partition_key if context.has_partition_key else "r000"
-    first_partition = not store.rounds(table)
+    first_partition = store.rounds(table) in ([], [key])
     store.write(table, key, frame, metadata={"round": key, "run_id": context.run_id,
                                              "asset": context.asset_key.to_user_string(), **provenance})
     catalog = resource.catalog()

@@ -2,17 +2,26 @@
 
 The instance lives in `$PRISM_HOME/dagster`, so `DAGSTER_HOME=$PRISM_HOME/dagster dagster dev -w
 workspace.yaml` shows the same runs, lineage and partitions afterwards.
+
+A round is run under the store's lock of that round (`Store.lock_round`): a second `prism run` of
+the same round is refused before it starts anything. Everything a run checks (the config, the
+previous round, the seed file) is checked before the lock is taken and before anything is written.
+A run killed with SIGKILL stays STARTED in the instance; the next run of that round (which can take
+the lock only because the killed one no longer holds it) marks it failed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 from pathlib import Path
 
 import polars as pl
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from prismatic.config import load_config
+from prismatic.data import load_seeds
 from prismatic.errors import PrismError
 from prismatic.store import Store
 from prismatic.synthesis import SEED_ROUND, previous_round
@@ -20,6 +29,8 @@ from prismatic.synthesis import SEED_ROUND, previous_round
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Console logging of in-process runs: warnings and errors only (the full log is in the instance)."""
+STORE_TAG = "prism/store"
+"""Tag of runs started by `run_round`: the store root they write (their lock is that store's)."""
 
 
 def instance_for(home: Path) -> DagsterInstance:
@@ -39,17 +50,24 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
 
     os.environ["PRISM_HOME"] = str(home)
     config = load_config(home)
-    instance = instance or instance_for(home)
     store = Store(config.store_uri)
-    defs = build_definitions(str(home))
-    if not store.exists("seeds", SEED_ROUND):
-        defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
     if key != SEED_ROUND and not store.exists("diversity_scores", previous_round(key)):
         raise PrismError(f"round {key} needs round {previous_round(key)} first: it is missing or did not finish "
                          f"(run `prism run --round {previous_round(key)}`)")
-    instance.add_dynamic_partitions("rounds", [key])
-    result = defs.resolve_job_def("prism_round").execute_in_process(partition_key=key, instance=instance,
-                                                                    run_config=QUIET, raise_on_error=False)
+    if not store.exists("seeds", SEED_ROUND):
+        load_seeds(config.synthesis.seeds)  # a bad seed file is reported here, before anything is written
+    run_id = str(uuid.uuid4())
+    owner = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+    with store.lock_round(key, owner, run_id=run_id):
+        instance = instance or instance_for(home)
+        fail_dead_runs(instance, key, store)
+        defs = build_definitions(str(home))
+        if not store.exists("seeds", SEED_ROUND):
+            defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
+        instance.add_dynamic_partitions("rounds", [key])
+        result = defs.resolve_job_def("prism_round").execute_in_process(
+            partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
+            tags={STORE_TAG: str(store.root)})
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
         error = failure.event_specific_data.error if failure else None
@@ -58,6 +76,22 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
         message = error.message.strip() if error else "see the Dagster run log"
         raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
     return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
+
+
+def fail_dead_runs(instance: DagsterInstance, key: str, store: Store) -> list[str]:
+    """Mark failed the unfinished `run_round` runs of round `key` on `store`; returns their run ids.
+
+    Call it holding the round's lock: such a run held that lock for its whole life, so if it is
+    still STARTED now, its process died (e.g. SIGKILL) without reporting the end.
+    """
+    dead = instance.get_runs(RunsFilter(job_name="prism_round", tags={"dagster/partition": key,
+                                                                       STORE_TAG: str(store.root)},
+                                        statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+                                                  DagsterRunStatus.STARTED]))
+    for run in dead:
+        instance.report_run_failed(run, message=f"the process running round {key} ended without finishing the "
+                                                "run (killed?); a later run of the round found its lock free")
+    return [run.run_id for run in dead]
 
 
 def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:

@@ -95,8 +95,8 @@ def _compute_features(data_path: Path, config, fields):
     from prismatic.data import load_samples
     from prismatic.featurize import compute_features
 
-    samples = load_samples(data_path, fields)
-    return compute_features(samples, config.features, config.models_dir)
+    samples = load_samples(data_path, fields, with_lines=True)
+    return compute_features(samples, config.features, config.models_dir, source=data_path, fields=fields)
 
 
 @app.command()

@@ -24,11 +24,15 @@ class _Section(BaseModel):
 
 
 class DataFields(_Section):
-    """Which fields of a user's JSONL/Parquet rows hold the id, the prompt and the response."""
+    """Which fields of a user's JSONL/Parquet rows hold the id, the prompt and the response.
+
+    max_line_mb: a JSONL line longer than this (MiB) is refused before it is read into memory.
+    """
 
     id_field: str = "id"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    max_line_mb: float = Field(16.0, gt=0)
 
 
 class FeaturesConfig(_Section):
@@ -40,6 +44,9 @@ class FeaturesConfig(_Section):
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
     seed: seed of the Rademacher projection; features of different seeds are never mixed.
     max_tokens: truncate each chat to this many tokens (None: never truncate; recorded when used).
+    overlong: a chat longer than the proxy's context (`max_position_embeddings`): `refuse` (an error
+      naming the sample's file, line and field) or `truncate` (cut to the context; the row's
+      `truncated` flag records it).
     model_dtype: dtype of the proxy's weights and gradients.
     projection_dtype: dtype the dense projection multiplies in (accumulation is always float32).
     gradient_buffer_gb: (faithful) RAM for per-sample flattened gradients awaiting projection; each
@@ -55,6 +62,7 @@ class FeaturesConfig(_Section):
     dim: int = Field(1024, gt=0)
     seed: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, gt=0)
+    overlong: Literal["refuse", "truncate"] = "refuse"
     model_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     projection_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     gradient_buffer_gb: float = Field(8.0, gt=0)

@@ -35,6 +35,7 @@ from typing import Any, Protocol, Self
 
 from prismatic.config import GeneratorConfig
 from prismatic.errors import InputError, PrismError
+from prismatic.faults import fault_point
 from prismatic.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,8 @@ class _Aborted(Exception):
 
 
 _RETRY_STATUS = {408, 425, 429}
+_FINISHED = {"stop", "length"}
+"""finish_reason of a completion that ran to its end; others (None, "abort", "error") are retried."""
 
 
 class OpenAIEngine:
@@ -173,9 +176,13 @@ class OpenAIEngine:
       i mod n, and a URL that fails is rested (exponential cool-down) while others take its work.
     model: the served model name.
     max_concurrency: requests in flight at once (threads).
-    max_retries: further attempts after the first, on timeouts, connection errors, 5xx and 429,
-      with exponential backoff (`backoff` · 2^attempt seconds, jittered, at most `max_backoff`).
-      Other 4xx answers fail at once: retrying a bad request does not help.
+    max_retries: further attempts after the first, on timeouts, connection errors (a server that
+      restarts), 5xx and 429, bodies that are not a chat completion, and incomplete completions
+      (content null, or finish_reason other than "stop"/"length", as when a server aborts requests
+      on shutdown), with exponential backoff (`backoff` · 2^attempt seconds, jittered, at most
+      `max_backoff`). Other 4xx answers fail at once: retrying a bad request does not help. An
+      empty text with finish_reason "stop" is the model's answer (a seeded retry would repeat it)
+      and is returned; the caller's parser rejects it.
     timeout: seconds per attempt.
     `choices` are sent as vLLM's `structured_outputs: {"choice": [...]}` (vLLM ≥ 0.11 servers);
     `json_schema` as the standard `response_format: {"type": "json_schema", ...}`.
@@ -312,10 +319,15 @@ class OpenAIEngine:
                                          f"{response.text[:500]}"))
         try:
             data = response.json()
-            content = data["choices"][0]["message"].get("content") or ""
+            choice = data["choices"][0]
+            content = choice["message"].get("content")
             tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable(f"{url}: not a chat completion response: {response.text[:300]!r}") from None
+        finish = choice.get("finish_reason")
+        if not isinstance(content, str) or finish not in _FINISHED or (not content and finish != "stop"):
+            raise _Retryable(f"{url}: incomplete completion (finish_reason={finish!r}, "
+                             f"content={str(content)[:80]!r})")
         return content, tokens
 
     def _complete(self, request: GenerationRequest, start: int, abort: threading.Event) -> str:
@@ -464,6 +476,7 @@ class Journal:
                 handle.flush()
                 os.fsync(handle.fileno())
             self._texts.update(fresh)
+            fault_point("journal.append")
 
 
 def _journal_record(raw: bytes) -> tuple[str, str] | None:
@@ -493,7 +506,12 @@ def generate_journaled(engine: Engine, requests: Sequence[GenerationRequest], jo
         def record(pairs: list[tuple[int, str]]) -> None:
             journal.append_many((missing[position].key, text) for position, text in pairs)
 
-        texts = engine.generate(missing, on_results=record)
+        try:
+            texts = engine.generate(missing, on_results=record)
+        except PrismError as exc:
+            left = sum(1 for request in missing if request.key not in journal)
+            raise PrismError(f"{exc} ({len(missing) - left} of the {len(missing)} requests sent finished and are "
+                             f"kept in the journal {journal.path}; a rerun sends only the other {left})") from None
         if len(texts) != len(missing):
             raise PrismError(f"the engine returned {len(texts)} texts for {len(missing)} requests")
         journal.append_many((request.key, text) for request, text in zip(missing, texts))

@@ -17,16 +17,26 @@ Writes are validated and atomic:
 The frame's provenance (`metadata=`, a JSON-serializable dict) travels in the file's Parquet
 key-value metadata and comes back from `read_metadata`.
 
+One run at a time per round: `Store.lock_round(key)` is an exclusive claim on every table of one
+round partition (see `RoundLock`); a second run of the same round is refused with a message naming
+the run that holds it. Taking the lock also removes temporary files that a killed writer of that
+round left behind.
+
 All path logic sits behind `Store` methods so that an S3 store can come later behind the same
 interface; today the root must be a local directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +45,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prismatic.errors import PrismError
+from prismatic.faults import fault_point
+
+log = logging.getLogger(__name__)
 
 ROUND_RE = re.compile(r"^r\d{3,}$")
 PARTITION_COLUMN = "round"
 PART_FILE = "part-0.parquet"
 PROVENANCE_KEY = b"prismatic.provenance"
+LOCK_DIR = "_locks"
+"""Directory under the store root that holds one lock file per round (no table glob matches it)."""
 
 ANY_WIDTH = 0
 """`pl.Array(pl.Float32, ANY_WIDTH)` in `TABLES` stands for a fixed-size float32 array of any width
@@ -192,6 +207,10 @@ class Store:
     def _partition_dir(self, table: str, round_key: str) -> Path:
         return self._table_dir(table) / f"{PARTITION_COLUMN}={check_round(round_key)}"
 
+    def lock_path(self, round_key: str) -> Path:
+        """The lock file of round `round_key` (see `RoundLock`)."""
+        return self.root / LOCK_DIR / f"{PARTITION_COLUMN}={check_round(round_key)}.lock"
+
     def path(self, table: str, round_key: str) -> Path:
         """Where the partition's file lives (whether or not it exists)."""
         return self._partition_dir(table, round_key) / PART_FILE
@@ -244,12 +263,36 @@ class Store:
 
     @staticmethod
     def _read_arrow(path: Path):
+        """The file's table, read through one open handle: given a path, pyarrow opens the file once
+        for the footer and again for the data, and a rewrite between the two would pair the old
+        footer with the new file's bytes."""
         try:
-            return pq.read_table(path)
+            with path.open("rb") as handle:
+                return pq.read_table(handle)
         except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or unreadable file
             raise PrismError(f"{path}: not a readable Parquet file ({exc})") from None
 
     # -- writing -----------------------------------------------------------------------------
+
+    def lock_round(self, round_key: str, owner: str, *, run_id: str | None = None) -> RoundLock:
+        """An exclusive claim on round `round_key`: `with store.lock_round("r001", "prism run"): ...`."""
+        return RoundLock(self, round_key, owner, run_id=run_id)
+
+    def remove_temporary_files(self, round_key: str) -> int:
+        """Delete the temporary files of round `round_key` that killed writers left; returns how many.
+
+        Only safe while holding the round's lock (`RoundLock` calls it when it takes the lock): then
+        no live writer of that round exists.
+        """
+        removed = 0
+        pattern = f".{PARTITION_COLUMN}={check_round(round_key)}.*.tmp"
+        for table in TABLES:
+            table_dir = self._table_dir(table)
+            if table_dir.is_dir():
+                for leftover in table_dir.glob(pattern):
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def write(self, table: str, round_key: str, frame: pl.DataFrame,
               metadata: dict[str, Any] | None = None) -> Path:
@@ -276,6 +319,7 @@ class Store:
                 pq.write_table(data, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            fault_point(f"store.write:{table}")
             partition.mkdir(exist_ok=True)
             os.replace(tmp, target)
         except BaseException:
@@ -287,6 +331,138 @@ class Store:
         _fsync_dir(partition)
         _fsync_dir(table_dir)
         return target
+
+
+class RoundLockedError(PrismError):
+    """Another live run holds the lock of the round this run wants to write."""
+
+
+_held: dict[str, list] = {}
+"""Locks this process holds: lock path → [file descriptor, nesting depth]."""
+_held_guard = threading.Lock()
+
+
+class RoundLock:
+    """Exclusive right to write one round partition (all its tables) of a store.
+
+    The lock is a file `<root>/_locks/round=<rNNN>.lock` under an `flock` held for the lock's whole
+    life. Its content is a JSON record of the holder, `{owner, run_id, pid, host, started}`, so a
+    refused run can say who holds the round. Properties:
+
+    - A second process is refused at once (`RoundLockedError`, a `PrismError`): nothing waits, nothing
+      is written by the refused run.
+    - A holder killed with SIGKILL cannot leave a stale lock: the kernel drops an `flock` when the
+      process dies, so the rerun takes the lock, logs whose record it replaced, and removes the
+      temporary files the dead writer left (`Store.remove_temporary_files`).
+    - Re-entrant in a process: `prism run` holds the lock and the Dagster run it starts in-process
+      takes it again (the store resource locks each run's partition). A process of the same Dagster
+      run (`run_id`, multiprocess executor: one process per step) may write while the lock is held
+      in that run's name; it does not hold the lock itself.
+    - The file is never deleted (an unlinked lock file would let two processes lock two different
+      files); releasing empties it.
+
+    For object storage (S3 has no flock) the same record becomes an object `_locks/round=rNNN.json`
+    created with a conditional PUT (`If-None-Match: *`), so exactly one writer creates it; there a
+    lock is stale when its host is this host and its pid is gone, or when its holder stopped
+    refreshing it; releasing deletes the object.
+    """
+
+    def __init__(self, store: Store, round_key: str, owner: str, *, run_id: str | None = None):
+        self.store = store
+        self.round_key = check_round(round_key)
+        self.owner = owner
+        self.run_id = run_id
+        self.path = store.lock_path(round_key)
+        self.replaced: dict[str, Any] | None = None
+        """The record of a dead holder whose lock this one took over (None when there was none)."""
+        self._holding = False
+
+    def __repr__(self) -> str:
+        return f"RoundLock({str(self.path)!r}, owner={self.owner!r})"
+
+    def __enter__(self) -> RoundLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> RoundLock:
+        """Take the lock, or raise `RoundLockedError` naming the holder."""
+        key = str(self.path)
+        with _held_guard:
+            if key in _held:
+                _held[key][1] += 1
+                self._holding = True
+                return self
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_record(fd)
+                os.close(fd)
+                if self.run_id and holder.get("run_id") == self.run_id:
+                    return self  # a process of the run that holds the lock
+                raise RoundLockedError(self._refusal(holder)) from None
+            except OSError as exc:
+                os.close(fd)
+                raise PrismError(f"cannot lock round {self.round_key} at {self.path}: {exc.strerror}") from None
+            self.replaced = _lock_record(fd) or None
+            record = {"round": self.round_key, "owner": self.owner, "run_id": self.run_id, "pid": os.getpid(),
+                      "host": socket.gethostname(),
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+            os.fsync(fd)
+            _held[key] = [fd, 1]
+            self._holding = True
+        if self.replaced:
+            log.warning("round %s: took over the lock of %s (pid %s on %s, since %s), which is no longer running",
+                        self.round_key, self.replaced.get("owner"), self.replaced.get("pid"),
+                        self.replaced.get("host"), self.replaced.get("started"))
+        removed = self.store.remove_temporary_files(self.round_key)
+        if removed:
+            log.warning("round %s: removed %d temporary file(s) left by an interrupted write", self.round_key, removed)
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (the outermost release of this process empties the file and unlocks it)."""
+        if not self._holding:
+            return
+        self._holding = False
+        key = str(self.path)
+        with _held_guard:
+            entry = _held[key]
+            entry[1] -= 1
+            if entry[1]:
+                return
+            del _held[key]
+            fd = entry[0]
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _refusal(self, holder: dict[str, Any]) -> str:
+        if holder:
+            who = (f"{holder.get('owner') or 'another run'} (pid {holder.get('pid')} on host {holder.get('host')}, "
+                   f"since {holder.get('started')})")
+        else:
+            who = "another process that is just starting"
+        return (f"round {self.round_key} of the store {self.store.root} is being written by {who}; two runs of one "
+                f"round would interleave their writes, so this run stops without writing. Wait for that run to "
+                f"finish or stop it (lock file: {self.path})")
+
+
+def _lock_record(fd: int) -> dict[str, Any]:
+    """The holder record in an open lock file ({} when empty or unreadable)."""
+    try:
+        size = os.fstat(fd).st_size
+        value = json.loads(os.pread(fd, size, 0).decode()) if size else {}
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _fsync_dir(path: Path) -> None:

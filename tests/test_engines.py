@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,17 +131,28 @@ def test_appends_keep_the_first_text_of_a_key(tmp_path):
 # ------------------------------------------------------------------------------------------ OpenAI
 
 
+FAULTS = ("500", "garbage", "empty_body", "null_content", "abort", "drop", "hang")
+"""What a misbehaving server does instead of answering: an HTTP 500, a 200 whose body is HTML, an
+empty 200, a completion with `content: null`, one with `finish_reason: "abort"` (vLLM aborting on
+shutdown), closing the connection without a response, answering after the client's timeout."""
+
+
 class FakeServer:
     """An OpenAI-compatible chat completions endpoint on 127.0.0.1.
 
     mode: "ok" answers; "500" fails with a body that echoes the Authorization header (a careless
-    server), "400" refuses. `poison`: requests whose last message contains it get a 500.
+    server), "400" refuses. `poison`: requests whose last message contains it get `poison_fault`
+    (default "500"). `faults`: the next requests get these (one of FAULTS each), then answers again.
     """
 
-    def __init__(self, mode: str = "ok", delay: float = 0.0):
+    def __init__(self, mode: str = "ok", delay: float = 0.0, port: int = 0):
         self.mode = mode
         self.delay = delay
         self.poison: str | None = None
+        self.poison_fault = "500"
+        self.faults: list[str] = []
+        self.hang = 3.0
+        self.connections: list[socket.socket] = []
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
         self.hits = 0
@@ -155,6 +167,11 @@ class FakeServer:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server.connections.append(self.connection)
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
@@ -163,12 +180,17 @@ class FakeServer:
                     server.auth.append(self.headers.get("Authorization"))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fault = server.faults.pop(0) if server.faults else None
                 try:
                     time.sleep(server.delay)
                     content = body["messages"][-1]["content"]
+                    if server.poison and server.poison in content:
+                        fault = server.poison_fault
                     if self.path != "/v1/chat/completions":
                         self.reply(404, {"error": "no such route"})
-                    elif server.mode == "500" or (server.poison and server.poison in content):
+                    elif fault is not None:
+                        self.misbehave(fault)
+                    elif server.mode == "500":
                         self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
                     elif server.mode == "400":
                         self.reply(400, {"error": f"bad request from {self.headers.get('Authorization')}"})
@@ -184,31 +206,58 @@ class FakeServer:
                     with server.lock:
                         server.in_flight -= 1
 
-            def reply(self, status, payload):
-                data = json.dumps(payload).encode()
+            def reply(self, status, payload, raw: bytes | None = None):
+                data = json.dumps(payload).encode() if raw is None else raw
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            def misbehave(self, fault):
+                completion = {"choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": None}}]}
+                if fault == "500":
+                    self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
+                elif fault == "garbage":
+                    self.reply(200, {}, raw=b"<html><body>502 Bad Gateway</body></html>")
+                elif fault == "empty_body":
+                    self.reply(200, {}, raw=b"")
+                elif fault == "null_content":
+                    self.reply(200, completion)
+                elif fault in ("abort", "empty_stop"):
+                    completion["choices"][0].update(finish_reason=fault.removeprefix("empty_"),
+                                                    message={"role": "assistant", "content": ""})
+                    self.reply(200, completion)
+                elif fault == "drop":
+                    self.close_connection = True
+                elif fault == "hang":
+                    time.sleep(server.hang)
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self):
+        """Stop as a killed server process would: listening socket and open connections closed."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture
 def servers():
     started: list[FakeServer] = []
 
-    def start(mode: str = "ok", delay: float = 0.0) -> FakeServer:
-        started.append(FakeServer(mode, delay))
+    def start(mode: str = "ok", delay: float = 0.0, port: int = 0) -> FakeServer:
+        started.append(FakeServer(mode, delay, port))
         return started[-1]
 
     yield start
@@ -217,8 +266,6 @@ def servers():
 
 
 def unused_url() -> str:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -295,20 +342,71 @@ def test_client_errors_fail_at_once_without_the_key(servers):
     assert refusing.hits == 1  # no retry, and the remaining requests were not sent
 
 
-def test_openai_resume_journals_each_response_as_it_completes(servers, tmp_path):
+@pytest.mark.parametrize("fault", ["500", "garbage", "hang"])
+def test_openai_resume_journals_each_response_as_it_completes(servers, tmp_path, fault):
     server = servers()
     requests = make_requests(5)
     server.poison = requests[-1].messages[-1]["content"][-12:]
+    server.poison_fault = fault
     journal_path = tmp_path / "j.jsonl"
-    engine = OpenAIEngine([server.url], "m", max_concurrency=1, max_retries=0)
-    with pytest.raises(PrismError):
+    engine = OpenAIEngine([server.url], "m", max_concurrency=1, max_retries=1, timeout=0.3, backoff=0.001)
+    with pytest.raises(PrismError) as info:
         generate_journaled(engine, requests, Journal(journal_path))
+    assert "failed after 2 attempts" in str(info.value)
+    assert f"4 of the 5 requests sent finished and are kept in the journal {journal_path}" in str(info.value)
+    assert "a rerun sends only the other 1" in str(info.value)
     assert set(Journal(journal_path).texts) == {r.key for r in requests[:4]}
     server.poison = None
     hits_before = server.hits
     texts = generate_journaled(engine, requests, Journal(journal_path))
     assert server.hits - hits_before == 1 and len(texts) == 5
     assert texts[-1].startswith("echo:")
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_kind_of_server_fault_is_retried_with_backoff(servers, fault, caplog):
+    server = servers()
+    server.faults = [fault, fault]  # the first request fails twice, then succeeds
+    server.hang = 1.0
+    requests = make_requests(3)
+    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, timeout=0.3,
+                          backoff=0.01)
+    with caplog.at_level(logging.WARNING, logger="prismatic.engines"):
+        texts = engine.generate(requests)
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    stats = engine.endpoint_stats[server.url]
+    assert (stats.failed, stats.ok, stats.sent) == (2, 3, 5)
+    assert caplog.text.count("retrying") == 2 and API_KEY not in caplog.text
+
+
+def test_faults_beyond_the_retry_budget_fail_clearly(servers):
+    server = servers()
+    server.faults = ["garbage", "abort", "empty_body"]
+    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, backoff=0.001)
+    with pytest.raises(PrismError, match=r"failed after 3 attempts; last error: .*not a chat completion response"):
+        engine.generate(make_requests(2))
+    assert server.hits == 3  # bounded: the second request was never sent
+
+
+def test_an_empty_answer_that_ran_to_its_end_is_the_models_answer(servers):
+    server = servers()
+    server.faults = ["empty_stop"]  # content "", finish_reason "stop": a seeded retry would repeat it
+    assert OpenAIEngine([server.url], "m", max_retries=3).generate(make_requests(1)) == [""]
+    assert server.hits == 1
+
+
+def test_a_server_restart_is_ridden_out(servers):
+    first = servers()
+    port = int(first.url.rsplit(":", 1)[1].split("/")[0])
+    engine = OpenAIEngine([first.url], "m", max_concurrency=2, max_retries=8, backoff=0.05, max_backoff=0.4)
+    assert len(engine.generate(make_requests(4))) == 4  # keep-alive connections to the old process are open
+    first.close()
+    restarted = []
+    threading.Timer(0.5, lambda: restarted.append(servers(port=port))).start()
+    requests = make_requests(6, model="after-restart")
+    texts = engine.generate(requests)
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    assert restarted[0].hits >= 6 and engine.endpoint_stats[first.url].failed >= 1
 
 
 def test_openai_engine_arguments_are_checked():

@@ -304,3 +304,104 @@ def test_corrupt_file_is_a_clear_error(store):
     path.write_bytes(b"not parquet")
     with pytest.raises(PrismError, match="not a readable Parquet file"):
         store.read("pool", "r001")
+
+
+# ------------------------------------------------------------------------------------------ round lock
+
+LOCKER = """
+import sys, time
+from prismatic.store import Store
+Store(sys.argv[1]).lock_round(sys.argv[2], "locker --round " + sys.argv[2], run_id=sys.argv[3]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def start_locker(store: Store, key: str = "r001", run_id: str = "run-A"):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(store.root), key, run_id], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_of_a_round_is_refused_and_a_killed_holder_leaves_no_stale_lock(store):
+    import os
+
+    from prismatic.store import RoundLockedError
+
+    holder = start_locker(store)
+    try:
+        with pytest.raises(RoundLockedError) as info:
+            store.lock_round("r001", "prism run --round r001", run_id="run-B").acquire()
+        message = str(info.value)
+        assert f"round r001 of the store {store.root} is being written by locker --round r001 (pid {holder.pid}" \
+               in message and "stops without writing" in message and str(store.lock_path("r001")) in message
+        with store.lock_round("r002", "other round"):  # rounds lock independently
+            pass
+        # The holder is writing: its unpublished temporary files are left alone by others.
+        leftover = store.root / "pool" / ".round=r001.x1.tmp"
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"PAR1 half")
+        other_round = store.root / "pool" / ".round=r002.x2.tmp"
+        other_round.write_bytes(b"PAR1")
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs in the holder
+        holder.wait()
+    with store.lock_round("r001", "prism run --round r001", run_id="run-C") as lock:
+        assert lock.replaced["owner"] == "locker --round r001" and lock.replaced["pid"] == holder.pid
+        assert not leftover.exists() and other_round.exists()
+        record = json.loads(store.lock_path("r001").read_text())
+        assert (record["pid"], record["run_id"], record["round"]) == (os.getpid(), "run-C", "r001")
+    assert store.lock_path("r001").read_text() == ""  # released: the file stays, empty
+    assert store.tables() == [] and visible_files(store.root) == []  # lock files are not tables
+
+
+def test_the_lock_is_reentrant_in_a_process_and_shared_by_the_processes_of_one_run(store):
+    from prismatic.store import RoundLockedError
+
+    with store.lock_round("r001", "prism run", run_id="run-A"):
+        with store.lock_round("r001", "dagster run run-A", run_id="run-A"):  # the in-process run it started
+            pass
+        assert json.loads(store.lock_path("r001").read_text())["owner"] == "prism run"  # still held
+    holder = start_locker(store, run_id="run-A")
+    try:
+        step = store.lock_round("r001", "a step process of run-A", run_id="run-A").acquire()
+        step.release()
+        with pytest.raises(RoundLockedError):
+            store.lock_round("r001", "another run", run_id="run-B").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+WRITER = """
+import sys
+import polars as pl
+from prismatic.store import Store
+store = Store(sys.argv[1])
+frames = [pl.read_parquet(sys.argv[2]), pl.read_parquet(sys.argv[3])]
+for i in range(int(sys.argv[4])):
+    store.write("pool", "r001", frames[i % 2])
+"""
+
+
+def test_a_reader_never_sees_a_half_written_partition(store, tmp_path):
+    """One process rewrites a partition 40 times, alternating two versions, while this one reads it."""
+    import subprocess
+    import sys
+
+    versions = [sample_frame("pool", n=20000, seed=1), sample_frame("pool", n=15000, seed=2)]
+    paths = []
+    for i, frame in enumerate(versions):
+        paths.append(tmp_path / f"v{i}.parquet")
+        frame.write_parquet(paths[-1])
+    store.write("pool", "r001", versions[1])
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), *map(str, paths), "40"])
+    seen = set()
+    while writer.poll() is None:
+        frame = store.read("pool", "r001")
+        seen.add(next(i for i, version in enumerate(versions) if frame.equals(version)))
+    assert writer.returncode == 0 and seen == {0, 1}
