@@ -7,7 +7,9 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from prism_assets import io
 from prism_assets.features import gradient_features
-from prism_assets.partitions import rounds
+from prism_assets.guard import require_previous_round
+from prism_assets.metadata import cluster_size_metadata, previous_round_links
+from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
 from prismatic.kmeans import num_clusters, spherical_kmeans
 from prismatic.selection import select
@@ -19,7 +21,8 @@ SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decis
                     "kept": pl.Boolean, "rule": pl.String}
 
 
-@asset(partitions_def=rounds, deps=[gradient_features], kinds={"polars"}, code_version="1", group_name="prismatic",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[gradient_features], kinds={"polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
        description="Each candidate goes to its nearest centroid of the previous round's pool clustering "
                    "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size; "
@@ -27,6 +30,7 @@ SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decis
                    "`paper` would, or `selection_count`. Every decision is a row. Round r000: all seeds kept.")
 def selection(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
+    require_previous_round(context, store)
     if key == SEED_ROUND:
         ids = io.read(store, "seeds", SEED_ROUND)["id"]
         frame = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "kept": True,
@@ -55,14 +59,17 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
         "dagster/row_count": len(frame), "kept": kept, "rule": rule,
         "keep_rate": round(kept / len(frame), 4) if len(frame) else 0.0,
         "previous_centroids": MetadataValue.json(used),
+        **previous_round_links("centroids", used),
     })
 
 
-@asset(partitions_def=rounds, deps=[selection, verified_samples], kinds={"polars"}, code_version="1",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[selection, verified_samples], kinds={"polars"}, code_version="1",
        group_name="prismatic", owners=["team:prismatic"],
        description="The pool after this round: the previous round's pool plus the kept candidates.")
 def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
+    require_previous_round(context, store)
     if key == SEED_ROUND:
         frame = pool_rows(seeds_as_verified(io.read(store, "seeds", SEED_ROUND)), "seed", SEED_ROUND)
         version = io.write(context, store, "pool", frame)
@@ -74,10 +81,12 @@ def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeRes
     frame = pl.concat([previous, added])
     version = io.write(context, store, "pool", frame, previous_pool=used)
     return MaterializeResult(data_version=version, metadata={
-        "dagster/row_count": len(frame), "added": len(added), "previous_pool": MetadataValue.json(used)})
+        "dagster/row_count": len(frame), "added": len(added), "previous_pool": MetadataValue.json(used),
+        **previous_round_links("pool", used)})
 
 
-@asset(partitions_def=rounds, deps=[pool, gradient_features], kinds={"polars"}, code_version="1",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[pool, gradient_features], kinds={"polars"}, code_version="1",
        group_name="prismatic", owners=["team:prismatic"],
        description="Spherical k-means (k = cluster_ratio × pool size, faiss) of the pool's gradient features; "
                    "writes the per-sample `clusters` table and the `centroids` the next round selects against.")
@@ -98,11 +107,9 @@ def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: Store
     io.write(context, store, "centroids", centroids, projection=projection)
     version = io.write(context, store, "clusters", frame, k=result.k)
     sizes = np.sort(result.sizes)[::-1]
-    table = "| cluster | size |\n|---|---|\n" + "\n".join(
-        f"| {c} | {s} |" for c, s in sorted(enumerate(result.sizes.tolist()), key=lambda x: -x[1])[:20])
     return MaterializeResult(data_version=version, metadata={
         "dagster/row_count": len(frame), "k": result.k,
         "cluster_size_min": int(sizes[-1]), "cluster_size_median": float(np.median(sizes)),
         "cluster_size_max": int(sizes[0]), "mean_cosine_to_centroid": round(result.mean_similarity, 4),
-        "largest_clusters": MetadataValue.md(table),
+        **cluster_size_metadata(result.sizes),
     })

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from prism_assets import io
 from prism_assets.clustering import clusters, pool
-from prism_assets.partitions import rounds
+from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.gvendi import gvendi
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
@@ -19,7 +19,8 @@ from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="2",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="2",
        group_name="prismatic", owners=["team:prismatic"],
        description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
                    "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "

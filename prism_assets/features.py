@@ -4,13 +4,14 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from prism_assets import io
-from prism_assets.partitions import rounds
+from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
 from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, deps=[verified_samples], kinds={"torch", "polars"}, code_version="1",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[verified_samples], kinds={"torch", "polars"}, code_version="1",
        group_name="prismatic", owners=["team:prismatic"],
        description="Per-sample gradients of the proxy (assistant-token loss), projected to `dim` and "
                    "L2-normalized (fast: factored per-layer projection; faithful: the paper's method).")

@@ -6,7 +6,9 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from prism_assets import io
-from prism_assets.partitions import rounds
+from prism_assets.guard import require_previous_round
+from prism_assets.metadata import previous_round_links
+from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.seeds import seeds
 from prismatic.engines import Journal
 from prismatic.quality import build_filter, removal_counts
@@ -16,7 +18,8 @@ from resources.home import PrismHome
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, deps=[seeds], kinds={"vllm", "polars"}, code_version="1", group_name="prismatic",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[seeds], kinds={"vllm", "polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
        description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
                    "Reads the previous round's pool through the store (the one undeclared edge). "
@@ -26,6 +29,7 @@ from resources.store import StoreResource
 def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                 generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
+    require_previous_round(context, store)
     config = prism_home.config()
     if key == SEED_ROUND:
         frame = pl.DataFrame(schema={"id": pl.String, "kind": pl.String, "task": pl.String,
@@ -66,5 +70,6 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
         "responses_generated": len(journal) - journaled_before,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else 0.0,
         "previous_pool": MetadataValue.json(used),
+        **previous_round_links("pool", used),
         "model": generator.model_name(),
     })

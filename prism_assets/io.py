@@ -34,7 +34,9 @@ def write(context: AssetExecutionContext, resource: StoreResource, table: str, f
     rebuild leaves a table without a view, and its rerun writes that partition again.
     """
     store = resource.store()
-    key = context.partition_key if context.has_partition_key else "r000"
+    # A round asset's run names its round by a partition tag, or (backfills: one run per round) by a
+    # one-round range; unpartitioned assets (the seeds) are stored as round r000.
+    key = context.partition_key if context.assets_def.partitions_def is not None else "r000"
     first_partition = store.rounds(table) in ([], [key])
     store.write(table, key, frame, metadata={"round": key, "run_id": context.run_id,
                                              "asset": context.asset_key.to_user_string(), **provenance})

@@ -5,9 +5,9 @@ workspace.yaml` shows the same runs, lineage and partitions afterwards.
 
 A round is run under the store's lock of that round (`Store.lock_round`): a second `prism run` of
 the same round is refused before it starts anything. Everything a run checks (the config, the
-previous round, the seed file) is checked before the lock is taken and before anything is written.
-A run killed with SIGKILL stays STARTED in the instance; the next run of that round (which can take
-the lock only because the killed one no longer holds it) marks it failed.
+previous round, the seed file, the decontamination lists) is checked before the lock is taken and
+before anything is written. A run killed with SIGKILL stays STARTED in the instance; the next run of
+that round (which can take the lock only because the killed one no longer holds it) marks it failed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from pathlib import Path
 import polars as pl
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from prism_assets.instance import ensure_instance_settings
 from prismatic.config import load_config
 from prismatic.data import load_seeds
 from prismatic.errors import PrismError
+from prismatic.quality import read_benchmark_texts
 from prismatic.store import Store
 from prismatic.synthesis import SEED_ROUND, previous_round
 
@@ -35,11 +37,7 @@ STORE_TAG = "prism/store"
 
 def instance_for(home: Path) -> DagsterInstance:
     """The persistent Dagster instance under `<home>/dagster` (SQLite storage)."""
-    dagster_home = (home / "dagster").resolve()
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    settings = dagster_home / "dagster.yaml"
-    if not settings.exists():
-        settings.write_text("telemetry:\n  enabled: false\n")
+    dagster_home = ensure_instance_settings(home / "dagster").parent
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
 
@@ -56,6 +54,9 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
                          f"(run `prism run --round {previous_round(key)}`)")
     if not store.exists("seeds", SEED_ROUND):
         load_seeds(config.synthesis.seeds)  # a bad seed file is reported here, before anything is written
+    if key != SEED_ROUND:
+        for benchmark in config.synthesis.decontamination.benchmarks:  # so is a bad decontamination list
+            read_benchmark_texts(benchmark.path, benchmark.field)
     run_id = str(uuid.uuid4())
     owner = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
     with store.lock_round(key, owner, run_id=run_id):

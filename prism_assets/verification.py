@@ -5,13 +5,14 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from prism_assets import io
 from prism_assets.generations import generations
-from prism_assets.partitions import rounds
+from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.synthesis import SEED_ROUND, seeds_as_verified, verify_round
 from resources.home import PrismHome
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, deps=[generations], kinds={"polars"}, code_version="1", group_name="prismatic",
+@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
+       deps=[generations], kinds={"polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
        description="Majority vote over each problem's solutions (math: \\boxed{} answers compared with "
                    "math-verify both ways; NLI: labels). Round r000: the seeds, verified by reference.")

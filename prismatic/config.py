@@ -171,10 +171,29 @@ class SynthesisConfig(_Section):
 
 
 class RoundsConfig(_Section):
-    """When to stop growing: after `max_rounds`, or when a round's G-Vendi gain is below `min_gain`."""
+    """How rounds are launched and checked when Dagster operates them (README "Operating it").
+
+    max_rounds: the sensor and the schedule launch rounds up to r<max_rounds> (r000 is the seed round).
+    min_gain: they stop once a round's G-Vendi gain (pool G-Vendi minus the previous round's) is
+      below this.
+    schedule_cron: when `round_schedule` launches the next round (5-field cron, in
+      `schedule_timezone`); the schedule is off until turned on in the UI.
+    min_pass_rate: floor of the blocking `verified_pass_rate` check: problems with a verified
+      solution / problems solved. Below it the round stops before its features are computed.
+    """
 
     max_rounds: int = Field(2, ge=0)
     min_gain: float = 0.0
+    schedule_cron: str = "0 */6 * * *"
+    schedule_timezone: str = "UTC"
+    min_pass_rate: float = Field(0.1, ge=0, le=1)
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"expected 5 cron fields (minute hour day month weekday), got {cron!r}")
+        return cron
 
 
 class ClusterAgentConfig(_Section):
