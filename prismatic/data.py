@@ -87,7 +87,7 @@ def load_samples(path: str | Path, fields: DataFields | None = None, *, rules: M
     if path.suffix == ".parquet":
         rows = _parquet_rows(path)
     else:
-        rows = _jsonl_rows(path, max(1, int(fields.max_line_mb * 2**20)))
+        rows = jsonl_records(path, max(1, int(fields.max_line_mb * 2**20)))
     if not rows:
         raise InputError(path, "no samples: the file is empty")
 
@@ -190,7 +190,10 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _jsonl_rows(path: Path, max_line_bytes: int) -> list[tuple[int, dict[str, Any]]]:
+def jsonl_records(path: Path, max_line_bytes: int = int(DataFields().max_line_mb * 2**20)
+                  ) -> list[tuple[int, dict[str, Any]]]:
+    """(line, object) of every non-blank line of a JSONL file, with every check of this module's
+    docstring that is about lines and values (not about the id, prompt and response fields)."""
     rows = []
     with path.open("rb") as handle:
         line_no = 0

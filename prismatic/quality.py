@@ -43,6 +43,7 @@ import polars as pl
 from datasketch import MinHash, MinHashLSH
 
 from prismatic.config import DecontaminationConfig, DedupConfig
+from prismatic.data import jsonl_records
 from prismatic.errors import InputError
 
 REASONS = ("benchmark_contamination", "exact_duplicate_pool", "exact_duplicate_round",
@@ -144,24 +145,9 @@ def read_benchmark_texts(path: str | Path, field: str) -> list[tuple[int, str]]:
 
 
 def _jsonl_texts(path: Path, field: str) -> list[tuple[int, str]]:
-    rows = []
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(path, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
-                                 line=line_no) from None
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise InputError(path, f"invalid JSON: {exc}", line=line_no) from None
-            if not isinstance(value, dict):
-                raise InputError(path, f"expected a JSON object, got {type(value).__name__}", line=line_no)
-            rows.append((line_no, _text_field(path, value, field, line_no)))
-    return rows
+    """Read like DATA files (`prismatic.data.jsonl_records`): truncated last lines, non-UTF-8 bytes,
+    NaN, over-long lines and the like are refused with their line."""
+    return [(line, _text_field(path, row, field, line)) for line, row in jsonl_records(path)]
 
 
 def _parquet_texts(path: Path, field: str) -> list[tuple[int, str]]:

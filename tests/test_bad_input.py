@@ -26,7 +26,9 @@ from prismatic.cli import main
 from prismatic.config import DataFields
 from prismatic.data import load_samples, load_seeds
 from prismatic.errors import InputError, PrismError
+from prismatic.quality import read_benchmark_texts
 from prismatic.store import conform
+from prismatic.store import schema as store_schema
 
 NOT_LOADED = "proxy not loaded in this test"
 
@@ -207,6 +209,35 @@ def test_bad_seed_file_stops_the_round_before_anything_is_written(tmp_path, chan
     assert sorted(p.name for p in home.iterdir()) == ["prism.yaml"]  # no store, no Dagster instance
 
 
+BAD_BENCHMARKS = [
+    (b'{"question": "What is 2 + 2?"}\n{"question": "What is', 2, None, "was it cut short"),
+    (b'{"question": "caf\xe9"}\n', 1, "question", "not UTF-8"),
+    (b'{"question": "q", "score": NaN}\n', 1, "score", "NaN is not a valid JSON number"),
+    (b'{"question": ["q"]}\n', 1, "question", "expected a string, got list"),
+    (b'{"answer": "4"}\n', 1, "question", "missing field"),
+]
+
+
+@pytest.mark.parametrize("content, line, field, fragment", BAD_BENCHMARKS)
+def test_bad_decontamination_list_stops_the_round_before_anything_is_written(tmp_path, content, line, field,
+                                                                             fragment):
+    from prismatic.store import Store
+
+    home = tmp_path / "home"
+    home.mkdir()
+    bench = tmp_path / "bench.jsonl"
+    bench.write_bytes(content)
+    (home / "prism.yaml").write_text(f"synthesis:\n  decontamination:\n    benchmarks: [{{path: {bench}}}]\n")
+    store = Store(home / "store")  # a finished r000, as far as `prism run --round r001` looks
+    for table in ("seeds", "diversity_scores"):
+        store.write(table, "r000", pl.DataFrame(schema=dict(store_schema(table))))
+    before = sorted((p, p.stat().st_mtime_ns) for p in home.rglob("*"))
+    code, _, err = prism("run", "--round", "r001", home=home)
+    where = f"{bench}:{line}: " + (f"field '{field}': " if field else "")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"prism: error: {where}") and fragment in err, err
+    assert sorted((p, p.stat().st_mtime_ns) for p in home.rglob("*")) == before
+
+
 def test_a_chat_longer_than_the_proxys_context_is_refused_or_truncated_by_config(tmp_path, tiny_model_dir):
     """The tiny proxy's context is 4096 tokens; the third sample's response is longer."""
     data = tmp_path / "long.jsonl"
@@ -364,6 +395,10 @@ def test_arbitrary_bytes_through_the_cli_give_a_load_or_one_clear_line(lines):
             loads = True
         except InputError as exc:
             loads = False
+            assert exc.path == str(data) and (exc.line is None or 1 <= exc.line <= content.count(b"\n") + 1)
+        try:  # the same file as a decontamination list
+            read_benchmark_texts(data, "prompt")
+        except InputError as exc:
             assert exc.path == str(data) and (exc.line is None or 1 <= exc.line <= content.count(b"\n") + 1)
         _, message = features_cli(data, Path(tmp))
         event("loads" if loads else "refused")
