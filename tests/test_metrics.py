@@ -27,6 +27,7 @@ from prismatic.metrics.baselines import (
     ngram_vendi,
     ngram_vendi_by_order,
     proxy_nll,
+    proxy_nll_by_sample,
     self_repetition,
     tokenize,
     vendi_of_rows,
@@ -137,10 +138,11 @@ def _assistant_nll_by_hand(model, tokenizer, prompt: str, response: str) -> floa
 
 def test_proxy_nll_is_the_mean_assistant_token_nll(tiny_lm):
     model, tokenizer = tiny_lm
-    samples = load_samples(bundled_seeds_path()).head(3)
-    expected = np.mean([_assistant_nll_by_hand(model, tokenizer, p, r)
-                        for p, r in zip(samples["prompt"], samples["response"])])
-    assert proxy_nll(model, tokenizer, samples) == pytest.approx(expected, rel=1e-4)
+    samples = load_samples(bundled_seeds_path()).slice(40, 5)  # math and NLI, five lengths
+    by_hand = [_assistant_nll_by_hand(model, tokenizer, p, r) for p, r in zip(samples["prompt"], samples["response"])]
+    # Padded batches of 2 (sorted by length) give each sample's own value, in order.
+    assert proxy_nll_by_sample(model, tokenizer, samples, batch_size=2) == pytest.approx(by_hand, rel=1e-4)
+    assert proxy_nll(model, tokenizer, samples) == pytest.approx(np.mean(by_hand), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------ cluster-agent

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 from scipy import sparse
 
-from prismatic.gradients import assistant_loss, encode_chat
+from prismatic.gradients import IGNORE, encode_chat
 from prismatic.gvendi import gvendi, vendi_from_eigenvalues
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -135,10 +136,32 @@ def self_repetition(texts: Sequence[str], n: int = 4) -> float:
 
 
 @torch.inference_mode()
-def proxy_nll_by_sample(model, tokenizer, samples: pl.DataFrame, max_tokens: int | None = None) -> list[float]:
-    """Per sample, the mean next-token NLL of the assistant tokens (the loss G-Vendi differentiates)."""
-    return [float(assistant_loss(model, encode_chat(tokenizer, row["prompt"], row["response"], max_tokens)))
-            for row in samples.iter_rows(named=True)]
+def proxy_nll_by_sample(model, tokenizer, samples: pl.DataFrame, max_tokens: int | None = None,
+                        batch_size: int = 16) -> list[float]:
+    """Per sample (in order), the mean next-token NLL of its assistant tokens (`assistant_loss`).
+
+    Chats are sorted by length and run `batch_size` at a time, right-padded: under causal attention a
+    padded tail changes no logit of the tokens before it, so no attention mask is needed.
+    """
+    chats = [encode_chat(tokenizer, row["prompt"], row["response"], max_tokens)
+             for row in samples.iter_rows(named=True)]
+    device = next(model.parameters()).device
+    order = sorted(range(len(chats)), key=lambda i: chats[i].n_tokens)
+    losses: dict[int, float] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(chats[i].n_tokens for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, :chats[i].n_tokens] = chats[i].input_ids
+            labels[row, :chats[i].n_tokens] = chats[i].labels
+        logits = model(input_ids=ids.to(device)).logits[:, :-1].float()
+        targets = labels[:, 1:].to(device)
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        per_sample = nll.sum(dim=1) / (targets != IGNORE).sum(dim=1)
+        losses.update(zip(batch, per_sample.tolist()))
+    return [losses[i] for i in range(len(chats))]
 
 
 def proxy_nll(model, tokenizer, samples: pl.DataFrame, max_tokens: int | None = None) -> float:
