@@ -7,11 +7,13 @@ A round is run under the store's lock of that round (`Store.lock_round`): a seco
 the same round is refused before it starts anything. Everything a run checks (the config, the
 previous round, the seed file, the decontamination lists) is checked before the lock is taken and
 before anything is written. A run killed with SIGKILL stays STARTED in the instance; the next run of
-that round (which can take the lock only because the killed one no longer holds it) marks it failed.
+that round (which can take the lock only because the killed one no longer holds it) marks it failed,
+and names the vLLM engine processes left running by a killed owner (it does not stop them).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -23,11 +25,14 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from prism_assets.instance import ensure_instance_settings
 from prismatic.config import load_config
 from prismatic.data import load_seeds
+from prismatic.engines import orphaned_vllm_engines
 from prismatic.errors import PrismError
 from prismatic.quality import read_benchmark_texts
 from prismatic.store import Store
 from prismatic.synthesis import SEED_ROUND, previous_round
 
+
+log = logging.getLogger(__name__)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Console logging of in-process runs: warnings and errors only (the full log is in the instance)."""
@@ -59,7 +64,11 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
             read_benchmark_texts(benchmark.path, benchmark.field)
     run_id = str(uuid.uuid4())
     owner = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
-    with store.lock_round(key, owner, run_id=run_id):
+    with store.lock_round(key, owner, run_id=run_id) as lock:
+        if lock.replaced and (orphans := orphaned_vllm_engines()):
+            log.warning("vLLM engine processes whose owner was killed are still running (pids %s); they hold "
+                        "memory, GPU memory on a GPU, that this run's engine may need: stop them with `kill %s`",
+                        ", ".join(map(str, orphans)), " ".join(map(str, orphans)))
         instance = instance or instance_for(home)
         fail_dead_runs(instance, key, store)
         defs = build_definitions(str(home))

@@ -142,6 +142,31 @@ class VLLMEngine:
         return f"VLLMEngine(model_path={self.model_path!r}, max_model_len={self.max_model_len}, seed={self.seed})"
 
 
+def orphaned_vllm_engines() -> list[int]:
+    """Pids of this user's vLLM engine-core processes whose parent is no longer a Python process.
+
+    `VLLMEngine` runs vLLM's engine core in a process vLLM spawns. When the process that owns it is
+    killed with SIGKILL, nothing stops that engine core: it is re-parented (to init, or a
+    subreaper) and keeps its memory — on a GPU, the memory a new engine needs. This finds such
+    processes (Linux `/proc`) so that a rerun can name them; it never stops anything itself.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith("VLLM::EngineCore") or entry.stat().st_uid != os.getuid():
+                continue
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent_title = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if "python" not in Path(parent_title).name:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 # --------------------------------------------------------------------------------------- OpenAI
 
 

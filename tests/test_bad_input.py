@@ -377,12 +377,16 @@ def test_generated_files_load_or_fail_with_the_right_line_and_field(case):
         assert fragment in info.value.message
 
 
+_json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                               st.sampled_from(["id", "prompt", "response", "x"]), inner, max_size=4), max_leaves=8)
+_record = st.builds(lambda i, p, r: json.dumps({"id": i, "prompt": p, "response": r}).encode(),
+                    st.uuids().map(str), _text, _text)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(st.binary(max_size=60), st.builds(lambda v: json.dumps(v).encode(), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["id", "prompt", "response", "x"]),
-                                                                inner, max_size=4), max_leaves=8))),
-    max_size=5))
+@given(st.lists(st.one_of(_record, st.binary(max_size=60), st.builds(lambda v: json.dumps(v).encode(), _json_value)),
+                max_size=5))
 def test_arbitrary_bytes_through_the_cli_give_a_load_or_one_clear_line(lines):
     """Any file: `prism features` either gets to the proxy (the data loaded) or prints one line that
     names the file, with exit code 2 and nothing written; never a traceback."""
@@ -410,11 +414,12 @@ def test_arbitrary_bytes_through_the_cli_give_a_load_or_one_clear_line(lines):
 
 _seed_value = st.one_of(st.none(), _text, st.integers(-2, 7), st.floats(allow_nan=False, allow_infinity=False),
                         st.booleans(), st.lists(_text, max_size=1), st.sampled_from(["math", "nli"]))
+_seed_change = st.one_of(st.just({}), st.fixed_dictionaries({}, optional={
+    "answer": _seed_value, "task": _seed_value, "level": _seed_value, "source": _seed_value}))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.fixed_dictionaries({"answer": _seed_value, "task": _seed_value, "level": _seed_value,
-                                       "source": _seed_value}), min_size=1, max_size=4))
+@given(st.lists(_seed_change, min_size=1, max_size=4))
 def test_generated_seed_files_give_a_storable_seed_table_or_one_clear_error(changes):
     """The seed loader's output always fits the `seeds` table; a bad seed stops `prism run` before
     it writes anything."""

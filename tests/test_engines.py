@@ -409,6 +409,29 @@ def test_a_server_restart_is_ridden_out(servers):
     assert restarted[0].hits >= 6 and engine.endpoint_stats[first.url].failed >= 1
 
 
+def test_orphaned_vllm_engine_processes_are_found():
+    """An engine core whose owner died (re-parented away from Python) is reported; a live one is not."""
+    import signal
+    import subprocess
+
+    from prismatic.engines import orphaned_vllm_engines
+
+    started = subprocess.run(["bash", "-c", "(exec -a VLLM::EngineCore sleep 60) >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+    orphan = int(started.stdout)
+    owned = subprocess.Popen(["bash", "-c", "exec -a VLLM::EngineCore sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while orphan not in orphaned_vllm_engines():
+            assert time.monotonic() < deadline, "the orphan was not found"
+            time.sleep(0.05)
+        assert owned.pid not in orphaned_vllm_engines()  # its parent is this Python process
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+        owned.kill()
+        owned.wait()
+
+
 def test_openai_engine_arguments_are_checked():
     with pytest.raises(PrismError):
         OpenAIEngine([], "m")
