@@ -6,9 +6,9 @@ PRISM := $(VENV)/bin/prism
 export PRISM_HOME ?= $(CURDIR)/.prism
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup install model demo ui test lint clean
+.PHONY: setup install model browser demo ui test lint clean
 
-setup: install model
+setup: install model browser
 
 install: $(VENV)/.installed
 
@@ -29,10 +29,18 @@ $(VENV)/.installed: pyproject.toml
 model: install
 	$(PRISM) models install smollm2
 
+# Debian's chromium for the UI test (tests/test_services.py drives it headless with playwright; no
+# browser download). Skipped when /usr/bin/chromium exists; installing needs root (CI runs as root).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 demo: setup
 	$(PRISM) demo --rounds 2
 
+# The UI, daemon included, on the home's instance; its dagster.yaml gets the settings that run rounds
+# one at a time (prism_assets/instance.py).
 ui: install
+	$(PY) -m prism_assets.instance
 	DAGSTER_HOME=$(PRISM_HOME)/dagster $(VENV)/bin/dagster dev -w workspace.yaml
 
 test: install

@@ -103,7 +103,7 @@ def stale_next_round(store: Store, asset: str, key: str, run_id: str) -> str | N
     return None
 
 
-@sensor(job=round_provenance_checks, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+@sensor(job=round_provenance_checks, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING,
         description="When a round's pool or clusters are rematerialized after the next round read them, re-run "
                     "the next round's built_on_latest_previous_round checks (they fail until it is rebuilt).")
 def provenance_sensor(context: SensorEvaluationContext, store: StoreResource) -> SensorResult:
