@@ -35,10 +35,10 @@ def gvendi_gain(store: Store, key: str) -> float | None:
     if key == SEED_ROUND or not store.exists("diversity_scores", previous_round(key)):
         return None
 
-    def gvendi(round_key_: str) -> float:
-        return float(store.read("diversity_scores", round_key_).filter(metric="gvendi")["value"][0])
+    def pool_gvendi(of: str) -> float:
+        return float(store.read("diversity_scores", of).filter(metric="gvendi")["value"][0])
 
-    return gvendi(key) - gvendi(previous_round(key))
+    return pool_gvendi(key) - pool_gvendi(previous_round(key))
 
 
 def stop_reason(key: str, gain: float | None, config: RoundsConfig) -> str | None:
@@ -50,8 +50,7 @@ def stop_reason(key: str, gain: float | None, config: RoundsConfig) -> str | Non
     return None
 
 
-def next_round_request(key: str, store: Store, config: RoundsConfig, existing: set[str],
-                       trigger: str) -> RunRequest | str:
+def next_round_request(key: str, store: Store, config: RoundsConfig, existing: set[str]) -> RunRequest | str:
     """The run of the round after finished round `key`, or the reason there is none."""
     following = round_key(round_number(key) + 1)
     if following in existing:
@@ -60,7 +59,7 @@ def next_round_request(key: str, store: Store, config: RoundsConfig, existing: s
     if reason:
         return reason
     return RunRequest(run_key=f"prism_round:{following}", partition_key=following,
-                      tags={"prism/trigger": trigger, "prism/after_round": key})
+                      tags={"prism/trigger": "next_round_sensor", "prism/after_round": key})
 
 
 @sensor(job=prism_round, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
@@ -78,7 +77,7 @@ def next_round_sensor(context: SensorEvaluationContext, prism_home: PrismHome, s
     requests, reasons = [], []
     for record in records:
         key = record.partition_key
-        decision = next_round_request(key, store.store(), config, existing, trigger="next_round_sensor")
+        decision = next_round_request(key, store.store(), config, existing)
         if isinstance(decision, RunRequest):
             requests.append(decision)
             existing.add(decision.partition_key)
