@@ -118,7 +118,10 @@ class DedupConfig(_Section):
 
 
 class BenchmarkFile(_Section):
-    """A benchmark that generated problems must not copy: a JSONL or Parquet file and its text field."""
+    """A benchmark that generated problems must not copy: a JSONL or Parquet file and its text field.
+
+    path: relative paths are taken from the working directory (as `seeds` is).
+    """
 
     path: str
     field: str = "question"
