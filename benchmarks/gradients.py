@@ -18,8 +18,8 @@ shape, both bf16:
 Agreement on SmolLM2 (fast vs faithful features of the same samples, the faithful timing taken
 from that same run): relative G-Vendi difference and Pearson r of the off-diagonal cosine
 matrices, swept over per-layer block sizes (full mode); on the tiny model, both paths against the
-exact (unprojected) gradient cosines at final sizes 1024 (and 4096 in full mode). Headline `ratio` = fast ÷ anchor samples/s on the
-0.5B-shaped model.
+exact (unprojected) gradient cosines at final sizes 1024 (and 4096 in full mode). Headline
+`ratio` = fast ÷ anchor samples/s on the 0.5B-shaped model.
 """
 
 from __future__ import annotations
