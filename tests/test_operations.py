@@ -146,7 +146,13 @@ def test_instance_settings_run_one_round_at_a_time(tmp_path):
         pools = instance.get_concurrency_config().pool_config
         assert pools.pool_granularity.value == "run" and pools.default_pool_limit == 1
         assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+        # An explicit limit, there before any run is queued (the default limit arrives too late).
+        assert instance.event_log_storage.get_concurrency_info(ROUND_POOL).slot_count == 1
+        instance.event_log_storage.set_concurrency_slots(ROUND_POOL, 2)  # an operator's own choice
     assert "enabled: true" in (dagster_home / "dagster.yaml").read_text()  # a key already set is kept
+    ensure_instance_settings(dagster_home)
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert instance.event_log_storage.get_concurrency_info(ROUND_POOL).slot_count == 2
     graph = build_definitions(str(tmp_path)).resolve_asset_graph()
     for name in ROUND_ASSETS:
         node = graph.get(next(k for k in graph.get_all_asset_keys() if k.to_user_string() == name))
