@@ -39,6 +39,8 @@ def normalize_rows(features: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     A zero row has no direction and is refused.
     """
+    if isinstance(features, np.ndarray) and not features.flags.writeable:
+        features = features.copy()  # torch cannot wrap a read-only array (e.g. from Parquet)
     x = torch.as_tensor(features)
     x = x if x.dtype == torch.float64 else x.to(torch.float32)
     norms = x.norm(dim=1, keepdim=True)
