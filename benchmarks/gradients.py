@@ -147,7 +147,7 @@ def _progress(model: str, column: str, values: dict) -> None:
     print(f"[gradients] {model} {column}: {json.dumps(values)}", file=sys.stderr, flush=True)
 
 
-QUICK = dict(smol=24, repeats=1, qwen_fast=8, qwen_faithful=0, exact=24, dims=(1024,), blocks=(),
+QUICK = dict(smol=8, repeats=1, qwen_fast=8, qwen_faithful=0, exact=16, dims=(1024,), blocks=(),
              anchor_blocks=1, anchor_max_block=2)
 FULL = dict(smol=256, repeats=3, qwen_fast=64, qwen_faithful=8, exact=96, dims=(1024, 4096), blocks=(64, 128),
             anchor_blocks=1, anchor_max_block=1024)
