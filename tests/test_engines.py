@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from prismatic.engines import Journal, OpenAIEngine, VLLMEngine, generate_journaled
+from prismatic.engines import Journal, OpenAIEngine, generate_journaled
+from conftest import vllm_engine_for
 from prismatic.errors import InputError, PrismError
 from prismatic.generation import (
     NLI_LABELS,
@@ -445,17 +446,9 @@ def test_openai_engine_arguments_are_checked():
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(tiny_model_dir):
+def vllm_engine(tiny_model_dir, tmp_path_factory):
     """One vLLM engine (tiny random Qwen2, CPU) for the whole module: it takes ~1 min to start."""
-    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    engine = VLLMEngine(tiny_model_dir, max_model_len=2048, seed=0)
-    try:
-        yield engine
-    finally:
-        engine.close()
-        if saved is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    yield from vllm_engine_for(tiny_model_dir, tmp_path_factory.mktemp("models"))
 
 
 @pytest.mark.slow

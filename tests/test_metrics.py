@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import string
@@ -35,7 +34,7 @@ from prismatic.metrics.baselines import (
 from prismatic.metrics.cluster_agent import cluster_agent, merge_criteria
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config, parse_metric_names
-from conftest import GSM8K
+from conftest import GSM8K, vllm_engine_for
 
 
 def entropy_exp(probabilities) -> float:
@@ -410,25 +409,10 @@ def test_every_diversity_metric_ranks_distinct_samples_above_near_duplicates(tin
 # ------------------------------------------------------------------------------------ real judges
 
 
-def _judge_engine(model_dir, tmp_path_factory):
-    from prismatic.config import GeneratorConfig
-    from prismatic.engines import engine_from_config
-
-    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    engine = engine_from_config(GeneratorConfig(model=str(model_dir), max_model_len=2048, kv_cache_gb=1),
-                                tmp_path_factory.mktemp("models"))
-    try:
-        yield engine
-    finally:
-        engine.close()
-        if saved is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-
-
 @pytest.fixture(scope="module")
 def tiny_judge(tiny_model_dir, tmp_path_factory):
     """vLLM (vllm-cpu) serving the tiny random model, built as `prism diversity` builds its judge."""
-    yield from _judge_engine(tiny_model_dir, tmp_path_factory)
+    yield from vllm_engine_for(tiny_model_dir, tmp_path_factory.mktemp("models"))
 
 
 @pytest.mark.slow
@@ -450,7 +434,7 @@ def test_cluster_agent_through_vllm_with_structured_outputs(tiny_judge):
 
 @pytest.fixture(scope="module")
 def smollm2_judge(smollm2_dir, tmp_path_factory):
-    yield from _judge_engine(smollm2_dir, tmp_path_factory)
+    yield from vllm_engine_for(smollm2_dir, tmp_path_factory.mktemp("models"))
 
 
 @pytest.mark.slow
