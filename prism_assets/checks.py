@@ -25,7 +25,7 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 
 from prism_assets import io
 from prismatic.store import Store, round_sort_key, schema
-from prismatic.synthesis import SEED_ROUND, previous_round
+from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -216,15 +216,10 @@ def no_empty_clusters(context: AssetCheckExecutionContext, store: StoreResource)
              description="The pool's G-Vendi is not below the previous round's (a warning: the round is kept).")
 def gvendi_non_decreasing(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
     key, tables = context.partition_key, store.store()
-
-    def gvendi(round_key: str) -> float:
-        scores = pl.read_parquet(tables.path("diversity_scores", round_key), columns=["metric", "value"])
-        return float(scores.filter(metric="gvendi")["value"][0])
-
-    now = gvendi(key)
+    now = pool_gvendi(tables, key)
     if key == SEED_ROUND:
         return result(key, [], severity=AssetCheckSeverity.WARN, gvendi=now)
-    before = gvendi(previous_round(key))
+    before = pool_gvendi(tables, previous_round(key))
     problems = [] if now >= before else [f"G-Vendi fell from {before:.4f} ({previous_round(key)}) to {now:.4f}"]
     return result(key, problems, severity=AssetCheckSeverity.WARN, gvendi=now, previous_gvendi=before,
                   gain=now - before)

@@ -12,7 +12,7 @@ from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.gvendi import gvendi
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
-from prismatic.synthesis import SEED_ROUND, previous_round
+from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 from resources.generator import build_engine
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
@@ -47,8 +47,7 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
     metadata = {"dagster/row_count": len(frame), "pool_size": len(members),
                 **{row["metric"]: MetadataValue.float(row["value"]) for row in rows}}
     if key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key)):
-        before = io.read(store, "diversity_scores", previous_round(key)).filter(metric="gvendi")["value"][0]
-        metadata["gvendi_gain"] = results["gvendi"].value - before
+        metadata["gvendi_gain"] = results["gvendi"].value - pool_gvendi(store.store(), previous_round(key))
     history = _history(store, key, frame)
     for name in results:
         series = history.filter(metric=name)

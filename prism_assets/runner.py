@@ -29,7 +29,7 @@ from prismatic.engines import orphaned_vllm_engines
 from prismatic.errors import PrismError
 from prismatic.quality import read_benchmark_texts
 from prismatic.store import Store
-from prismatic.synthesis import SEED_ROUND, previous_round
+from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,6 @@ def round_summary(home: Path, keys: list[str]) -> pl.DataFrame:
     rows = []
     for key in keys:
         gens = store.read("generations", key)
-        scores = store.read("diversity_scores", key)
         rows.append({
             "round": key,
             "problems": gens.filter(kind="problem").height,
@@ -131,6 +130,6 @@ def round_summary(home: Path, keys: list[str]) -> pl.DataFrame:
             "verified": store.read("verified_samples", key).height,
             "kept": int(store.read("selection", key)["kept"].sum()),
             "pool": store.read("pool", key).height,
-            "gvendi": round(scores.filter(metric="gvendi")["value"][0], 3),
+            "gvendi": round(pool_gvendi(store, key), 3),
         })
     return pl.DataFrame(rows)

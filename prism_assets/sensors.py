@@ -20,7 +20,7 @@ from prism_assets.metadata import TABLE_ASSETS
 from prism_assets.partitions import rounds
 from prismatic.config import RoundsConfig
 from prismatic.store import Store
-from prismatic.synthesis import SEED_ROUND, previous_round, round_key, round_number
+from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round, round_key, round_number
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -35,10 +35,7 @@ def gvendi_gain(store: Store, key: str) -> float | None:
     if key == SEED_ROUND or not store.exists("diversity_scores", previous_round(key)):
         return None
 
-    def pool_gvendi(of: str) -> float:
-        return float(store.read("diversity_scores", of).filter(metric="gvendi")["value"][0])
-
-    return pool_gvendi(key) - pool_gvendi(previous_round(key))
+    return pool_gvendi(store, key) - pool_gvendi(store, previous_round(key))
 
 
 def stop_reason(key: str, gain: float | None, config: RoundsConfig) -> str | None:

@@ -41,6 +41,11 @@ def round_key(number: int) -> str:
     return f"r{number:03d}"
 
 
+def pool_gvendi(store, key: str) -> float:
+    """The G-Vendi of round `key`'s pool, as its `diversity_scores` recorded it (a `prismatic.store.Store`)."""
+    return float(store.read("diversity_scores", key).filter(metric="gvendi")["value"][0])
+
+
 def previous_round(key: str) -> str:
     if key == SEED_ROUND:
         raise ValueError("the seed round has no previous round")
