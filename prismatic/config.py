@@ -55,6 +55,10 @@ class FeaturesConfig(_Section):
       k_out × k_in block; a side no larger than its block size is kept exactly.
     batch_tokens: (fast) padded tokens per forward+backward batch; bounds memory.
     device: "auto" picks CUDA when available.
+    shards: split a round's features into this many parallel steps (one process each under the
+      multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
+      batch plan (fast) or the gradient buffers (faithful) at boundaries, so the merged features are
+      the unsharded ones.
     """
 
     proxy: str = "smollm2-135m-instruct"
@@ -70,6 +74,7 @@ class FeaturesConfig(_Section):
     block_out: int = Field(32, gt=0)
     batch_tokens: int = Field(4096, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shards: int = Field(1, gt=0)
 
 
 class SamplingConfig(_Section):
@@ -262,8 +267,78 @@ class MetricsConfig(_Section):
         return check_names(names)
 
 
+class S3Config(_Section):
+    """How an `s3://bucket/prefix` store is reached (DESIGN §5). Credentials always come from the
+    standard AWS chain (environment, profile, instance role), through dagster-aws's S3Resource.
+
+    endpoint_url: an S3-compatible endpoint (MinIO, moto, ...); None: `AWS_ENDPOINT_URL` or AWS itself.
+    region_name, profile_name: None: the AWS chain's.
+    part_size_mb: a table file larger than this is uploaded in parts of this size (S3's minimum is 5);
+      the object appears only when the last part is in, so a reader never sees part of one.
+    lock_lease_s: a round lock object whose holder stopped refreshing it for this long is stale.
+    """
+
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    profile_name: str | None = None
+    part_size_mb: int = Field(64, ge=5)
+    lock_lease_s: float = Field(300.0, gt=0)
+
+
+class K8sConfig(_Section):
+    """The k8s executor (dagster-k8s `k8s_job_executor`): one Kubernetes job per step.
+
+    namespace, image, service_account_name: where and what each step pod runs (image None: the
+      image of the run's own pod).
+    env_secrets: Kubernetes secrets whose keys become the step pods' environment (AWS credentials,
+      the Postgres password, the generator's API key).
+    shard_gpus: GPUs requested by each gradient-feature shard's pod (`nvidia.com/gpu`).
+    """
+
+    namespace: str = "default"
+    image: str | None = None
+    service_account_name: str | None = None
+    env_secrets: list[str] = Field(default_factory=list)
+    shard_gpus: int = Field(1, ge=0)
+
+
+class PostgresConfig(_Section):
+    """Dagster instance storage on PostgreSQL (dagster-postgres): runs, events, schedules.
+
+    password_env: name of the environment variable holding the password (never the password itself).
+    """
+
+    host: str = "localhost"
+    port: int = Field(5432, gt=0)
+    db_name: str = "dagster"
+    username: str = "dagster"
+    password_env: str = "PRISM_POSTGRES_PASSWORD"
+
+
+class OrchestrationConfig(_Section):
+    """How Dagster runs a round's steps and where its instance keeps its records.
+
+    executor: `in_process` (every step in the run's process: one vLLM engine, one proxy load),
+      `multiprocess` (one process per step, up to `max_concurrent` at once: feature shards run side
+      by side) or `k8s` (one Kubernetes job per step, see `k8s`).
+    max_concurrent: multiprocess: steps at once (0: the number of CPUs).
+    storage: `sqlite` (files in `$PRISM_HOME/dagster`) or `postgres` (see `postgres`), for many
+      concurrent runs and a deployed daemon and webserver.
+    """
+
+    executor: Literal["in_process", "multiprocess", "k8s"] = "in_process"
+    max_concurrent: int = Field(0, ge=0)
+    k8s: K8sConfig = K8sConfig()
+    storage: Literal["sqlite", "postgres"] = "sqlite"
+    postgres: PostgresConfig = PostgresConfig()
+
+
 class PrismConfig(_Section):
-    """Everything in `prism.yaml`. `home` is where the file lives, not a key in it."""
+    """Everything in `prism.yaml`. `home` is where the file lives, not a key in it.
+
+    store: where the tables live: a directory (default `$PRISM_HOME/store`) or `s3://bucket/prefix`
+      (see `s3`). `$PRISM_STORE` overrides it, and `--store` of `prism demo`/`prism run` overrides both.
+    """
 
     data: DataFields = DataFields()
     features: FeaturesConfig = FeaturesConfig()
@@ -271,7 +346,9 @@ class PrismConfig(_Section):
     synthesis: SynthesisConfig = SynthesisConfig()
     rounds: RoundsConfig = RoundsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     store: str | None = None
+    s3: S3Config = S3Config()
 
     home: Path = Field(default=Path(".prism"), exclude=True)
 
