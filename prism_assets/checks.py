@@ -1,7 +1,8 @@
 """Asset checks of every round.
 
-They read the Parquet files themselves (not through `Store.read`, which would refuse a bad file
-before the check could say what is wrong with it). Blocking checks stop the rest of the round when
+They read the stored files column by column (`Store.read(..., columns=...)`, `Store.read_schema`),
+not through the full `Store.read`, which would refuse a bad file before the check could say what is
+wrong with it. Blocking checks stop the rest of the round when
 bad data would flow on: a wrong schema, repeated ids, too few verified problems, features made
 with another projection, empty clusters. The others judge history and trends:
 `built_on_latest_previous_round` fails once r(N-1) was rematerialized after rN read it (the
@@ -23,7 +24,6 @@ import polars as pl
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition,
                      AssetKey, MetadataValue, asset_check)
 
-from prism_assets import io
 from prismatic.store import Store, round_sort_key, schema
 from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 from resources.home import PrismHome
@@ -55,10 +55,9 @@ def result(key: str, failures: list[str], note: str | None = None,
 
 def schema_problems(store: Store, table: str, key: str) -> list[str]:
     """How the columns of `table`'s file for round `key` differ from DESIGN §4 (names, order, dtypes)."""
-    path = store.path(table, key)
-    if not path.is_file():
-        return [f"{table}: no file at {path}"]
-    have = pl.read_parquet_schema(path)
+    if not store.exists(table, key):
+        return [f"{table}: no file at {store.location(table, key)}"]
+    have = store.read_schema(table, key)
     width = next((dtype.shape[0] for dtype in have.values() if isinstance(dtype, pl.Array)), 1)
     want = schema(table, dim=width)
     problems = [f"{table}: missing column {name!r} ({dtype})" for name, dtype in want.items() if name not in have]
@@ -71,7 +70,7 @@ def schema_problems(store: Store, table: str, key: str) -> list[str]:
 
 
 def _ids(store: Store, table: str, key: str) -> pl.Series:
-    return pl.read_parquet(store.path(table, key), columns=["id"])["id"]
+    return store.read(table, key, columns=["id"])["id"]
 
 
 def _schema_check(asset: str) -> AssetChecksDefinition:
@@ -127,7 +126,7 @@ def _provenance_check(asset: str) -> AssetChecksDefinition:
         if not tables.exists(table, before):
             return result(key, [f"{table} of {before} is no longer in the store"], used=MetadataValue.json(used))
         latest = {"round": before, "run_id": str(tables.read_metadata(table, before).get("run_id", "")),
-                  "data_version": io.file_version(tables, table, before)}
+                  "data_version": tables.data_version(table, before)}
         metadata = {"used": MetadataValue.json(used), "latest": MetadataValue.json(latest)}
         if latest["run_id"]:
             metadata["latest_run"] = MetadataValue.dagster_run(latest["run_id"])
@@ -149,9 +148,9 @@ def verified_pass_rate(context: AssetCheckExecutionContext, prism_home: PrismHom
     floor = prism_home.config().rounds.min_pass_rate
     if key == SEED_ROUND:
         return result(key, [], note="seeds are verified by their reference answers", floor=floor)
-    solutions = pl.read_parquet(tables.path("generations", key), columns=["kind", "parent_ids"]).filter(kind="solution")
+    solutions = tables.read("generations", key, columns=["kind", "parent_ids"]).filter(kind="solution")
     problems = solutions["parent_ids"].list.first().n_unique()  # problems dropped before solving do not count
-    verified = pl.read_parquet(tables.path("verified_samples", key), columns=["problem_id"])["problem_id"].n_unique()
+    verified = tables.read("verified_samples", key, columns=["problem_id"])["problem_id"].n_unique()
     rate = verified / problems if problems else 0.0
     failures = ([] if rate >= floor else [f"{verified}/{problems} problems verified ({rate:.1%}) < floor {floor:.1%}"]
                 ) if problems else ["no problem was solved"]
@@ -170,7 +169,7 @@ def projection_consistent(context: AssetCheckExecutionContext, store: StoreResou
         meta = tables.read_metadata("gradient_features", round_key)
         return {"proxy": meta.get("proxy"), **meta["projection"]} if meta.get("projection") else None
 
-    frame = pl.read_parquet(tables.path("gradient_features", key), columns=["feature", "dim"])
+    frame = tables.read("gradient_features", key, columns=["feature", "dim"])
     if frame.is_empty():
         return result(key, [], note="no features (no verified samples)")
     problems = []
@@ -193,8 +192,8 @@ def projection_consistent(context: AssetCheckExecutionContext, store: StoreResou
                          "`clusters` equals its `size` in `centroids` (> 0), and the sizes add up to the pool.")
 def no_empty_clusters(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
     key, tables = context.partition_key, store.store()
-    centroids = pl.read_parquet(tables.path("centroids", key), columns=["cluster", "size"])
-    members = pl.read_parquet(tables.path("clusters", key), columns=["cluster"])["cluster"].value_counts()
+    centroids = tables.read("centroids", key, columns=["cluster", "size"])
+    members = tables.read("clusters", key, columns=["cluster"])["cluster"].value_counts()
     pool_size = _ids(tables, "pool", key).len()
     joined = (centroids.join(members.rename({"count": "members"}), on="cluster", how="full", coalesce=True)
               .fill_null(0))

@@ -47,7 +47,7 @@ def previous_round_problem(context: AssetExecutionContext, store: StoreResource,
     missing = [table for table in ROUND_TABLES if not tables.exists(table, before)]
     if missing:
         return (f"round {key} refuses to start: round {before} is missing ({', '.join(missing)} not in the "
-                f"store at {tables.root}); materialize round {before} first")
+                f"store at {tables.uri}); materialize round {before} first")
     return None
 
 

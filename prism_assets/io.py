@@ -7,7 +7,6 @@ with the materialization it came from (round, run id, data version) for the asse
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -15,13 +14,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
 from prismatic.errors import PrismError
-from prismatic.store import Store
 from resources.store import StoreResource
-
-
-def file_version(store: Store, table: str, round_key: str) -> str:
-    """Data version of a stored partition: SHA-256 (first 16 hex) of its Parquet file."""
-    return hashlib.sha256(store.path(table, round_key).read_bytes()).hexdigest()[:16]
 
 
 def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
@@ -43,7 +36,7 @@ def write(context: AssetExecutionContext, resource: StoreResource, table: str, f
     catalog = resource.catalog()
     if first_partition or not catalog.db_path.exists():
         catalog.refresh()
-    return DataVersion(file_version(store, table, key))
+    return DataVersion(store.data_version(table, key))
 
 
 def read(resource: StoreResource, table: str, round_key: str) -> pl.DataFrame:
@@ -56,7 +49,7 @@ def read_previous(resource: StoreResource, table: str, round_key: str) -> tuple[
     frame = store.read(table, round_key)
     written = store.read_metadata(table, round_key)
     used = {"round": round_key, "run_id": str(written.get("run_id", "")),
-            "data_version": file_version(store, table, round_key)}
+            "data_version": store.data_version(table, round_key)}
     return frame, used
 
 

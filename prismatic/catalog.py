@@ -20,6 +20,12 @@ read-only ones, never both. So:
   round is being written sees the old partition or the new one.
 Readers cannot write: the connection is read-only and `query` accepts only SELECT/EXPLAIN
 statements (a read-only DuckDB connection would still let `COPY ... TO` write files).
+
+S3 stores. The views hold `s3://bucket/prefix/<table>/round=*/*.parquet` globs, and every connection
+registers an fsspec `s3fs.S3FileSystem` (the `s3:` settings, credentials from the standard AWS
+chain) that DuckDB reads them through. DuckDB's own httpfs extension is never used: its automatic
+install and load are switched off, so nothing is downloaded at run time and a catalog works offline
+against any S3-compatible endpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import duckdb
 
 from prismatic.errors import PrismError
-from prismatic.store import PARTITION_COLUMN, TABLES, Store
+from prismatic.store import PARTITION_COLUMN, TABLES, S3Store, Store
 
 CATALOG_FILE = "catalog.duckdb"
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -50,13 +56,14 @@ def _sql_string(text: str) -> str:
 class Catalog:
     """Views over a `Store`, in a DuckDB file that readers open read-only."""
 
-    def __init__(self, db_path: str | Path, store_root: str | Path, *, lock_timeout: float = 10.0):
+    def __init__(self, db_path: str | Path, store: Store | str | Path, *, lock_timeout: float = 10.0):
         self.db_path = Path(db_path).expanduser().absolute()
-        self.store = Store(store_root)
+        self.store = store if isinstance(store, Store) else Store(store)
         self.lock_timeout = lock_timeout
+        self._filesystem = None
 
     def __repr__(self) -> str:
-        return f"Catalog({str(self.db_path)!r}, {str(self.store.root)!r})"
+        return f"Catalog({str(self.db_path)!r}, {self.store.uri!r})"
 
     def view_sql(self, table: str) -> str:
         """The statement that (re)creates the view of `table`."""
@@ -125,7 +132,12 @@ class Catalog:
         pause = 0.02
         while True:
             try:
-                return duckdb.connect(str(self.db_path), read_only=read_only)
+                con = duckdb.connect(str(self.db_path), read_only=read_only,
+                                     config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+                if isinstance(self.store, S3Store):
+                    con.register_filesystem(self._s3_filesystem())
+                return con
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
@@ -136,3 +148,14 @@ class Catalog:
                 raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.5)
+
+    def _s3_filesystem(self):
+        """The fsspec filesystem DuckDB reads an S3 store through (one per catalog)."""
+        if self._filesystem is None:
+            import s3fs
+
+            settings = self.store.settings
+            self._filesystem = s3fs.S3FileSystem(
+                endpoint_url=settings.endpoint_url, profile=settings.profile_name,
+                client_kwargs={"region_name": settings.region_name} if settings.region_name else {})
+        return self._filesystem

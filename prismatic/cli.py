@@ -220,9 +220,10 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB v
     """Run SQL over every table of every round; the catalog is opened read-only."""
     from prismatic.catalog import Catalog
     from prismatic.config import load_config
+    from prismatic.store import open_store
 
     config = load_config(home)
-    columns, rows = Catalog(config.catalog_path, config.store_uri).query(sql)
+    columns, rows = Catalog(config.catalog_path, open_store(config)).query(sql)
     if as_json:
         print(json.dumps({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]}, default=str))
     else:

@@ -1,18 +1,26 @@
-"""Store and catalog bound to the home's configuration (local Parquet now; S3 by config later)."""
+"""Store and catalog bound to the home's configuration: a local directory or an S3 prefix."""
 
 from dagster import ConfigurableResource, InitResourceContext
+from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from prismatic.catalog import Catalog
-from prismatic.config import load_config
-from prismatic.store import ROUND_RE, RoundLock, Store
+from prismatic.config import PrismConfig, load_config
+from prismatic.store import ROUND_RE, Store, open_store
+
+
+def s3_resource(config: PrismConfig) -> S3Resource:
+    """dagster-aws's S3 resource for the home's `s3:` settings; credentials from the standard AWS chain."""
+    return S3Resource(endpoint_url=config.s3.endpoint_url, region_name=config.s3.region_name,
+                      profile_name=config.s3.profile_name)
 
 
 class StoreResource(ConfigurableResource):
-    """Parquet tables per round under `store` (default `$PRISM_HOME/store`), DuckDB views over them."""
+    """Parquet tables per round under `store` (default `$PRISM_HOME/store`; `s3://bucket/prefix`
+    through dagster-aws's S3Resource), DuckDB views over them."""
 
     home: str = ".prism"
-    _lock: RoundLock | None = PrivateAttr(default=None)
+    _lock: object | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Lock the run's round partition while this process runs it: a run of a round that another
@@ -33,8 +41,10 @@ class StoreResource(ConfigurableResource):
             self._lock = None
 
     def store(self) -> Store:
-        return Store(load_config(self.home).store_uri)
+        config = load_config(self.home)
+        client = s3_resource(config).get_client() if config.store_uri.startswith("s3://") else None
+        return open_store(config, s3_client=client)
 
     def catalog(self) -> Catalog:
         config = load_config(self.home)
-        return Catalog(config.catalog_path, config.store_uri)
+        return Catalog(config.catalog_path, self.store())

@@ -99,8 +99,9 @@ def test_every_table_has_a_sample_and_a_key_entry():
 @pytest.mark.parametrize("table", list(TABLES))
 def test_round_trip_every_table(store, table):
     frame = sample_frame(table)
-    path = store.write(table, "r001", frame)
-    assert path == store.path(table, "r001")
+    written = store.write(table, "r001", frame)
+    assert written == store.location(table, "r001") == str(store.path(table, "r001"))
+    path = store.path(table, "r001")
     assert path.parent.name == "round=r001" and path.parent.parent.name == table
     back = store.read(table, "r001")
     assert back.schema == schema(table, dim=8)
@@ -288,13 +289,15 @@ def test_missing_partition_names_table_and_round(store):
         store.read_metadata("clusters", "r004")
 
 
-def test_unknown_table_and_remote_root_are_refused(store, tmp_path):
+def test_unknown_table_and_unknown_scheme_are_refused(store, tmp_path):
     with pytest.raises(PrismError, match="unknown table 'sample'"):
         store.write("sample", "r001", sample_frame("pool"))
     with pytest.raises(PrismError, match="unknown table"):
         store.rounds("../etc")
-    with pytest.raises(PrismError, match="local directories"):
-        Store("s3://bucket/prefix")
+    with pytest.raises(PrismError, match="expected a directory, file:// or s3:// URI"):
+        Store("gs://bucket/prefix")
+    with pytest.raises(PrismError, match="expected s3://bucket"):
+        Store("s3://Bad_Bucket/prefix", client=object())
     assert Store(f"file://{tmp_path}").root == tmp_path
 
 
