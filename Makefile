@@ -6,9 +6,9 @@ PRISM := $(VENV)/bin/prism
 export PRISM_HOME ?= $(CURDIR)/.prism
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup install model browser demo ui test lint clean
+.PHONY: setup install model browser postgres demo ui test lint clean
 
-setup: install model browser
+setup: install model browser postgres
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ model: install
 # browser download). Skipped when /usr/bin/chromium exists; installing needs root (CI runs as root).
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Debian's PostgreSQL server binaries for tests/test_postgres.py (it starts its own server from
+# them). Skipped when an initdb is found (PATH or /usr/lib/postgresql/*/bin); installing needs root.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 demo: setup
 	$(PRISM) demo --rounds 2

@@ -41,8 +41,8 @@ STORE_TAG = "prism/store"
 
 
 def instance_for(home: Path) -> DagsterInstance:
-    """The persistent Dagster instance under `<home>/dagster` (SQLite storage)."""
-    dagster_home = ensure_instance_settings(home / "dagster").parent
+    """The persistent Dagster instance under `<home>/dagster` (storage: prism.yaml's `orchestration`)."""
+    dagster_home = ensure_instance_settings(home / "dagster", load_config(home).orchestration).parent
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
 
