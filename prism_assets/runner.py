@@ -28,7 +28,7 @@ from prismatic.data import load_seeds
 from prismatic.engines import orphaned_vllm_engines
 from prismatic.errors import PrismError
 from prismatic.quality import read_benchmark_texts
-from prismatic.store import Store
+from prismatic.store import Store, open_store
 from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 
 
@@ -53,7 +53,7 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
 
     os.environ["PRISM_HOME"] = str(home)
     config = load_config(home)
-    store = Store(config.store_uri)
+    store = open_store(config)
     if key != SEED_ROUND and not store.exists("diversity_scores", previous_round(key)):
         raise PrismError(f"round {key} needs round {previous_round(key)} first: it is missing or did not finish "
                          f"(run `prism run --round {previous_round(key)}`)")
@@ -77,7 +77,7 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
         instance.add_dynamic_partitions("rounds", [key])
         result = defs.resolve_job_def("prism_round").execute_in_process(
             partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
-            tags={STORE_TAG: str(store.root)})
+            tags={STORE_TAG: store.uri})
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
         error = failure.event_specific_data.error if failure else None
@@ -95,7 +95,7 @@ def fail_dead_runs(instance: DagsterInstance, key: str, store: Store) -> list[st
     still STARTED now, its process died (e.g. SIGKILL) without reporting the end.
     """
     dead = instance.get_runs(RunsFilter(job_name="prism_round", tags={"dagster/partition": key,
-                                                                       STORE_TAG: str(store.root)},
+                                                                       STORE_TAG: store.uri},
                                         statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
                                                   DagsterRunStatus.STARTED]))
     for run in dead:
@@ -119,7 +119,7 @@ def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
 
 def round_summary(home: Path, keys: list[str]) -> pl.DataFrame:
     """Per round: generated problems and solutions, verified, kept, pool size, G-Vendi of the pool."""
-    store = Store(load_config(home).store_uri)
+    store = open_store(load_config(home))
     rows = []
     for key in keys:
         gens = store.read("generations", key)

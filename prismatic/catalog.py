@@ -22,8 +22,9 @@ Readers cannot write: the connection is read-only and `query` accepts only SELEC
 statements (a read-only DuckDB connection would still let `COPY ... TO` write files).
 
 S3 stores. The views hold `s3://bucket/prefix/<table>/round=*/*.parquet` globs, and every connection
-registers an fsspec `s3fs.S3FileSystem` (the `s3:` settings, credentials from the standard AWS
-chain) that DuckDB reads them through. DuckDB's own httpfs extension is never used: its automatic
+to a catalog of an S3 store (or with a view over s3://, whatever the store given) registers an
+fsspec `s3fs.S3FileSystem` (the `s3:` settings, credentials from the standard AWS chain) that DuckDB
+reads them through. DuckDB's own httpfs extension is never used: its automatic
 install and load are switched off, so nothing is downloaded at run time and a catalog works offline
 against any S3-compatible endpoint.
 """
@@ -36,6 +37,7 @@ from typing import Any
 
 import duckdb
 
+from prismatic.config import S3Config
 from prismatic.errors import PrismError
 from prismatic.store import PARTITION_COLUMN, TABLES, S3Store, Store
 
@@ -56,10 +58,12 @@ def _sql_string(text: str) -> str:
 class Catalog:
     """Views over a `Store`, in a DuckDB file that readers open read-only."""
 
-    def __init__(self, db_path: str | Path, store: Store | str | Path, *, lock_timeout: float = 10.0):
+    def __init__(self, db_path: str | Path, store: Store | str | Path, *, lock_timeout: float = 10.0,
+                 s3: S3Config | None = None):
         self.db_path = Path(db_path).expanduser().absolute()
         self.store = store if isinstance(store, Store) else Store(store)
         self.lock_timeout = lock_timeout
+        self.s3 = self.store.settings if isinstance(self.store, S3Store) else (s3 or S3Config())
         self._filesystem = None
 
     def __repr__(self) -> str:
@@ -135,7 +139,8 @@ class Catalog:
                 con = duckdb.connect(str(self.db_path), read_only=read_only,
                                      config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
-                if isinstance(self.store, S3Store):
+                if isinstance(self.store, S3Store) or con.execute(
+                        "SELECT count(*) FROM duckdb_views() WHERE sql LIKE '%''s3://%'").fetchone()[0]:
                     con.register_filesystem(self._s3_filesystem())
                 return con
             except duckdb.IOException as exc:
@@ -150,12 +155,15 @@ class Catalog:
             pause = min(pause * 2, 0.5)
 
     def _s3_filesystem(self):
-        """The fsspec filesystem DuckDB reads an S3 store through (one per catalog)."""
+        """The fsspec filesystem DuckDB reads an S3 store through (one per catalog). It caches no
+        listing: a partition rewritten since the last query must be read as it is now."""
         if self._filesystem is None:
             import s3fs
 
-            settings = self.store.settings
+            settings = self.s3
             self._filesystem = s3fs.S3FileSystem(
                 endpoint_url=settings.endpoint_url, profile=settings.profile_name,
-                client_kwargs={"region_name": settings.region_name} if settings.region_name else {})
+                client_kwargs={"region_name": settings.region_name} if settings.region_name else {},
+                skip_instance_cache=True, use_listings_cache=False)
+        self._filesystem.invalidate_cache()
         return self._filesystem

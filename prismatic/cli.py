@@ -223,7 +223,7 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB v
     from prismatic.store import open_store
 
     config = load_config(home)
-    columns, rows = Catalog(config.catalog_path, open_store(config)).query(sql)
+    columns, rows = Catalog(config.catalog_path, open_store(config), s3=config.s3).query(sql)
     if as_json:
         print(json.dumps({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]}, default=str))
     else:
