@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from prismatic.errors import PrismError
-from prismatic.gradients import IGNORE, EncodedChat, FeatureSet, encode_chat
+from prismatic.gradients import IGNORE, EncodedChat, FeatureSet, Shard, encode_chat, shard_units
 from prismatic.gvendi import normalize_rows
 from prismatic.projection import RademacherProjection
 
@@ -253,8 +253,12 @@ class FastFeaturizer:
             return self.dense.project(blocks, dtype=torch.bfloat16)
         return (blocks.to(torch.bfloat16) @ self._dense_signs).float() / self.dim ** 0.5
 
-    def features(self, samples: pl.DataFrame, progress: bool = True) -> FeatureSet:
-        """Unit-row features of `samples` (id, prompt, response), batched by length."""
+    def features(self, samples: pl.DataFrame, progress: bool = True, shard: Shard | None = None) -> FeatureSet:
+        """Unit-row features of `samples` (id, prompt, response), batched by length.
+
+        `shard` = (index, count): only the rows of that shard's batches (`shard_units` of the whole
+        length-sorted batch plan, weighted by padded tokens), in `samples` order.
+        """
         started = time.perf_counter()
         chats = []
         for row in samples.iter_rows(named=True):
@@ -263,17 +267,23 @@ class FastFeaturizer:
             except PrismError as exc:
                 raise PrismError(f"sample {row['id']!r}: {exc}") from None
         order = sorted(range(len(chats)), key=lambda i: chats[i].n_tokens)
-        features = torch.empty(len(chats), self.dim, dtype=torch.float32)
-        bar = tqdm(total=len(chats), desc="gradient features (fast)", unit="sample", disable=not progress)
-        for batch in self._batches(order, chats):
+        batches = list(self._batches(order, chats))
+        padded = [chats[batch[-1]].n_tokens * len(batch) for batch in batches]
+        batches = [batches[unit] for unit in shard_units(padded, shard)]
+        rows = sorted(i for batch in batches for i in batch)
+        position = {i: k for k, i in enumerate(rows)}
+        features = torch.empty(len(rows), self.dim, dtype=torch.float32)
+        bar = tqdm(total=len(rows), desc="gradient features (fast)", unit="sample", disable=not progress)
+        for batch in batches:
             blocks = self.per_sample_blocks([chats[i] for i in batch])
-            features[batch] = normalize_rows(self.project(blocks)).cpu()
+            features[[position[i] for i in batch]] = normalize_rows(self.project(blocks)).cpu()
             bar.update(len(batch))
         bar.close()
         meta = {"mode": "fast", "dim": self.dim, "projection": self.describe(),
                 "model_dtype": str(self.dtype).removeprefix("torch."), "max_tokens": self.max_tokens}
-        return FeatureSet(ids=samples["id"].to_list(), features=features.numpy(),
-                          n_tokens=[c.n_tokens for c in chats], truncated=[c.truncated for c in chats],
+        ids = samples["id"].to_list()
+        return FeatureSet(ids=[ids[i] for i in rows], features=features.numpy(),
+                          n_tokens=[chats[i].n_tokens for i in rows], truncated=[chats[i].truncated for i in rows],
                           meta=meta, seconds=time.perf_counter() - started)
 
     def _batches(self, order: list[int], chats: list[EncodedChat]):

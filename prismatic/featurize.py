@@ -18,7 +18,7 @@ from prismatic.data import LINE_COLUMN
 from prismatic.errors import InputError, PrismError
 from prismatic.faults import fault_point
 from prismatic.fast_gradients import FastFeaturizer
-from prismatic.gradients import FeatureSet, faithful_features
+from prismatic.gradients import FeatureSet, Shard, faithful_features
 from prismatic.models import load_causal_lm, resolve_model
 
 
@@ -38,12 +38,14 @@ def load_proxy(config: FeaturesConfig, models_dir: Path):
 
 
 def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: Path, *, proxy_model=None,
-                     progress: bool = True, source: Path | None = None,
-                     fields: DataFields | None = None) -> tuple[FeatureSet, str]:
+                     progress: bool = True, source: Path | None = None, fields: DataFields | None = None,
+                     shard: Shard | None = None) -> tuple[FeatureSet, str]:
     """Features of `samples` (id, prompt, response); `proxy_model` = (model, tokenizer, name) to reuse one.
 
     `source` (the file the samples came from, with `LINE_COLUMN` in `samples`) and `fields` (its
     field names) make an overlong sample an `InputError` naming file, line and field.
+    `shard` = (index, count): only that shard's rows (every shard reads all of `samples` to plan the
+    batches; `merge_feature_sets` of all shards equals the unsharded result).
     """
     model, tokenizer, proxy = proxy_model or load_proxy(config, models_dir)
     max_tokens = fit_context(samples, tokenizer, context_length(model), config, source=source, fields=fields)
@@ -52,11 +54,11 @@ def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: 
         featurizer = FastFeaturizer(model, tokenizer, dim=config.dim, seed=config.seed,
                                     block_in=config.block_in, block_out=config.block_out,
                                     batch_tokens=config.batch_tokens, max_tokens=max_tokens)
-        return featurizer.features(samples, progress=progress), proxy
+        return featurizer.features(samples, progress=progress, shard=shard), proxy
     result = faithful_features(model, tokenizer, samples, dim=config.dim, seed=config.seed,
                                max_tokens=max_tokens,
                                projection_dtype=getattr(torch, config.projection_dtype),
-                               buffer_bytes=config.gradient_buffer_gb * 1e9, progress=progress)
+                               buffer_bytes=config.gradient_buffer_gb * 1e9, progress=progress, shard=shard)
     return result, proxy
 
 

@@ -123,13 +123,64 @@ class FeatureSet:
     seconds: float = 0.0
 
 
+Shard = tuple[int, int]
+"""(index, count): the index-th of `count` parts of a data set's features (see `shard_units`)."""
+
+
+def shard_units(weights: list[int], shard: Shard | None) -> range:
+    """The units (batches) of one shard: a contiguous run of the data set's batch plan.
+
+    The plan is cut where the cumulative weight (padded tokens, samples) first reaches k/count of
+    the total, k = 1..count-1, so shards carry about equal work, every unit lands in exactly one
+    shard, and each shard computes its batches exactly as the unsharded run would (same members,
+    same padding), which is what makes merged features equal the unsharded ones. Shards beyond the
+    number of units are empty.
+    """
+    if shard is None:
+        return range(len(weights))
+    index, count = shard
+    if not 0 <= index < count:
+        raise PrismError(f"shard {index} of {count}: expected 0 <= index < count")
+    total, cuts, running = sum(weights), [0], 0
+    for position, weight in enumerate(weights):
+        running += weight
+        while len(cuts) < count and running * count >= total * len(cuts):
+            cuts.append(position + 1)
+    cuts += [len(weights)] * (count + 1 - len(cuts))
+    return range(cuts[index], cuts[index + 1])
+
+
+def merge_feature_sets(parts: list[FeatureSet], ids: list[str]) -> FeatureSet:
+    """The features of every shard of one data set, as one FeatureSet in the data set's order `ids`.
+
+    Every id must come from exactly one shard, and every shard must share one projection (meta).
+    `seconds` is the sum over shards (compute time, not wall time).
+    """
+    produced = [i for part in parts for i in part.ids]
+    if sorted(produced) != sorted(ids) or len(set(produced)) != len(produced):
+        raise PrismError(f"feature shards cover {len(produced)} rows ({len(set(produced))} distinct) for "
+                         f"{len(ids)} samples: a shard is missing or overlaps another")
+    metas = {repr(sorted(part.meta.items())) for part in parts if part.ids}
+    if len(metas) > 1:
+        raise PrismError("feature shards were computed with different settings; recompute every shard")
+    where = {i: (k, row) for k, part in enumerate(parts) for row, i in enumerate(part.ids)}
+    order = [where[i] for i in ids]
+    dim = next((part.features.shape[1] for part in parts if part.ids), parts[0].features.shape[1] if parts else 0)
+    features = np.stack([parts[k].features[row] for k, row in order]) if order else np.zeros((0, dim), np.float32)
+    return FeatureSet(ids=list(ids), features=features, n_tokens=[parts[k].n_tokens[row] for k, row in order],
+                      truncated=[parts[k].truncated[row] for k, row in order],
+                      meta=next((part.meta for part in parts if part.ids), parts[0].meta if parts else {}),
+                      seconds=sum(part.seconds for part in parts))
+
+
 def faithful_features(model, tokenizer, samples: pl.DataFrame, *, dim: int = 1024, seed: int = 0,
                       max_tokens: int | None = None, projection_dtype: torch.dtype = torch.bfloat16,
-                      buffer_bytes: float = 8e9, progress: bool = True) -> FeatureSet:
+                      buffer_bytes: float = 8e9, progress: bool = True, shard: Shard | None = None) -> FeatureSet:
     """Faithful G-Vendi features of `samples` (columns id, prompt, response).
 
     Flattened gradients are buffered (as many as fit in `buffer_bytes`, in `projection_dtype`) and
     projected together, so each block of random signs is generated once per buffer, not per sample.
+    `shard` = (index, count): only that shard's buffers (`shard_units`), the rest of the rows left out.
     """
     started = time.perf_counter()
     n_params = sum(p.numel() for _, p in flat_parameters(model))
@@ -138,10 +189,13 @@ def faithful_features(model, tokenizer, samples: pl.DataFrame, *, dim: int = 102
     itemsize = torch.empty(0, dtype=projection_dtype).element_size()
     per_buffer = max(1, min(len(samples), int(buffer_bytes // (n_params * itemsize))))
     buffer = torch.empty(per_buffer, n_params, dtype=projection_dtype, device=device)
+    batches = list(_batches(samples, per_buffer))
+    batches = [batches[unit] for unit in shard_units([len(batch) for batch in batches], shard)]
+    samples = pl.concat(batches) if batches else samples.head(0)
 
     rows, n_tokens, truncated = [], [], []
     bar = tqdm(total=len(samples), desc="gradient features (faithful)", unit="sample", disable=not progress)
-    for batch in _batches(samples, per_buffer):
+    for batch in batches:
         for i, row in enumerate(batch.iter_rows(named=True)):
             try:
                 chat = encode_chat(tokenizer, row["prompt"], row["response"], max_tokens)
@@ -156,7 +210,8 @@ def faithful_features(model, tokenizer, samples: pl.DataFrame, *, dim: int = 102
     meta = {"mode": "faithful", "dim": dim, "projection": projection.describe(),
             "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "projection_dtype": str(projection_dtype).removeprefix("torch."), "max_tokens": max_tokens}
-    return FeatureSet(ids=samples["id"].to_list(), features=torch.cat(rows).numpy(), n_tokens=n_tokens,
+    features = torch.cat(rows).numpy() if rows else np.zeros((0, dim), dtype=np.float32)
+    return FeatureSet(ids=samples["id"].to_list(), features=features, n_tokens=n_tokens,
                       truncated=truncated, meta=meta, seconds=time.perf_counter() - started)
 
 
