@@ -3,10 +3,9 @@ re-cluster it for the next round."""
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from prism_assets import io
-from prism_assets.features import gradient_features
 from prism_assets.guard import require_previous_round
 from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
@@ -22,7 +21,7 @@ SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decis
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[gradient_features], kinds={"polars"}, code_version="1", group_name="prismatic",
+       deps=[AssetKey("gradient_features")], kinds={"polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
        description="Each candidate goes to its nearest centroid of the previous round's pool clustering "
                    "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size; "
@@ -86,7 +85,7 @@ def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeRes
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[pool, gradient_features], kinds={"polars"}, code_version="1",
+       deps=[pool, AssetKey("gradient_features")], kinds={"polars"}, code_version="1",
        group_name="prismatic", owners=["team:prismatic"],
        description="Spherical k-means (k = cluster_ratio × pool size, faiss) of the pool's gradient features; "
                    "writes the per-sample `clusters` table and the `centroids` the next round selects against.")

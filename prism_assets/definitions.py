@@ -14,7 +14,7 @@ from dagster import Definitions
 from prism_assets.checks import ROUND_CHECKS
 from prism_assets.clustering import clusters, pool, selection
 from prism_assets.diversity import diversity_scores
-from prism_assets.features import gradient_features
+from prism_assets.features import build_gradient_features
 from prism_assets.generations import generations
 from prism_assets.jobs import prism_round, round_checks, round_provenance_checks, seed_job
 from prism_assets.scaleout import executor_for, io_manager_for
@@ -34,7 +34,8 @@ def build_definitions(home: str | None = None) -> Definitions:
     home = home or os.environ.get("PRISM_HOME", ".prism")
     config = load_config(home)
     return Definitions(
-        assets=[seeds, generations, verified_samples, gradient_features, selection, pool, clusters, diversity_scores],
+        assets=[seeds, generations, verified_samples, build_gradient_features(config), selection, pool, clusters,
+                diversity_scores],
         asset_checks=ROUND_CHECKS,
         jobs=[prism_round, seed_job, round_checks, round_provenance_checks],
         sensors=[next_round_sensor, provenance_sensor],

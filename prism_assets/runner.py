@@ -1,4 +1,8 @@
-"""Run rounds in-process on the home's Dagster instance (`prism demo`, `prism run`).
+"""Run rounds on the home's Dagster instance from the command line (`prism demo`, `prism run`).
+
+The run executes in this process with the executor of `orchestration.executor`: in-process (the
+default) runs every step here; multiprocess starts a process per step (feature shards side by side)
+and k8s a pod per step, both loading the job through `prism_round_job`.
 
 The instance lives in `$PRISM_HOME/dagster`, so `DAGSTER_HOME=$PRISM_HOME/dagster dagster dev -w
 workspace.yaml` shows the same runs, lineage and partitions afterwards.
@@ -20,7 +24,8 @@ import uuid
 from pathlib import Path
 
 import polars as pl
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, reconstructable
+from dagster._core.execution.api import execute_run
 
 from prism_assets.instance import ensure_instance_settings
 from prismatic.config import load_config
@@ -75,17 +80,33 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
         if not store.exists("seeds", SEED_ROUND):
             defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
         instance.add_dynamic_partitions("rounds", [key])
-        result = defs.resolve_job_def("prism_round").execute_in_process(
-            partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
-            tags={STORE_TAG: store.uri})
+        tags = {STORE_TAG: store.uri}
+        if config.orchestration.executor == "in_process":
+            result = defs.resolve_job_def("prism_round").execute_in_process(
+                partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id, tags=tags)
+        else:  # step processes (multiprocess) or pods (k8s) load the job by reference: its code must be importable
+            run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id, run_config=QUIET,
+                                              tags={**tags, "dagster/partition": key})
+            result = execute_run(reconstructable(prism_round_job), run, instance, raise_on_error=False)
     if not result.success:
-        failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
+        failure = next((entry.dagster_event for entry in instance.all_logs(result.run_id, of_type=FAILURES)), None)
         error = failure.event_specific_data.error if failure else None
         while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
             error = error.cause
         message = error.message.strip() if error else "see the Dagster run log"
         raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
     return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
+
+
+FAILURES = {DagsterEventType.STEP_FAILURE}
+
+
+def prism_round_job():
+    """The `prism_round` job of `$PRISM_HOME`'s definitions, for `reconstructable` (other processes
+    load the job through this function)."""
+    from prism_assets.definitions import build_definitions
+
+    return build_definitions().resolve_job_def("prism_round")
 
 
 def fail_dead_runs(instance: DagsterInstance, key: str, store: Store) -> list[str]:

@@ -7,7 +7,7 @@ from dagster import ConfigurableResource
 
 from prismatic.config import load_config
 from prismatic.featurize import compute_features, load_proxy
-from prismatic.gradients import FeatureSet
+from prismatic.gradients import FeatureSet, Shard
 
 _PROXIES: dict[str, tuple] = {}
 
@@ -25,7 +25,8 @@ class ProxyResource(ConfigurableResource):
             _PROXIES[key] = load_proxy(config.features, config.models_dir)
         return _PROXIES[key]
 
-    def featurize(self, samples: pl.DataFrame) -> tuple[FeatureSet, str]:
+    def featurize(self, samples: pl.DataFrame, shard: Shard | None = None) -> tuple[FeatureSet, str]:
+        """Features of `samples` (`shard` = (index, count): only that shard's rows) and the proxy's name."""
         config = load_config(self.home)
         return compute_features(samples, config.features, config.models_dir, proxy_model=self.model(),
-                                progress=False)
+                                progress=False, shard=shard)
