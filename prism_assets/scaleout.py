@@ -16,36 +16,25 @@ a gradient-feature shard.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
 from prismatic.config import CONFIG_FILE, OrchestrationConfig, PrismConfig
-from prismatic.errors import InputError, PrismError
+from prismatic.errors import InputError
+from prismatic.store import parse_s3_uri
 
 IO_PREFIX = "_dagster_io"
 """Under the store's prefix: the values passed between ops when steps run in separate pods."""
 K8S_CONFIG_TAG = "dagster-k8s/config"
 
 
-def _split_s3(uri: str) -> tuple[str, str] | None:
-    """(bucket, prefix) of an `s3://bucket/prefix` URI; None for anything else (a local store)."""
-    if not uri.startswith("s3://"):
-        return None
-    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", uri)
-    if not match:
-        raise PrismError(f"store {uri!r}: expected s3://bucket or s3://bucket/prefix with a valid bucket name")
-    return match.group(1), (match.group(2) or "").strip("/")
-
-
 def _require_s3_store(config: PrismConfig) -> tuple[str, str]:
-    split = _split_s3(config.store_uri)
-    if split is None:
+    if not config.store_uri.startswith("s3://"):
         raise InputError(config.home / CONFIG_FILE, f"the k8s executor runs each step in its own pod, which cannot "
                          f"reach the local store {config.store_uri}: set `store` to s3://bucket/prefix",
                          field="orchestration.executor")
-    return split
+    return parse_s3_uri(config.store_uri)
 
 
 def executor_for(config: PrismConfig) -> ExecutorDefinition:
@@ -78,12 +67,12 @@ def io_manager_for(config: PrismConfig) -> dict[str, Any]:
     (Dagster's default IO manager, files under the instance's storage directory)."""
     if config.orchestration.executor != "k8s":
         return {}
-    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+    from dagster_aws.s3 import S3PickleIOManager
+
+    from resources.store import s3_resource
 
     bucket, prefix = _require_s3_store(config)
-    s3 = S3Resource(endpoint_url=config.s3.endpoint_url, region_name=config.s3.region_name,
-                    profile_name=config.s3.profile_name)
-    return {"io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=bucket,
+    return {"io_manager": S3PickleIOManager(s3_resource=s3_resource(config), s3_bucket=bucket,
                                             s3_prefix=f"{prefix}/{IO_PREFIX}" if prefix else IO_PREFIX)}
 
 

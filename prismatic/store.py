@@ -430,11 +430,7 @@ class S3Store(Store):
     """
 
     def __init__(self, uri: str, *, client: Any = None, settings: S3Config | None = None):
-        match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", str(uri))
-        if not match:
-            raise PrismError(f"store {uri!r}: expected s3://bucket or s3://bucket/prefix with a valid bucket name")
-        self.bucket = match.group(1)
-        self.prefix = (match.group(2) or "").strip("/")
+        self.bucket, self.prefix = parse_s3_uri(str(uri))
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.settings = settings or S3Config()
         self.client = client if client is not None else s3_client(self.settings)
@@ -568,6 +564,14 @@ class S3Store(Store):
         for stray in self._list(partition):
             if stray.endswith(".parquet") and stray != key:
                 self._call(where, "delete_object", Key=stray)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix without slashes at its ends) of `s3://bucket[/prefix]`."""
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", uri)
+    if not match:
+        raise PrismError(f"store {uri!r}: expected s3://bucket or s3://bucket/prefix with a valid bucket name")
+    return match.group(1), (match.group(2) or "").strip("/")
 
 
 def s3_client(settings: S3Config) -> Any:
