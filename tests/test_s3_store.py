@@ -171,7 +171,8 @@ store = S3Store("s3://{BUCKET}/{prefix}", settings=S3Config(part_size_mb=5))
 with store.lock_round("r001", "killed writer"):
     store.write("gradient_features", "r001", pl.DataFrame({{
         "id": [str(i) for i in range(3000)],
-        "feature": pl.Series(np.random.default_rng(0).random((3000, 1024), dtype=np.float32), dtype=pl.Array(pl.Float32, 1024)),
+        "feature": pl.Series(np.random.default_rng(0).random((3000, 1024), dtype=np.float32),
+                             dtype=pl.Array(pl.Float32, 1024)),
         "proxy": ["p"] * 3000, "mode": ["fast"] * 3000, "dim": [1024] * 3000, "n_tokens": [1] * 3000,
         "truncated": [False] * 3000}}))
 """
