@@ -13,9 +13,13 @@ side by side, one process each; the k8s executor one pod each, with the GPU requ
 `orchestration.k8s.shard_gpus`.
 """
 
+import os
+import warnings
+
 import numpy as np
 import polars as pl
-from dagster import (AssetIn, AssetsDefinition, DynamicOut, DynamicOutput, In, Nothing, OpExecutionContext,
+import torch
+from dagster import (AssetIn, AssetsDefinition, BetaWarning, DynamicOut, DynamicOutput, In, Nothing, OpExecutionContext,
                      Out, Output, graph_asset, op)
 
 from prism_assets import io
@@ -26,6 +30,10 @@ from prismatic.gradients import FeatureSet, merge_feature_sets
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
 from resources.store import StoreResource
+
+# A data version on an op's Output is a Dagster beta feature (dagster is pinned exactly): silence only that.
+warnings.filterwarnings("ignore", message="Parameter `data_version` of initializer `Output.__init__`",
+                        category=BetaWarning)
 
 
 def build_gradient_features(config: PrismConfig) -> AssetsDefinition:
@@ -42,8 +50,12 @@ def build_gradient_features(config: PrismConfig) -> AssetsDefinition:
         description="Features of one shard of the round's verified samples (its part of the batch plan).")
     def feature_shard(context: OpExecutionContext, prism_home: PrismHome, store: StoreResource,
                       proxy: ProxyResource, index: int) -> FeatureSet:
+        config = prism_home.config()
         samples = io.read(store, "verified_samples", context.partition_key)
-        count = prism_home.config().features.shards
+        count = config.features.shards
+        if config.orchestration.executor == "multiprocess":  # shards side by side share the machine's cores
+            side_by_side = min(count, config.orchestration.max_concurrent or os.cpu_count() or 1)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // side_by_side))
         if samples.is_empty():
             return FeatureSet(ids=[], features=np.zeros((0, 1), dtype=np.float32), n_tokens=[], truncated=[])
         result, proxy_name = proxy.featurize(samples, shard=(index, count))
