@@ -13,10 +13,16 @@ and at most min(n, d). G-Vendi is this score on unit-normalized projected gradie
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+
+from prismatic.errors import InputError
 
 
 def vendi_from_eigenvalues(eigenvalues: np.ndarray) -> float:
@@ -37,11 +43,15 @@ def vendi_from_gram(gram: np.ndarray) -> float:
 def normalize_rows(features: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Rows scaled to unit L2 norm (float64 input stays float64, anything else becomes float32).
 
-    A zero row has no direction and is refused.
+    A zero row has no direction and is refused. A read-only array (e.g. a zero-copy view of Parquet
+    data) is wrapped without a copy: it is only read, the result is a new tensor.
     """
     if isinstance(features, np.ndarray) and not features.flags.writeable:
-        features = features.copy()  # torch cannot wrap a read-only array (e.g. from Parquet)
-    x = torch.as_tensor(features)
+        with warnings.catch_warnings():  # torch warns that it cannot honour read-only; nothing writes
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.as_tensor(features)
+    else:
+        x = torch.as_tensor(features)
     x = x if x.dtype == torch.float64 else x.to(torch.float32)
     norms = x.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
@@ -96,3 +106,108 @@ def gvendi_of_chunks(chunks: Iterable[torch.Tensor | np.ndarray], dim: int) -> f
 def _chunks(features: torch.Tensor | np.ndarray, rows: int):
     for start in range(0, features.shape[0], rows):
         yield features[start:start + rows]
+
+
+PARQUET_CHUNK_ROWS = 8192
+PARQUET_READ_BUFFER = 1 << 20
+
+
+def gvendi_of_parquet(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> float:
+    """G-Vendi of the `feature` column of a features Parquet file (`prism features`), streamed.
+
+    Same score as `gvendi(read_features(path)[1])`: rows are normalized here (stored features are
+    unit already), S = Σ_chunks XᵀX / n is accumulated in float64 from float32 chunk products, and
+
+        G-Vendi = exp( −Σ_i λ_i log λ_i ),   λ = eigenvalues of S.
+
+    Memory is bounded by one chunk, whatever n is: the file is read batch by batch with buffered,
+    not pre-buffered, column reads, so a row group larger than the chunk (`write_features` writes up
+    to 2²⁰ rows in one) is never loaded whole. One chunk costs its float32 values (chunk_rows × d × 4
+    bytes, zero-copy from Arrow), Arrow's decoding scratch (the list's definition/repetition levels,
+    about as much again), the normalized float32 copy, plus d × d float32 + float64 for the products;
+    measured at d = 1024: peak RSS 0.35–0.41 GB above the imports at 8192 rows, 0.42–0.57 GB at
+    16384 (the more, the larger the row groups).
+    """
+    dim = feature_dim(path)
+    moment = SecondMoment(dim)
+    for start, chunk in feature_chunks(path, chunk_rows):
+        try:
+            moment.update(chunk)
+        except ValueError:
+            _raise_bad_rows(path, start, chunk)
+        if not bool(torch.isfinite(moment._sum.diagonal()).all()):
+            _raise_bad_rows(path, start, chunk)
+    if moment.n == 0:
+        raise InputError(path, "no feature rows", field="feature")
+    return moment.score()
+
+
+def feature_dim(path: str | Path) -> int:
+    """d of a features Parquet file, from its schema (checked: a fixed-size list of floats)."""
+    return _feature_type(_open(path), path).list_size
+
+
+def feature_chunks(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, chunk_rows × d float32 array) for each batch of the `feature` column, in order.
+
+    Arrays are read-only zero-copy views of Arrow's buffers when the values are float32 without
+    nulls (what `write_features` writes); other float widths are cast. No per-row Python objects.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    file = _open(path)
+    dim = _feature_type(file, path).list_size
+    start = 0
+    try:
+        for batch in file.iter_batches(batch_size=chunk_rows, columns=["feature"], use_threads=False):
+            column = batch.column(0)
+            if column.null_count:
+                raise InputError(path, "null feature rows", line=start + _first_null(column) + 1,
+                                 field="feature")
+            values = column.flatten()  # respects the batch's offset into the row group
+            if values.null_count:
+                raise InputError(path, "null feature values", field="feature")
+            if values.type != pa.float32():
+                values = values.cast(pa.float32())
+            yield start, values.to_numpy(zero_copy_only=True).reshape(len(column), dim)
+            start += len(column)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(path, f"not a readable Parquet file ({exc})") from None
+    finally:
+        file.close()
+
+
+def _open(path: str | Path) -> pq.ParquetFile:
+    if not Path(path).exists():
+        raise InputError(path, "file not found")
+    try:
+        return pq.ParquetFile(path, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
+    except Exception as exc:  # pyarrow raises several types for corrupt input
+        raise InputError(path, f"not a readable Parquet file ({exc})") from None
+
+
+def _feature_type(file: pq.ParquetFile, path: str | Path) -> pa.FixedSizeListType:
+    schema = file.schema_arrow
+    if "feature" not in schema.names:
+        raise InputError(path, "missing column", field="feature")
+    feature_type = schema.field("feature").type
+    if not (pa.types.is_fixed_size_list(feature_type) and pa.types.is_floating(feature_type.value_type)):
+        raise InputError(path, f"expected a fixed-size float list, got {feature_type}", field="feature")
+    return feature_type
+
+
+def _first_null(column: pa.Array) -> int:
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def _raise_bad_rows(path: str | Path, start: int, chunk: np.ndarray) -> None:
+    """The first row of `chunk` that is all zeros or not finite, as an InputError (1-based row)."""
+    finite = np.isfinite(chunk).all(axis=1)
+    if not finite.all():
+        raise InputError(path, "non-finite value", line=start + int(np.flatnonzero(~finite)[0]) + 1,
+                         field="feature")
+    zero = ~chunk.any(axis=1)
+    if zero.any():
+        raise InputError(path, "all-zero row (no direction)", line=start + int(np.flatnonzero(zero)[0]) + 1,
+                         field="feature")
+    raise InputError(path, f"non-finite values in rows {start + 1}..{start + len(chunk)}", field="feature")

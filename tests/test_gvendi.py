@@ -76,3 +76,68 @@ def test_zero_row_is_refused():
 
 def test_eigenvalue_round_off_is_ignored():
     assert vendi_from_eigenvalues(np.array([0.5, 0.5, -1e-17])) == pytest.approx(2.0)
+
+
+def _write_feature_table(path, feature_column, row_group_size):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array([f"s{i}" for i in range(len(feature_column))], pa.string())
+    pq.write_table(pa.table({"id": ids, "feature": feature_column}), path, row_group_size=row_group_size)
+    return path
+
+
+def test_gvendi_of_parquet_streams_row_groups_in_uneven_chunks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prismatic.gvendi import feature_chunks, gvendi_of_parquet
+
+    x = np.random.default_rng(9).normal(size=(3000, 48)).astype(np.float32)  # not unit: normalized on read
+    column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 48)
+    path = _write_feature_table(tmp_path / "f.parquet", column, row_group_size=1000)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    # 384 rows a chunk: smaller than a row group and not dividing it.
+    starts, chunks = zip(*feature_chunks(path, chunk_rows=384))
+    assert max(len(c) for c in chunks) == 384 and list(starts) == list(np.cumsum([0] + [len(c) for c in chunks[:-1]]))
+    assert np.array_equal(np.concatenate(chunks), x)
+    assert gvendi_of_parquet(path, chunk_rows=384) == pytest.approx(gvendi(x), rel=1e-9)
+
+
+def test_gvendi_of_parquet_equals_gvendi_of_a_written_features_file(tmp_path):
+    from prismatic.features import read_features, write_features
+    from prismatic.gradients import FeatureSet
+    from prismatic.gvendi import gvendi_of_parquet
+
+    x = normalize_rows(np.random.default_rng(10).normal(size=(2500, 32))).numpy()
+    path = write_features(tmp_path / "f.parquet", FeatureSet([f"s{i}" for i in range(2500)], x, [1] * 2500,
+                                                             [False] * 2500, {"mode": "fast"}), proxy="p")
+    assert gvendi_of_parquet(path, chunk_rows=999) == pytest.approx(gvendi(read_features(path)[1]), rel=1e-9)
+
+
+def test_gvendi_of_parquet_refuses_bad_feature_columns(tmp_path):
+    import pyarrow as pa
+
+    from prismatic.errors import InputError, PrismError
+    from prismatic.gvendi import gvendi_of_parquet
+
+    def write(name, column):
+        return _write_feature_table(tmp_path / name, column, row_group_size=10)
+
+    def fixed(rows):
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(rows, dtype=np.float32).reshape(-1)), 2)
+
+    ragged = write("ragged.parquet", pa.array([[1.0, 0.0], [0.0, 1.0]], pa.list_(pa.float32())))
+    with pytest.raises(PrismError, match=r"ragged\.parquet: field 'feature': expected a fixed-size float list"):
+        gvendi_of_parquet(ragged)
+    text = write("text.parquet", pa.array(["a", "b"]))
+    with pytest.raises(InputError, match=r"text\.parquet: field 'feature': expected a fixed-size float list, got"):
+        gvendi_of_parquet(text)
+    nan = write("nan.parquet", fixed([[1, 0], [0, 1], [np.nan, 1], [1, 1]]))
+    with pytest.raises(InputError, match=r"nan\.parquet:3: field 'feature': non-finite value"):
+        gvendi_of_parquet(nan, chunk_rows=2)
+    zero = write("zero.parquet", fixed([[1, 0], [0, 1], [0, 0]]))
+    with pytest.raises(InputError, match=r"zero\.parquet:3: field 'feature': all-zero row"):
+        gvendi_of_parquet(zero, chunk_rows=2)
+    with pytest.raises(InputError, match=r"missing\.parquet: file not found"):
+        gvendi_of_parquet(tmp_path / "missing.parquet")
