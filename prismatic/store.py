@@ -37,6 +37,7 @@ import socket
 import tempfile
 import threading
 import time
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ PROVENANCE_KEY = b"prismatic.provenance"
 LOCK_DIR = "_locks"
 """Directory under the store root that holds one lock file (S3: object) per round (no table glob matches it)."""
 FOOTER_GUESS = 64 * 1024
-"""Bytes read from a file's end to get its Parquet footer (schema and provenance) in one read."""
+"""Bytes an S3 store reads from an object's end to get its Parquet footer (schema, provenance) in one GET."""
 
 ANY_WIDTH = 0
 """`pl.Array(pl.Float32, ANY_WIDTH)` in `TABLES` stands for a fixed-size float32 array of any width
@@ -242,10 +243,10 @@ class Store:
         """
         raise NotImplementedError
 
-    def _read_file(self, table: str, round_key: str, *, footer_only: bool = False):
-        """A readable pyarrow source with the whole file (or, `footer_only`, at least its footer), read
-        in one request or through one open handle: a rewrite in between must not pair the old footer
-        with the new file's bytes."""
+    def _read_file(self, table: str, round_key: str, *, footer_only: bool = False) -> AbstractContextManager:
+        """A context giving a readable pyarrow source of the file (or, `footer_only`, of at least its
+        footer), read through one open handle or in one request: a rewrite in between must not pair
+        the old footer with the new file's bytes."""
         raise NotImplementedError
 
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
@@ -264,12 +265,12 @@ class Store:
     def read(self, table: str, round_key: str, columns: list[str] | None = None) -> pl.DataFrame:
         """The partition as a frame with the table's schema (no `round` column); `columns`: only those."""
         check_table(table)
-        source = self._read_file(table, round_key)
-        try:
-            data = pq.read_table(source, columns=columns)
-        except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt file or unknown column
-            raise PrismError(f"{self.location(table, round_key)}: not a readable Parquet file of "
-                             f"table '{table}' ({exc})") from None
+        with self._read_file(table, round_key) as source:
+            try:
+                data = pq.read_table(source, columns=columns)  # locally, only the column chunks asked for
+            except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt file or unknown column
+                raise PrismError(f"{self.location(table, round_key)}: not a readable Parquet file of "
+                                 f"table '{table}' ({exc})") from None
         frame = pl.from_arrow(data)
         return conform(table, frame) if columns is None else frame
 
@@ -285,7 +286,8 @@ class Store:
     def _footer(self, table: str, round_key: str) -> pa.Schema:
         check_table(table)
         try:
-            return pq.read_schema(self._read_file(table, round_key, footer_only=True))
+            with self._read_file(table, round_key, footer_only=True) as source:
+                return pq.read_schema(source)
         except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or unreadable file
             raise PrismError(f"{self.location(table, round_key)}: not a readable Parquet file ({exc})") from None
 
@@ -362,19 +364,23 @@ class LocalStore(Store):
         return sorted(found, key=round_sort_key)
 
     def data_version(self, table: str, round_key: str) -> str:
-        return hashlib.sha256(self._read_file(table, round_key).read()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        with self._read_file(table, round_key) as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()[:16]
 
+    @contextmanager
     def _read_file(self, table: str, round_key: str, *, footer_only: bool = False):
         path = self.path(table, round_key)
         try:
-            with path.open("rb") as handle:
-                if not footer_only:
-                    return pa.BufferReader(handle.read())
-                return _footer_reader(lambda size: _file_tail(handle, size))
+            handle = path.open("rb")
         except FileNotFoundError:
             raise self._missing(table, round_key) from None
         except OSError as exc:
             raise PrismError(f"{path}: cannot read ({exc.strerror})") from None
+        with handle:
+            yield handle
 
     def lock_round(self, round_key: str, owner: str, *, run_id: str | None = None) -> RoundLock:
         return RoundLock(self, round_key, owner, run_id=run_id)
@@ -487,11 +493,8 @@ class S3Store(Store):
         return sorted(found, key=round_sort_key)
 
     def data_version(self, table: str, round_key: str) -> str:
-        head = self._head(table, round_key)
-        digest = head.get("Metadata", {}).get("sha256")
-        if digest:
-            return digest[:16]
-        return hashlib.sha256(self._read_file(table, round_key).read()).hexdigest()[:16]
+        digest = self._head(table, round_key).get("Metadata", {}).get("sha256")
+        return digest[:16] if digest else hashlib.sha256(self._get(table, round_key)).hexdigest()[:16]
 
     def _head(self, table: str, round_key: str) -> dict:
         try:
@@ -509,10 +512,12 @@ class S3Store(Store):
                 raise self._missing(table, round_key) from None
             raise PrismError(f"{self.location(table, round_key)}: S3 get_object failed: {_s3_code(exc)}") from None
 
+    @contextmanager
     def _read_file(self, table: str, round_key: str, *, footer_only: bool = False):
-        if not footer_only:
-            return pa.BufferReader(self._get(table, round_key))
-        return _footer_reader(lambda size: self._get(table, round_key, Range=f"bytes=-{size}"))
+        if footer_only:
+            yield _footer_reader(lambda size: self._get(table, round_key, Range=f"bytes=-{size}"))
+        else:
+            yield pa.BufferReader(self._get(table, round_key))
 
     def lock_round(self, round_key: str, owner: str, *, run_id: str | None = None) -> S3RoundLock:
         return S3RoundLock(self, round_key, owner, run_id=run_id)
@@ -586,12 +591,6 @@ def open_store(config: PrismConfig, *, s3_client: Any = None) -> Store:
     if uri.startswith("s3://"):
         return S3Store(uri, client=s3_client, settings=config.s3)
     return Store(uri)
-
-
-def _file_tail(handle: Any, size: int) -> bytes:
-    handle.seek(0, os.SEEK_END)
-    handle.seek(max(0, handle.tell() - size))
-    return handle.read()
 
 
 def _footer_reader(tail: Any) -> pa.BufferReader:
