@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Console logging of in-process runs: warnings and errors only (the full log is in the instance)."""
+FAILURES = {DagsterEventType.STEP_FAILURE}
+"""The events whose error `run_round` reports when a run fails."""
 STORE_TAG = "prism/store"
 """Tag of runs started by `run_round`: the store root they write (their lock is that store's)."""
 
@@ -96,9 +98,6 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
         message = error.message.strip() if error else "see the Dagster run log"
         raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
     return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
-
-
-FAILURES = {DagsterEventType.STEP_FAILURE}
 
 
 def prism_round_job():

@@ -24,9 +24,9 @@ statements (a read-only DuckDB connection would still let `COPY ... TO` write fi
 S3 stores. The views hold `s3://bucket/prefix/<table>/round=*/*.parquet` globs, and every connection
 to a catalog of an S3 store (or with a view over s3://, whatever the store given) registers an
 fsspec `s3fs.S3FileSystem` (the `s3:` settings, credentials from the standard AWS chain) that DuckDB
-reads them through. DuckDB's own httpfs extension is never used: its automatic
-install and load are switched off, so nothing is downloaded at run time and a catalog works offline
-against any S3-compatible endpoint.
+reads them through. DuckDB's own httpfs extension is never used: its automatic install and load are
+switched off, so nothing is downloaded at run time and a catalog works offline against any
+S3-compatible endpoint.
 """
 
 from __future__ import annotations
@@ -139,10 +139,6 @@ class Catalog:
                 con = duckdb.connect(str(self.db_path), read_only=read_only,
                                      config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
-                if isinstance(self.store, S3Store) or con.execute(
-                        "SELECT count(*) FROM duckdb_views() WHERE sql LIKE '%''s3://%'").fetchone()[0]:
-                    con.register_filesystem(self._s3_filesystem())
-                return con
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
@@ -151,6 +147,15 @@ class Catalog:
                                      f"(waited {self.lock_timeout:g} s); try again") from None
             except duckdb.Error as exc:
                 raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+            else:
+                try:
+                    if isinstance(self.store, S3Store) or con.execute(
+                            "SELECT count(*) FROM duckdb_views() WHERE sql LIKE '%''s3://%'").fetchone()[0]:
+                        con.register_filesystem(self._s3_filesystem())
+                except duckdb.Error as exc:
+                    con.close()
+                    raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+                return con
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.5)
 
