@@ -416,6 +416,7 @@ def main() -> None:
         iterations = sk_iters if method == "sklearn" else args.iterations
         ran = rs[0].get("n_iter", iterations)  # scikit-learn stops at a fixed point (labels unchanged)
         s = {"seconds": round(seconds, 3), "runs_s": [round(r["seconds"], 3) for r in rs],
+             "best_s": round(min(r["seconds"] for r in rs), 3),
              "iterations_run": ran, "seconds_per_iteration": round(seconds / ran, 4),
              "objective": rs[0]["objective"], "objective_runs": sorted({round(r["objective"], 9) for r in rs}),
              "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "before_rss_mb": rs[0]["before_rss_mb"],
@@ -432,19 +433,23 @@ def main() -> None:
         summary[method] = s
     paper = summary["paper"]
     speed = {m: round(paper["seconds"] / s.get("extrapolated_seconds", s["seconds"]), 3) for m, s in summary.items()}
+    scale = {m: s.get("extrapolated_seconds", s["seconds"]) / s["seconds"] for m, s in summary.items()}
+    speed_best = {m: round(paper["best_s"] / (s["best_s"] * scale[m]), 3) for m, s in summary.items()}
     at_least_paper = {m: s["objective"] >= paper["objective"] - TOLERANCE for m, s in summary.items()}
     ratio = round(paper["seconds"] / summary["project"]["seconds"], 3)
     full = {m: summary[m] for m in summary if not (m == "sklearn" and sk_iters < args.iterations)}
     winners = [m for m in full if m != "paper" and at_least_paper[m]]
     fastest = max(winners, key=lambda m: speed[m]) if winners else None
+    fastest_best = max(winners, key=lambda m: speed_best[m]) if winners else None
     details = {
         "machine": info, "rows": n, "dim": d, "k": k, "iterations": args.iterations, "repeats": args.repeats,
         "seed": SEED, "chunk_rows": chunk_rows(k), "assignment_tflop": round(flops / 1e12, 3),
-        "methods": summary, "speedup_over_paper": speed, "objective_at_least_paper": at_least_paper,
+        "methods": summary, "speedup_over_paper": speed, "speedup_over_paper_best_runs": speed_best,
+        "objective_at_least_paper": at_least_paper,
         "meets_target": ratio >= 5 and at_least_paper["project"],
         "candidates": {m: {"ratio": speed[m], "meets_target": speed[m] >= 5 and at_least_paper[m]}
                        for m in CANDIDATES if m in speed},
-        "fastest_at_paper_objective": fastest,
+        "fastest_at_paper_objective": fastest, "fastest_at_paper_objective_best_runs": fastest_best,
         "load_average": os.getloadavg(),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -465,15 +470,16 @@ def main() -> None:
         f"{info['threads']} torch threads; fp32 peak {info['fp32_gflops']} GFLOP/s, bf16 peak {info['bf16_gflops']} "
         f"GFLOP/s; each method in a fresh child per repeat, medians of {args.repeats} interleaved repeats; load "
         f"average at the end {', '.join(f'{v:.2f}' for v in details['load_average'])}.", "",
-        "| method | median s | runs s | iterations run | s / iteration | × paper | J (mean cosine) | ≥ paper J | "
-        "peak RSS MB (method's own) | non-empty clusters |", "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | median s | runs s | iterations run | s / iteration | × paper (medians) | × paper (best runs) | "
+        "J (mean cosine) | ≥ paper J | "
+        "peak RSS MB (method's own) | non-empty clusters |", "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, s in summary.items():
         label = names[m] + (f" — **{sk_iters} iterations, time extrapolated to {args.iterations}: "
                             f"{s['extrapolated_seconds']} s**"
                             if "note" in s else "")
         lines.append(f"| {label} | {s['seconds']:.2f} | {s['runs_s']} | {s['iterations_run']} | "
-                     f"{s['seconds_per_iteration']} | {speed[m]} | "
+                     f"{s['seconds_per_iteration']} | {speed[m]} | {speed_best[m]} | "
                      f"{s['objective']:.6f} | {at_least_paper[m]} | {s['peak_rss_mb']} (+{s['method_rss_mb']}) | "
                      f"{s['nonempty_clusters']:,} |")
     lines += [
@@ -481,12 +487,19 @@ def main() -> None:
         f"{'met' if details['meets_target'] else 'not met'}). Candidates: "
         + "; ".join(f"{m} {c['ratio']}× ({'meets' if c['meets_target'] else 'misses'} the target)"
                     for m, c in details["candidates"].items())
-        + f". Fastest method at J ≥ J(paper): {fastest}.", "",
+        + f". Fastest method at J ≥ J(paper): {fastest} (by best runs: {fastest_best}).", "",
+        "scikit-learn's Lloyd is Euclidean: it assigns by distance to unnormalized means, which is not the "
+        "cosine argmax, and stops at its own fixed point; J is measured against its normalized centres. "
+        "The bound-based candidates run the same Lloyd steps as paper (the same labels, checked by J) but skip "
+        "rows that provably keep their cluster, so their gain grows as the clustering settles.", "",
         *[f"Rows scored against all k centroids per iteration by `{m}`: {summary[m]['rows_scored_per_iteration']}."
           for m in summary if "rows_scored_per_iteration" in summary[m]], "",
+        "× paper (best runs) divides the fastest repeats: on a machine shared with other work, contention only "
+        "adds time, so the best runs are the least disturbed estimate; the headline uses medians.", "",
         "Peak RSS is the child's VmHWM; in brackets what it grew by while the method ran (above imports + data "
         f"{summary['paper']['before_rss_mb']} MB for paper). Empty clusters: paper and bf16 keep the old "
-        "centroid; faiss re-seeds them by splitting a large cluster, and the project then re-seeds from "
+        "centroid (as do bounds and faiss_bounds); faiss re-seeds them by splitting a large cluster, and the "
+        "project then re-seeds from "
         "worst-fitting rows; scikit-learn relocates them to far points.", "",
         f"Whole run {details['seconds']} s.", "",
     ]
