@@ -616,7 +616,17 @@ _held: dict[str, list] = {}
 _held_guard = threading.Lock()
 
 
-class RoundLock:
+class _HeldInContext:
+    """`with lock:` takes the lock (`acquire`) and gives it back (`release`)."""
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RoundLock(_HeldInContext):
     """Exclusive right to write one round partition (all its tables) of a store.
 
     The lock is a file `<root>/_locks/round=<rNNN>.lock` under an `flock` held for the lock's whole
@@ -649,12 +659,6 @@ class RoundLock:
 
     def __repr__(self) -> str:
         return f"RoundLock({str(self.path)!r}, owner={self.owner!r})"
-
-    def __enter__(self) -> RoundLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     def acquire(self) -> RoundLock:
         """Take the lock, or raise `RoundLockedError` naming the holder."""
@@ -717,7 +721,7 @@ class RoundLock:
 
 
 
-class S3RoundLock:
+class S3RoundLock(_HeldInContext):
     """`RoundLock` for an S3 store, which has no flock: the holder record is the object
     `<prefix>/_locks/round=<rNNN>.json`, created with a conditional PUT (`If-None-Match: *`), so of
     two writers exactly one creates it.
@@ -750,12 +754,6 @@ class S3RoundLock:
 
     def __repr__(self) -> str:
         return f"S3RoundLock({self.url!r}, owner={self.owner!r})"
-
-    def __enter__(self) -> S3RoundLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     def _put(self, record: dict[str, Any], **condition: str) -> str:
         reply = self.store.client.put_object(Bucket=self.store.bucket, Key=self.key,
