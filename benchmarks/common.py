@@ -53,3 +53,15 @@ def emit(result: dict, markdown: str, as_json: bool) -> None:
     (RESULTS / f"{result['benchmark']}.md").write_text(markdown)
     (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+def save_plot(fig, name: str) -> Path:
+    """Write a matplotlib figure to `results/<name>` (tight layout, 110 dpi), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

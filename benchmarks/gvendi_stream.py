@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import RESULTS, emit, machine
+from benchmarks.common import RESULTS, emit, machine, save_plot
 from prismatic.gvendi import PARQUET_CHUNK_ROWS, feature_chunks, gvendi, gvendi_of_parquet, vendi_from_eigenvalues
 
 DIM = 1024
@@ -176,11 +176,7 @@ def plot_rss(runs: list[dict], idle_mb: float, n: int, chunk_rows: int) -> Path 
     ax.set_ylabel("RSS (MB)")
     ax.set_title(f"Streaming G-Vendi child RSS: {n:,} × {DIM}, chunk_rows {chunk_rows}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "gvendi_stream_rss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, "gvendi_stream_rss.png")
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, emit, machine
+from benchmarks.common import emit, machine, save_plot
 from benchmarks.gvendi_stream import rss_mb
 
 ITERATIONS = 20
@@ -362,11 +362,7 @@ def plot_history(runs: dict, n: int, d: int, k: int) -> Path | None:
     ax.set_ylabel("J = mean cosine to centroid")
     ax.set_title(f"Spherical k-means objective: {n:,} × {d}, k = {k:,}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "kmeans_objective.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, "kmeans_objective.png")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ writer of that round left unpublished (temporary files; incomplete multipart upl
 from __future__ import annotations
 
 import fcntl
+from abc import ABC, abstractmethod
 import hashlib
 import io
 import json
@@ -191,7 +192,7 @@ def conform(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-class Store:
+class Store(ABC):
     """Parquet tables per round, under a local directory or an S3 prefix.
 
     `Store(uri)` gives a `LocalStore` for a path (or `file://` URI) and an `S3Store` for
@@ -212,46 +213,47 @@ class Store:
 
     # -- what a backend provides ---------------------------------------------------------------
 
+    @abstractmethod
     def location(self, table: str, round_key: str) -> str:
         """Where the partition's file lives (whether or not it exists): a path or an s3:// URL."""
-        raise NotImplementedError
 
+    @abstractmethod
     def glob(self, table: str) -> str:
         """A glob over every partition file of `table`, for DuckDB's `read_parquet`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exists(self, table: str, round_key: str) -> bool:
-        raise NotImplementedError
+        """Whether the partition has a file."""
 
+    @abstractmethod
     def rounds(self, table: str) -> list[str]:
         """Round keys that have a file for `table`, in numeric order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def data_version(self, table: str, round_key: str) -> str:
         """SHA-256 (first 16 hex) of the partition's file: its Dagster data version."""
-        raise NotImplementedError
 
+    @abstractmethod
     def lock_round(self, round_key: str, owner: str, *, run_id: str | None = None) -> RoundLock:
         """An exclusive claim on round `round_key`: `with store.lock_round("r001", "prism run"): ...`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def remove_temporary_files(self, round_key: str) -> int:
         """Remove what killed writers of round `round_key` left unpublished; returns how many.
 
         Only safe while holding the round's lock (the lock calls it when taken): then no live writer
         of that round exists.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def _read_file(self, table: str, round_key: str, *, footer_only: bool = False) -> AbstractContextManager:
         """A context giving a readable pyarrow source of the file (or, `footer_only`, of at least its
         footer), read through one open handle or in one request: a rewrite in between must not pair
         the old footer with the new file's bytes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
         """Make `data` the partition's file at once: before, readers see the old file; after, the new one."""
-        raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------
 

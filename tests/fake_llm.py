@@ -70,3 +70,25 @@ def _answer(body: dict) -> str:
     labels = body["structured_outputs"]["choice"]
     agreed = labels[_hash(messages) % len(labels)]
     return agreed if _hash(messages, seed) % 4 else labels[_hash(messages, seed) % len(labels)]
+
+
+ROUND_CONFIG = """
+features:
+  proxy: {proxy}
+  dim: 64
+generator:
+  backend: openai
+  base_urls: ["{url}"]
+  model: tiny
+  api_key_env: PRISM_TEST_API_KEY
+  max_concurrency: 2
+  max_retries: 2
+  timeout_s: 30
+synthesis:
+  tasks: [nli]
+  prompts_per_round: 3
+metrics:
+  names: [gvendi]
+"""
+"""prism.yaml of a round against this server (`.format(proxy=..., url=...)`): the tiny proxy, NLI
+only, 3 problem prompts, G-Vendi as the one metric; the key is read from `PRISM_TEST_API_KEY`."""

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetExecutionContext, DagsterInstance, asset, materialize
 
-from fake_llm import DeterministicServer
+from fake_llm import ROUND_CONFIG, DeterministicServer
 from prism_assets import io
 from prism_assets.partitions import rounds
 from prismatic.store import TABLES as TABLE_SCHEMAS
@@ -42,25 +42,6 @@ API_KEY = "sk-crash-test-SECRET-8d41c7"
 ROUND_TABLES = ["generations", "rejections", "verified_samples", "gradient_features", "selection", "pool",
                 "clusters", "centroids", "diversity_scores"]
 KILLED = -signal.SIGKILL
-
-CONFIG = """
-features:
-  proxy: {proxy}
-  dim: 64
-generator:
-  backend: openai
-  base_urls: ["{url}"]
-  model: tiny
-  api_key_env: PRISM_TEST_API_KEY
-  max_concurrency: 2
-  max_retries: 2
-  timeout_s: 30
-synthesis:
-  tasks: [nli]
-  prompts_per_round: 3
-metrics:
-  names: [gvendi]
-"""
 
 
 class Driver:
@@ -114,7 +95,7 @@ def driver(tmp_path_factory):
 
 def make_home(path: Path, proxy: Path, url: str) -> Path:
     path.mkdir(parents=True)
-    (path / "prism.yaml").write_text(CONFIG.format(proxy=proxy, url=url))
+    (path / "prism.yaml").write_text(ROUND_CONFIG.format(proxy=proxy, url=url))
     return path
 
 

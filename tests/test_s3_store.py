@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
-from fake_llm import DeterministicServer
+from fake_llm import ROUND_CONFIG, DeterministicServer
 
 from prismatic.catalog import Catalog
 from prismatic.config import S3Config
@@ -262,27 +262,13 @@ except RoundLockedError as exc:
         raise RoundLockedError(result.stdout)
 
 
-CONFIG = """
-features:
-  proxy: {proxy}
-  dim: 64
-generator:
-  backend: openai
-  base_urls: ["{url}"]
-  model: tiny
-  max_concurrency: 2
-synthesis:
-  tasks: [nli]
-  prompts_per_round: 3
-metrics:
-  names: [gvendi]
-"""
 ROUND_TABLES = ["generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",
                 "centroids", "diversity_scores"]
 
 
 def _prism(home: Path, *args: str, fault: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PRISM_HOME=str(home), TOKENIZERS_PARALLELISM="false", PRISM_FAULT_POINT=fault)
+    env = dict(os.environ, PRISM_HOME=str(home), TOKENIZERS_PARALLELISM="false", PRISM_FAULT_POINT=fault,
+               PRISM_TEST_API_KEY="sk-s3-test")
     return subprocess.run([sys.executable, "-m", "prismatic.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=900)
 
@@ -295,7 +281,7 @@ def test_a_round_on_s3_writes_every_table_and_survives_a_kill_between_uploads(s3
     try:
         home = tmp_path / "home"
         home.mkdir()
-        (home / "prism.yaml").write_text(CONFIG.format(proxy=tiny_model_dir, url=server.url))
+        (home / "prism.yaml").write_text(ROUND_CONFIG.format(proxy=tiny_model_dir, url=server.url))
         # Killed (SIGKILL) after the round's features are uploaded, before its selection is.
         killed = _prism(home, "run", "--round", "r000", "--store", uri, fault="store.write:selection")
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

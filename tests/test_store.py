@@ -408,3 +408,15 @@ def test_a_reader_never_sees_a_half_written_partition(store, tmp_path):
         frame = store.read("pool", "r001")
         seen.add(next(i for i, version in enumerate(versions) if frame.equals(version)))
     assert writer.returncode == 0 and seen == {0, 1}
+
+
+def test_a_backend_must_provide_every_storage_operation():
+    from prismatic.store import LocalStore
+
+    class Partial(Store):
+        def location(self, table, round_key):
+            return ""
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial("anything")
+    assert isinstance(Store("relative/dir"), LocalStore)
