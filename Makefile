@@ -6,7 +6,7 @@ PRISM := $(VENV)/bin/prism
 export PRISM_HOME ?= $(CURDIR)/.prism
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup install model browser postgres demo ui test lint clean
+.PHONY: setup install model browser postgres demo ui test lint bench bench-quick clean
 
 setup: install model browser postgres
 
@@ -50,6 +50,14 @@ ui: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# The performance benchmarks one after another (about 25 min on the 2-core development machine):
+# benchmarks/results/REPORT.md, the JSON of each and their plots. BENCH_ARGS=--full: kmeans at 100K x 10K.
+bench: install model
+	$(PY) -m benchmarks.all $(BENCH_ARGS) --json
+
+bench-quick: install model
+	$(PY) -m benchmarks.all --quick --json
 
 lint: install
 	$(VENV)/bin/ruff check prismatic prism_assets resources tests benchmarks

@@ -1,0 +1,103 @@
+"""Run a set of benchmarks one after another and gather them into one report (`make bench`).
+
+    python -m benchmarks.all [--quick] [--only NAME ...] --json
+
+Each benchmark runs as its own `python -m benchmarks.NAME ... --json` child (the arguments below),
+one at a time so they never share the CPU; its JSON line is collected and its markdown report
+(benchmarks/results/NAME.md, plots beside it) is appended to benchmarks/results/REPORT.md under a
+summary table: headline ratio, target, whether it was met, wall time and the exact command. Prints
+one JSON object: `benchmark` "all", `ratio` = the number of benchmarks whose targets were all met ÷
+the number run, `target` 1.0, `details` = each benchmark's JSON and wall time.
+
+The default sizes are chosen so that the whole set finishes in about 25 minutes on the 2-core
+development machine; `--full` runs kmeans at the issue's size (100K × 1024, k = 10K: about an hour
+here, almost all of it in the paper method and scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.common import RESULTS
+
+PLAN = {
+    "gvendi_stream": [],
+    "generation": [],
+    "round": [],
+    "kmeans": ["--rows", "50000", "--k", "5000"],
+}
+"""Benchmark → arguments of the default (`make bench`) run."""
+FULL = {"kmeans": []}
+"""Arguments that replace PLAN's under --full."""
+
+
+def run_one(name: str, args: list[str]) -> dict:
+    command = [sys.executable, "-m", f"benchmarks.{name}", *args, "--json"]
+    shown = "python -m " + " ".join([f"benchmarks.{name}", *args, "--json"])
+    print(f"[all] {shown}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    seconds = time.perf_counter() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    return {"command": shown, "seconds": round(seconds, 1), "exit": done.returncode, "result": result}
+
+
+def targets_met(result: dict | None) -> bool | None:
+    """Whether a benchmark met its targets (its `targets_met` or `meets_target`); None if skipped or none stated."""
+    if result is None or result.get("ratio") is None:
+        return None
+    details = result["details"]
+    met = details.get("targets_met", details.get("meets_target"))
+    if isinstance(met, dict):
+        return all(met.values())
+    return met if isinstance(met, bool) else None
+
+
+def report(runs: dict[str, dict], seconds: float) -> str:
+    rows = []
+    for name, run in runs.items():
+        result = run["result"] or {}
+        met = targets_met(run["result"])
+        target = result.get("target", f"failed: exit {run['exit']}")
+        rows.append(f"| {name} | {result.get('ratio', '—')} | {target} | "
+                    f"{'—' if met is None else ('yes' if met else 'no')} | {run['seconds']:.0f} | `{run['command']}` |")
+    parts = ["# Benchmark report", "",
+             f"`python -m benchmarks.all` ({' '.join(sys.argv[1:])}): {len(runs)} benchmarks one after another, "
+             f"{seconds / 60:.1f} min in all; load average at the end {[round(v, 2) for v in os.getloadavg()]}.", "",
+             "| benchmark | ratio | target | met | wall s | command |", "|---|---|---|---|---|---|", *rows, ""]
+    for name in runs:
+        section = RESULTS / f"{name}.md"
+        if section.exists():
+            parts += [section.read_text().replace("\n# ", "\n## ", 1).replace("# ", "## ", 1), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark's --quick size")
+    parser.add_argument("--full", action="store_true", help="kmeans at the issue's full size (about an hour)")
+    parser.add_argument("--only", nargs="+", choices=list(PLAN), help="run only these")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    runs = {}
+    for name in args.only or PLAN:
+        extra = ["--quick"] if args.quick else (FULL.get(name, PLAN[name]) if args.full else PLAN[name])
+        runs[name] = run_one(name, extra)
+    seconds = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "REPORT.md").write_text(report(runs, seconds))
+    met = [targets_met(run["result"]) for run in runs.values()]
+    summary = {"benchmark": "all", "ratio": round(sum(m is True for m in met) / len(met), 3), "target": 1.0,
+               "details": {"seconds": round(seconds, 1), "runs": runs}}
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
