@@ -75,7 +75,7 @@ def one_split(features: np.ndarray, ids: list[str], pool_size: int, seed: int, c
     cand_ids = [ids[i] for i in cand_idx]
     synthesis = config.synthesis
     clustering = spherical_kmeans(pool, num_clusters(pool_size, synthesis.cluster_ratio),
-                                  iterations=synthesis.kmeans_iterations, seed=seed)
+                                  iterations=synthesis.kmeans_iterations, seed=seed, backend=synthesis.kmeans_backend)
     before = gvendi(pool)
 
     def gain(mask: np.ndarray) -> float:

@@ -85,9 +85,10 @@ def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeRes
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[pool, AssetKey("gradient_features")], kinds={"polars"}, code_version="1",
+       deps=[pool, AssetKey("gradient_features")], kinds={"polars"}, code_version="2",
        group_name="prismatic", owners=["team:prismatic"],
-       description="Spherical k-means (k = cluster_ratio × pool size, faiss) of the pool's gradient features; "
+       description="Spherical k-means (k = cluster_ratio × pool size; faiss or bf16, synthesis.kmeans_backend) "
+                   "of the pool's gradient features; "
                    "writes the per-sample `clusters` table and the `centroids` the next round selects against.")
 def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
@@ -95,7 +96,8 @@ def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: Store
     members = io.read(store, "pool", key)
     features, projection = io.pool_features(store, members)
     k = num_clusters(len(members), synthesis.cluster_ratio)
-    result = spherical_kmeans(features, k, iterations=synthesis.kmeans_iterations, seed=synthesis.seed)
+    result = spherical_kmeans(features, k, iterations=synthesis.kmeans_iterations, seed=synthesis.seed,
+                              backend=synthesis.kmeans_backend)
     frame = pl.DataFrame({"id": members["id"], "cluster": result.labels,
                           "cluster_size": result.sizes[result.labels],
                           "distance": 1.0 - result.similarity.astype(np.float64)})

@@ -148,6 +148,8 @@ class SynthesisConfig(_Section):
     problem_format: `json` (structured output, always parses) or `delimited` (the paper's text format).
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
+    kmeans_backend: `faiss`, `bf16` (exact-label bfloat16 Lloyd iterations in torch) or `auto` (bf16
+      from n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls, else faiss); see prismatic.kmeans.
     selection_rule: `paper` (keep if the nearest pool cluster is smaller than the median), `balanced`
       (the paper rule with counts updated within the round, smallest cluster first) or `logdet`
       (greedy maximum volume in gradient space; the default: on GSM8K with SmolLM2 features its
@@ -172,6 +174,7 @@ class SynthesisConfig(_Section):
     min_agree: int = Field(1, gt=0)
     cluster_ratio: float = Field(0.1, gt=0, le=1)
     kmeans_iterations: int = Field(20, gt=0)
+    kmeans_backend: Literal["auto", "faiss", "bf16"] = "auto"
     selection_rule: Literal["paper", "balanced", "logdet"] = "logdet"
     selection_count: int | None = Field(None, ge=0)
     logdet_epsilon: float = Field(1.0, gt=0)

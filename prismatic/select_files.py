@@ -2,7 +2,8 @@
 
     pool, candidates (DATA files or feature files)
       → unit gradient features (computed with the configured proxy, or read)
-      → spherical k-means of the pool (k = ratio × |pool|, `kmeans_iterations`, seed `synthesis.seed`)
+      → spherical k-means of the pool (k = ratio × |pool|, `kmeans_iterations`, `kmeans_backend`,
+        seed `synthesis.seed`)
       → a selection rule (prismatic.selection) → the kept candidates, written as JSONL
       → G-Vendi of the pool before and after adding them.
 
@@ -94,7 +95,8 @@ def select_files(pool_path: str | Path, candidates_path: str | Path, out_path: s
     check_compatible({str(item.path): item.meta for item in (pool, candidates)})
 
     clustering = spherical_kmeans(pool.features, num_clusters(len(pool.features), ratio),
-                                  iterations=config.synthesis.kmeans_iterations, seed=config.synthesis.seed)
+                                  iterations=config.synthesis.kmeans_iterations, seed=config.synthesis.seed,
+                                  backend=config.synthesis.kmeans_backend)
     ids = candidates.rows["id"].to_list()
     decisions = select(rule, ids, candidates.features, clustering, count=count,
                        pool_features=pool.features if rule == "logdet" else None,

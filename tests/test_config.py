@@ -22,6 +22,7 @@ def test_values_are_read(tmp_path):
     ("features:\n  dim: 1024\n  colour: blue\n", 3, "features.colour", "Extra inputs"),
     ("stores: x\n", 1, "stores", "Extra inputs"),
     ("features:\n  model_dtype: float16\n", 2, "features.model_dtype", "'float32' or 'bfloat16'"),
+    ("synthesis:\n  seed: 1\n  kmeans_backend: gpu\n", 3, "synthesis.kmeans_backend", "'auto', 'faiss' or 'bf16'"),
 ])
 def test_errors_name_file_line_and_field(tmp_path, text, line, field, message):
     path = tmp_path / "prism.yaml"
