@@ -5,7 +5,9 @@
 Each benchmark runs as its own `python -m benchmarks.NAME ... --json` child (the arguments below),
 one at a time so they never share the CPU; its JSON line is collected and its markdown report
 (benchmarks/results/NAME.md, plots beside it) is appended to benchmarks/results/REPORT.md under a
-summary table: headline ratio, target, whether it was met, wall time and the exact command. Prints
+summary table: headline ratio, target, whether it was met, wall time and the exact command. The
+latest run of each benchmark is kept in benchmarks/results/all_runs.json, so `--only NAME` refreshes
+one benchmark's row and section and keeps the others'. Prints
 one JSON object: `benchmark` "all", `ratio` = the number of benchmarks whose targets were all met ÷
 the number run, `target` 1.0, `details` = each benchmark's JSON and wall time.
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,10 +30,10 @@ PLAN = {
     "gvendi_stream": [],
     "generation": [],
     "round": [],
-    "kmeans": ["--rows", "50000", "--k", "5000"],
+    "kmeans": ["--rows", "50000", "--k", "5000", "--methods", "paper,project,sklearn", "--sklearn-iterations", "4"],
 }
 """Benchmark → arguments of the default (`make bench`) run."""
-FULL = {"kmeans": []}
+FULL = {"kmeans": ["--methods", "paper,project,sklearn", "--sklearn-iterations", "2"]}
 """Arguments that replace PLAN's under --full."""
 
 
@@ -59,18 +60,23 @@ def targets_met(result: dict | None) -> bool | None:
     return met if isinstance(met, bool) else None
 
 
-def report(runs: dict[str, dict], seconds: float) -> str:
+def report(runs: dict[str, dict]) -> str:
+    """REPORT.md: a summary row per benchmark in `runs` (this invocation's and earlier ones'), then
+    each benchmark's own markdown report."""
     rows = []
     for name, run in runs.items():
         result = run["result"] or {}
         met = targets_met(run["result"])
         target = result.get("target", f"failed: exit {run['exit']}")
         rows.append(f"| {name} | {result.get('ratio', '—')} | {target} | "
-                    f"{'—' if met is None else ('yes' if met else 'no')} | {run['seconds']:.0f} | `{run['command']}` |")
+                    f"{'—' if met is None else ('yes' if met else 'no')} | {run['seconds']:.0f} | {run['finished']} | "
+                    f"`{run['command']}` |")
+    total = sum(run["seconds"] for run in runs.values())
     parts = ["# Benchmark report", "",
-             f"`python -m benchmarks.all` ({' '.join(sys.argv[1:])}): {len(runs)} benchmarks one after another, "
-             f"{seconds / 60:.1f} min in all; load average at the end {[round(v, 2) for v in os.getloadavg()]}.", "",
-             "| benchmark | ratio | target | met | wall s | command |", "|---|---|---|---|---|---|", *rows, ""]
+             f"The latest run of each benchmark through `python -m benchmarks.all` (`make bench`): "
+             f"{total / 60:.1f} min of benchmarks in all.", "",
+             "| benchmark | ratio | target | met | wall s | finished (UTC) | command |",
+             "|---|---|---|---|---|---|---|", *rows, ""]
     for name in runs:
         section = RESULTS / f"{name}.md"
         if section.exists():
@@ -90,9 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only or PLAN:
         extra = ["--quick"] if args.quick else (FULL.get(name, PLAN[name]) if args.full else PLAN[name])
         runs[name] = run_one(name, extra)
+        runs[name]["finished"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     seconds = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "REPORT.md").write_text(report(runs, seconds))
+    latest_path = RESULTS / "all_runs.json"
+    latest = json.loads(latest_path.read_text()) if latest_path.exists() else {}
+    latest.update(runs)
+    latest_path.write_text(json.dumps(latest, indent=2) + "\n")
+    (RESULTS / "REPORT.md").write_text(report({name: latest[name] for name in PLAN if name in latest}))
     met = [targets_met(run["result"]) for run in runs.values()]
     summary = {"benchmark": "all", "ratio": round(sum(m is True for m in met) / len(met), 3), "target": 1.0,
                "details": {"seconds": round(seconds, 1), "runs": runs}}

@@ -6,7 +6,7 @@ Model: SmolLM2-135M-Instruct (the installed `$PRISM_HOME/models/smollm2-135m-ins
 every path. Prompts: the first N GSM8K test questions (`../shared/data/gsm8k`; skipped cleanly when
 absent) as the project's solution prompts (`solution_prompt(question, "math")`, the model's chat
 template). Sampling: the paper's solution sampling, T = 0.75, top_p = 0.95, at most T_max new tokens
-(full: N = 64, T_max = 128; --quick: N = 16, T_max = 64); every request carries its own seed.
+(full: N = 32, T_max = 128; --quick: N = 16, T_max = 64); every request carries its own seed.
 
 Three paths generate the same requests:
 - hf: `transformers` `model.generate` on the same weights in bf16 (SDPA attention; one batch-32
@@ -254,12 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 prompts, 64 new tokens")
     parser.add_argument("--json", action="store_true", help="print the JSON object on one line")
-    parser.add_argument("--prompts", type=int, help="GSM8K questions (default 64; quick 16)")
+    parser.add_argument("--prompts", type=int, help="GSM8K questions (default 32; quick 16)")
     parser.add_argument("--max-tokens", type=int, help="new tokens at most (default 128; quick 64)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-batch", type=int, nargs="+", help="HF batch sizes to try (default: all prompts at once)")
     args = parser.parse_args(argv)
-    n = args.prompts or (16 if args.quick else 64)
+    n = args.prompts or (16 if args.quick else 32)
     max_tokens = args.max_tokens or (64 if args.quick else 128)
     command = "python -m benchmarks.generation" + " ".join(["", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()

@@ -253,7 +253,8 @@ class DirectRound:
         features, projection = self.pool_features(members)
         synthesis = config.synthesis
         clustering = spherical_kmeans(features, num_clusters(len(members), synthesis.cluster_ratio),
-                                      iterations=synthesis.kmeans_iterations, seed=synthesis.seed)
+                                      iterations=synthesis.kmeans_iterations, seed=synthesis.seed,
+                                      backend=synthesis.kmeans_backend)
         clusters = pl.DataFrame({"id": members["id"], "cluster": clustering.labels,
                                  "cluster_size": clustering.sizes[clustering.labels],
                                  "distance": 1.0 - clustering.similarity.astype(np.float64)})
