@@ -11,9 +11,9 @@ one benchmark's row and section and keeps the others'. Prints
 one JSON object: `benchmark` "all", `ratio` = the number of benchmarks whose targets were all met ÷
 the number run, `target` 1.0, `details` = each benchmark's JSON and wall time.
 
-The default sizes are chosen so that the whole set finishes in about 25 minutes on the 2-core
-development machine; `--full` runs kmeans at the issue's size (100K × 1024, k = 10K: about an hour
-here, almost all of it in the paper method and scikit-learn).
+At the default sizes the four took 21 minutes on the 2-core development machine (the sum of their
+latest runs); `--full` runs kmeans at the issue's size (100K × 1024, k = 10K; 20 minutes here instead
+of 5, almost all of it in the paper method).
 """
 
 from __future__ import annotations
