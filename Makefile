@@ -51,7 +51,7 @@ ui: install
 test: install
 	$(VENV)/bin/pytest
 
-# The performance benchmarks one after another (about 21 min on the 2-core development machine):
+# The performance benchmarks one after another (about 19 min on the 2-core development machine):
 # benchmarks/results/REPORT.md, the JSON of each and their plots. BENCH_ARGS=--full: kmeans at 100K x 10K.
 bench: install model
 	$(PY) -m benchmarks.all $(BENCH_ARGS) --json

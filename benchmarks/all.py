@@ -11,7 +11,7 @@ one benchmark's row and section and keeps the others'. Prints
 one JSON object: `benchmark` "all", `ratio` = the number of benchmarks whose targets were all met ÷
 the number run, `target` 1.0, `details` = each benchmark's JSON and wall time.
 
-At the default sizes the four took 21 minutes on the 2-core development machine (the sum of their
+At the default sizes the four took 19 minutes on the 2-core development machine (the sum of their
 latest runs); `--full` runs kmeans at the issue's size (100K × 1024, k = 10K; 20 minutes here instead
 of 5, almost all of it in the paper method).
 """

@@ -203,10 +203,9 @@ class DirectRound:
         from prismatic.featurize import compute_features
         from prismatic.gradients import merge_feature_sets
         from prismatic.gvendi import gvendi
-        from prismatic.kmeans import num_clusters, spherical_kmeans
         from prismatic.metrics.registry import compute_metrics, inputs_from_config
         from prismatic.store import schema
-        from prismatic.synthesis import pool_rows, seeds_as_verified
+        from prismatic.synthesis import cluster_pool, pool_rows, seeds_as_verified
 
         config, store = self.config, self.store
         seconds, started = {}, time.perf_counter()
@@ -251,17 +250,7 @@ class DirectRound:
 
         members = store.read("pool", SEED_ROUND)
         features, projection = self.pool_features(members)
-        synthesis = config.synthesis
-        clustering = spherical_kmeans(features, num_clusters(len(members), synthesis.cluster_ratio),
-                                      iterations=synthesis.kmeans_iterations, seed=synthesis.seed,
-                                      backend=synthesis.kmeans_backend)
-        clusters = pl.DataFrame({"id": members["id"], "cluster": clustering.labels,
-                                 "cluster_size": clustering.sizes[clustering.labels],
-                                 "distance": 1.0 - clustering.similarity.astype(np.float64)})
-        centroids = pl.DataFrame({
-            "cluster": np.arange(clustering.k),
-            "centroid": pl.Series("centroid", clustering.centroids, dtype=pl.Array(pl.Float32, clustering.dim)),
-            "size": clustering.sizes})
+        clustering, clusters, centroids = cluster_pool(members["id"], features, config.synthesis)
         self.write("centroids", centroids, "clusters", projection=projection)
         self.write("clusters", clusters, "clusters", k=clustering.k)
         lap("clusters")

@@ -10,9 +10,9 @@ from prism_assets.guard import require_previous_round
 from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
-from prismatic.kmeans import num_clusters, spherical_kmeans
 from prismatic.selection import select
-from prismatic.synthesis import SEED_ROUND, clustering_from_centroids, pool_rows, previous_round, seeds_as_verified
+from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_rows, previous_round,
+                                 seeds_as_verified)
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -95,16 +95,7 @@ def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: Store
     synthesis = prism_home.config().synthesis
     members = io.read(store, "pool", key)
     features, projection = io.pool_features(store, members)
-    k = num_clusters(len(members), synthesis.cluster_ratio)
-    result = spherical_kmeans(features, k, iterations=synthesis.kmeans_iterations, seed=synthesis.seed,
-                              backend=synthesis.kmeans_backend)
-    frame = pl.DataFrame({"id": members["id"], "cluster": result.labels,
-                          "cluster_size": result.sizes[result.labels],
-                          "distance": 1.0 - result.similarity.astype(np.float64)})
-    centroids = pl.DataFrame({
-        "cluster": np.arange(result.k),
-        "centroid": pl.Series("centroid", result.centroids, dtype=pl.Array(pl.Float32, result.dim)),
-        "size": result.sizes})
+    result, frame, centroids = cluster_pool(members["id"], features, synthesis)
     io.write(context, store, "centroids", centroids, projection=projection)
     version = io.write(context, store, "clusters", frame, k=result.k)
     sizes = np.sort(result.sizes)[::-1]

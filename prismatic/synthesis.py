@@ -23,7 +23,7 @@ from prismatic.config import SamplingConfig, SynthesisConfig
 from prismatic.engines import Engine, Journal, generate_journaled
 from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
                                   problem_prompt, sample_few_shot, solution_prompt)
-from prismatic.kmeans import Clustering
+from prismatic.kmeans import Clustering, num_clusters, spherical_kmeans
 from prismatic.quality import ProblemFilter
 from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
 
@@ -245,3 +245,20 @@ def clustering_from_centroids(centroids: np.ndarray, sizes: np.ndarray) -> Clust
     empty = np.zeros(0)
     return Clustering(centroids=centroids.astype(np.float32), labels=empty.astype(np.int64),
                       sizes=sizes.astype(np.int64), similarity=empty.astype(np.float32), mean_similarity=float("nan"))
+
+
+def cluster_pool(ids: pl.Series, features: np.ndarray, config: SynthesisConfig
+                 ) -> tuple[Clustering, pl.DataFrame, pl.DataFrame]:
+    """Spherical k-means of the pool's features (rows in `ids` order), k = num_clusters(|pool|,
+    cluster_ratio), with the config's iterations, seed and backend. Returns the clustering, the
+    per-sample `clusters` table (id, cluster, cluster_size, distance = 1 − cosine to its centroid)
+    and the `centroids` table (cluster, centroid, size)."""
+    result = spherical_kmeans(features, num_clusters(len(ids), config.cluster_ratio),
+                              iterations=config.kmeans_iterations, seed=config.seed, backend=config.kmeans_backend)
+    clusters = pl.DataFrame({"id": ids, "cluster": result.labels, "cluster_size": result.sizes[result.labels],
+                             "distance": 1.0 - result.similarity.astype(np.float64)})
+    centroids = pl.DataFrame({
+        "cluster": np.arange(result.k),
+        "centroid": pl.Series("centroid", result.centroids, dtype=pl.Array(pl.Float32, result.dim)),
+        "size": result.sizes})
+    return result, clusters, centroids
