@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -13,10 +14,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import polars as pl
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def gsm8k(n: int) -> pl.DataFrame | None:
+    """The first n GSM8K test problems as (id, prompt, response) with the answer in \\boxed{}, the
+    `<<…>>` calculator notes removed; None without the data (benchmarks then print a skipped JSON)."""
+    if not GSM8K.exists():
+        return None
+    rows = []
+    for i, line in enumerate(GSM8K.read_text().splitlines()[:n]):
+        item = json.loads(line)
+        body, _, final = item["answer"].rpartition("####")
+        body = re.sub(r"<<[^>]*>>", "", body).strip()
+        rows.append({"id": f"gsm8k-{i}", "prompt": item["question"], "response": f"{body}\n\\boxed{{{final.strip()}}}"})
+    return pl.DataFrame(rows)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """(fn(), its wall seconds)."""
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -46,8 +69,20 @@ def machine() -> dict:
             "torch": torch.__version__, **matmul_peak()}
 
 
+def rss_mb() -> float:
+    """Peak RSS (MB) of this process's own address space: VmHWM. Not `ru_maxrss`, which Linux carries
+    across fork and exec, so a child's would start at its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux: KiB
+
+
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return rss_mb() / 1000
 
 
 def emit(result: dict, markdown: str, as_json: bool) -> None:

@@ -44,19 +44,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import GSM8K, emit, machine, save_plot, stdout_to_stderr
+from benchmarks.common import GSM8K, emit, gsm8k, machine, save_plot, stdout_to_stderr
 
 SAMPLING = {"temperature": 0.75, "top_p": 0.95}
 SEED = 0
 KV_CACHE_GB = 4  # vLLM KV cache: all N sequences of the full size fit at once
-
-
-def questions(n: int) -> list[str] | None:
-    """The first n GSM8K test questions, or None without the data."""
-    if not GSM8K.exists():
-        return None
-    lines = GSM8K.read_text().splitlines()[:n]
-    return [json.loads(line)["question"] for line in lines]
 
 
 def build_requests(model: str, texts: list[str], max_tokens: int) -> list:
@@ -264,11 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.generation" + " ".join(["", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
     target = "vLLM (project path) output tokens/s ≥ 5 × HF generate; project ≤ 5 % slower than LLM.generate direct"
-    texts = questions(n)
-    if texts is None:
+    data = gsm8k(n)
+    if data is None:
         print(json.dumps({"benchmark": "generation", "ratio": None, "target": target,
                           "details": {"skipped": f"no GSM8K data at {GSM8K}"}}))
         return
+    texts = data["prompt"].to_list()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from prismatic.config import load_config
     from prismatic.models import install_smollm2

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.common import GSM8K, emit, machine, peak_rss_gb
+from benchmarks.common import GSM8K, emit, gsm8k, machine, peak_rss_gb, timed
 from prismatic.config import load_config
 from prismatic.fast_gradients import FastFeaturizer
 from prismatic.gradients import encode_chat, faithful_features, per_sample_gradient
@@ -45,25 +44,6 @@ from prismatic.gvendi import vendi_from_gram
 from prismatic.models import build_random_model, install_smollm2, load_causal_lm
 
 ANCHOR_MEMORY_BYTES = 6e9  # budget for TRAK's projection block (grad_dim × block × fp16)
-
-
-def gsm8k(n: int) -> pl.DataFrame | None:
-    """The first n GSM8K test problems as (id, prompt, response) with the answer in \\boxed{}."""
-    if not GSM8K.exists():
-        return None
-    rows = []
-    for i, line in enumerate(GSM8K.read_text().splitlines()[:n]):
-        item = json.loads(line)
-        body, _, final = item["answer"].rpartition("####")
-        body = re.sub(r"<<[^>]*>>", "", body).strip()
-        rows.append({"id": f"gsm8k-{i}", "prompt": item["question"], "response": f"{body}\n\\boxed{{{final.strip()}}}"})
-    return pl.DataFrame(rows)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def fast_column(model, tok, samples, repeats, peak_bf16, **featurizer_options):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import RESULTS, emit, machine, save_plot
+from benchmarks.common import RESULTS, emit, machine, rss_mb, save_plot
 from prismatic.gvendi import PARQUET_CHUNK_ROWS, feature_chunks, gvendi, gvendi_of_parquet, vendi_from_eigenvalues
 
 DIM = 1024
@@ -104,18 +103,6 @@ def write_data(path: Path, n: int) -> None:
         tmp.unlink(missing_ok=True)
         raise
     print(f"wrote {path} ({n} × {DIM}) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-
-
-def rss_mb() -> float:
-    """Peak RSS (MB) of this process's own address space: VmHWM. Not `ru_maxrss`, which Linux carries
-    across fork and exec, so a child's would start at its parent's peak (here: the N × d matrix)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux: KiB
 
 
 def child(path: Path | None, chunk_rows: int) -> None:

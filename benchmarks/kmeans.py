@@ -34,7 +34,7 @@ nothing), so their "× paper" is total time to the same 20-iteration budget; pap
 Each method runs in a fresh child process per repeat (repeats interleaved: paper, project, ...,
 paper, ...), after one untimed 1-iteration warm-up on 4096 × D rows with k = 64 (the project's
 methods warm up the backend they will use); the child builds the data, then times the method alone
-and reports its peak RSS (VmHWM, `benchmarks.gvendi_stream.rss_mb`) and the peak RSS it had before
+and reports its peak RSS (VmHWM, `benchmarks.common.rss_mb`) and the peak RSS it had before
 the method started (imports + data), so the difference is what the method itself holds. The
 objective of every method is computed the same way afterwards, in float64: J = mean over rows of
 the cosine between the row and the normalized centroid of the cluster the method assigned it to
@@ -56,8 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import emit, machine, save_plot
-from benchmarks.gvendi_stream import rss_mb
+from benchmarks.common import emit, machine, rss_mb, save_plot
 
 ITERATIONS = 20
 SEED = 0

@@ -11,7 +11,7 @@ store and DuckDB catalog. `metrics.names: [gvendi]` (the diversity step scores G
 other metric model), `rounds.min_pass_rate: 0` (see r001 below).
 
 Seeds: the first N GSM8K test problems (`../shared/data/gsm8k/test.jsonl`, shaped by
-`benchmarks.gradients.gsm8k`: worked solution with `<<…>>` calculator notes removed, final answer in
+`benchmarks.common.gsm8k`: worked solution with `<<…>>` calculator notes removed, final answer in
 `\\boxed{}`), written as a seed JSONL (id, prompt, response, answer, task=math, level=1, source).
 Sizes N: 64, 256, 1024 (`--quick`: 32, 64, 128). One fresh PRISM_HOME per size under a temporary
 directory; every round goes through `prism_assets.runner.run_round(home, key)`, the code behind
@@ -74,15 +74,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
 
-from benchmarks.common import GSM8K, emit, machine, save_plot, stdout_to_stderr
-from benchmarks.gradients import gsm8k
+from benchmarks.common import GSM8K, emit, gsm8k, machine, save_plot, stdout_to_stderr, timed
 
 SEED_ROUND = "r000"
 GENERATED_ROUND = "r001"
@@ -96,12 +94,6 @@ SOLUTION_MAX_TOKENS = 64
 MAX_MODEL_LEN = 4096
 STEP_RESOLUTION_S = 0.01
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    started = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------ homes
@@ -159,13 +151,11 @@ class DirectRound:
         self.ui_metadata_s = 0.0
 
     def write(self, table: str, frame: pl.DataFrame, asset: str, **provenance) -> None:
-        """`prism_assets.io.write` minus the Dagster data version: store write, catalog refresh when
-        the table has no other round (or the catalog file is missing)."""
-        first_partition = self.store.rounds(table) in ([], [SEED_ROUND])
-        self.store.write(table, SEED_ROUND, frame, metadata={"round": SEED_ROUND, "run_id": "direct",
-                                                            "asset": asset, **provenance})
-        if first_partition or not self.catalog.db_path.exists():
-            self.catalog.refresh()
+        """`prism_assets.io.write` minus the Dagster data version (the same `write_partition`)."""
+        from prismatic.catalog import write_partition
+
+        write_partition(self.catalog, table, SEED_ROUND, frame, {"round": SEED_ROUND, "run_id": "direct",
+                                                                 "asset": asset, **provenance})
 
     def load_seeds(self) -> None:
         """What `seed_job` does (not part of the timed round: the Dagster reruns skip it too)."""
@@ -174,22 +164,13 @@ class DirectRound:
         source = self.config.synthesis.seeds
         self.write("seeds", load_seeds(source), "seeds", source=source)
 
-    def pool_features(self, members: pl.DataFrame) -> tuple[np.ndarray, dict]:
-        """The pool rows' features in pool order (r000: all from round r000), and their projection."""
-        meta = self.store.read_metadata("gradient_features", SEED_ROUND)
-        stored = self.store.read("gradient_features", SEED_ROUND).select("id", "feature")
-        table = members.select("id").join(stored, on="id", how="left")
-        return np.asarray(table["feature"].to_numpy(), dtype=np.float32), {"proxy": meta.get("proxy"),
-                                                                           **(meta.get("projection") or {})}
-
     def run(self) -> dict:
         """Seconds per asset (and G-Vendi) of one direct r000."""
         from prismatic.featurize import compute_features
-        from prismatic.gradients import merge_feature_sets
-        from prismatic.gvendi import gvendi
+        from prismatic.gradients import feature_table, merge_feature_sets
         from prismatic.metrics.registry import compute_metrics, inputs_from_config
         from prismatic.store import schema
-        from prismatic.synthesis import cluster_pool, pool_rows, seeds_as_verified
+        from prismatic.synthesis import cluster_pool, diversity_table, pool_features, pool_rows, seeds_as_verified
 
         config, store = self.config, self.store
         seconds, started = {}, time.perf_counter()
@@ -212,13 +193,7 @@ class DirectRound:
         shard, proxy_name = compute_features(samples, config.features, config.models_dir, proxy_model=self.proxy,
                                              progress=False, shard=(0, config.features.shards))
         shard.meta = {**shard.meta, "proxy": proxy_name}
-        result = merge_feature_sets([shard], samples["id"].to_list())
-        n, dim = len(result.ids), result.features.shape[1]
-        frame = pl.DataFrame({
-            "id": result.ids, "feature": pl.Series("feature", result.features, dtype=pl.Array(pl.Float32, dim)),
-            "proxy": [proxy_name] * n, "mode": [result.meta["mode"]] * n, "dim": [dim] * n,
-            "n_tokens": result.n_tokens, "truncated": result.truncated})
-        projection = {k: v for k, v in result.meta["projection"].items() if k != "segments"}
+        frame, projection = feature_table(merge_feature_sets([shard], samples["id"].to_list()))
         self.write("gradient_features", frame, "gradient_features", projection=projection, proxy=proxy_name,
                    shards=1)
         lap("gradient_features")
@@ -233,7 +208,7 @@ class DirectRound:
         lap("pool")
 
         members = store.read("pool", SEED_ROUND)
-        features, projection = self.pool_features(members)
+        features, projection = pool_features(store, members)
         clustering, clusters, centroids = cluster_pool(members["id"], features, config.synthesis)
         self.write("centroids", centroids, "clusters", projection=projection)
         self.write("clusters", clusters, "clusters", k=clustering.k)
@@ -241,16 +216,12 @@ class DirectRound:
         sizes = clustering.sizes
 
         members = store.read("pool", SEED_ROUND)
-        pool_x, projection = self.pool_features(members)
+        pool_x, projection = pool_features(store, members)
         about = {"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection}
         inputs = inputs_from_config(members, config, features=lambda: (pool_x, about), proxy=lambda: self.proxy)
         results = compute_metrics(["gvendi", *config.metrics.names], inputs)
-        rows = [{"metric": name, "value": r.value, "n": len(members), "details": json.dumps(r.details)}
-                for name, r in results.items()]
-        candidates = store.read("gradient_features", SEED_ROUND)
-        rows.append({"metric": "gvendi_candidates", "value": gvendi(candidates["feature"].to_numpy()),
-                     "n": len(candidates), "details": json.dumps(about)})
-        self.write("diversity_scores", pl.DataFrame(rows, schema=schema("diversity_scores")), "diversity_scores")
+        candidates = store.read("gradient_features", SEED_ROUND)["feature"].to_numpy()
+        self.write("diversity_scores", diversity_table(results, len(members), candidates, about), "diversity_scores")
         lap("diversity_scores")
 
         self.ui_metadata_s = ui_metadata_seconds(sizes, results["gvendi"].value)
@@ -424,15 +395,13 @@ def growth_rows(sizes: list[int], seed_rounds: list[dict], generated: list[dict]
     return rows
 
 
-def plot(sizes: list[int], growth: dict[str, dict], seed_rounds: list[dict], title: str) -> Path | None:
-    try:
-        import matplotlib
+def plot(sizes: list[int], growth: dict[str, dict], seed_rounds: list[dict], title: str) -> Path:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullLocator
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     grid = np.geomspace(sizes[0], sizes[-1], 50)
     assets = [name for name in growth if "run" not in name and "direct" not in name]
@@ -539,8 +508,7 @@ def markdown(command: str, result: dict) -> str:
         "", "Verification calls math-verify in neither round (r000: seeds verified by reference; r001: no "
         "answers), so `verified_samples` here is table handling only.", "",
     ]
-    if d.get("plot"):
-        lines += ["![seconds per asset vs N](round_scaling.png)", ""]
+    lines += ["![seconds per asset vs N](round_scaling.png)", ""]
     return "\n".join(lines)
 
 
@@ -610,7 +578,7 @@ def main() -> None:
         title = (f"round benchmark, tiny random Qwen2, GSM8K seeds; {info['cpu']}, {info['threads']} threads, "
                  f"load {load[0]}")
         path = plot(sizes, growth, seed_rounds, title)
-        details["plot"] = str(path.relative_to(REPO)) if path else None
+        details["plot"] = str(path.relative_to(REPO))
         details["seconds"] = round(time.perf_counter() - started, 1)
     result = {"benchmark": "round", "ratio": seed_rounds[-1]["direct_over_dagster"], "target": target,
               "details": details}

@@ -28,8 +28,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import GSM8K, RESULTS, emit, machine
-from benchmarks.gradients import gsm8k
+from benchmarks.common import GSM8K, RESULTS, emit, gsm8k, machine
 from prismatic.config import load_config
 from prismatic.errors import InputError
 from prismatic.features import read_features, write_features

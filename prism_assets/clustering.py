@@ -11,8 +11,8 @@ from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
 from prismatic.selection import select
-from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_rows, previous_round,
-                                 seeds_as_verified)
+from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_features, pool_rows,
+                                 previous_round, seeds_as_verified)
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -45,13 +45,13 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
     else:
         clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
                                                centroids["size"].to_numpy())
-        pool_features = None
+        pool_x = None
         if rule == "logdet":
             previous_pool, _ = io.read_previous(store, "pool", previous_round(key))
-            pool_features, _ = io.pool_features(store, previous_pool)
+            pool_x, _ = pool_features(store.store(), previous_pool)
         frame = select(rule, features["id"].to_list(), np.asarray(features["feature"].to_numpy()), clustering,
                        count=None if rule == "paper" else synthesis.selection_count,
-                       pool_features=pool_features, epsilon=synthesis.logdet_epsilon)
+                       pool_features=pool_x, epsilon=synthesis.logdet_epsilon)
     version = io.write(context, store, "selection", frame, previous_centroids=used)
     kept = int(frame["kept"].sum()) if len(frame) else 0
     return MaterializeResult(data_version=version, metadata={
@@ -94,7 +94,7 @@ def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: Store
     key = context.partition_key
     synthesis = prism_home.config().synthesis
     members = io.read(store, "pool", key)
-    features, projection = io.pool_features(store, members)
+    features, projection = pool_features(store.store(), members)
     result, frame, centroids = cluster_pool(members["id"], features, synthesis)
     io.write(context, store, "centroids", centroids, projection=projection)
     version = io.write(context, store, "clusters", frame, k=result.k)

@@ -1,7 +1,6 @@
 """Diversity scores of each round: every configured metric of the pool, G-Vendi of the candidates."""
 
 import base64
-import json
 
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -9,10 +8,9 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from prism_assets import io
 from prism_assets.clustering import clusters, pool
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
-from prismatic.gvendi import gvendi
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
-from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
+from prismatic.synthesis import SEED_ROUND, diversity_table, pool_features, pool_gvendi, previous_round
 from resources.generator import build_engine
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
@@ -31,21 +29,16 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
     key = context.partition_key
     config = prism_home.config()
     members = io.read(store, "pool", key)
-    pool_x, projection = io.pool_features(store, members)
+    pool_x, projection = pool_features(store.store(), members)
     about = {"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection}
     judge = config.metrics.cluster_agent.judge or config.generator
     inputs = inputs_from_config(members, config, features=lambda: (pool_x, about), proxy=proxy.model,
                                 judge=lambda: (build_engine(judge, config.models_dir), judge.model))
     results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=context.log.info)
-    rows = [{"metric": name, "value": result.value, "n": len(members), "details": json.dumps(result.details)}
-            for name, result in results.items()]
-    candidates = io.read(store, "gradient_features", key)
-    if len(candidates):
-        rows.append({"metric": "gvendi_candidates", "value": gvendi(candidates["feature"].to_numpy()),
-                     "n": len(candidates), "details": json.dumps(about)})
-    frame = pl.DataFrame(rows, schema={"metric": pl.String, "value": pl.Float64, "n": pl.Int64, "details": pl.String})
+    candidates = io.read(store, "gradient_features", key)["feature"].to_numpy()
+    frame = diversity_table(results, len(members), candidates, about)
     metadata = {"dagster/row_count": len(frame), "pool_size": len(members),
-                **{row["metric"]: MetadataValue.float(row["value"]) for row in rows}}
+                **{row["metric"]: MetadataValue.float(row["value"]) for row in frame.iter_rows(named=True)}}
     if key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key)):
         metadata["gvendi_gain"] = results["gvendi"].value - pool_gvendi(store.store(), previous_round(key))
     history = _history(store, key, frame)

@@ -26,7 +26,7 @@ from prism_assets import io
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.scaleout import shard_op_tags
 from prismatic.config import PrismConfig
-from prismatic.gradients import FeatureSet, merge_feature_sets
+from prismatic.gradients import FeatureSet, feature_table, merge_feature_sets
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
 from resources.store import StoreResource
@@ -74,15 +74,8 @@ def build_gradient_features(config: PrismConfig) -> AssetsDefinition:
         if not n:
             version = io.write(context, store, "gradient_features", _empty_features())
             return Output(None, data_version=version, metadata={"dagster/row_count": 0})
-        proxy_name = result.meta["proxy"]
-        dim = result.features.shape[1]
-        frame = pl.DataFrame({
-            "id": result.ids,
-            "feature": pl.Series("feature", result.features, dtype=pl.Array(pl.Float32, dim)),
-            "proxy": [proxy_name] * n, "mode": [result.meta["mode"]] * n, "dim": [dim] * n,
-            "n_tokens": result.n_tokens, "truncated": result.truncated,
-        })
-        projection = {k: v for k, v in result.meta["projection"].items() if k != "segments"}
+        proxy_name, dim = result.meta["proxy"], result.features.shape[1]
+        frame, projection = feature_table(result)
         version = io.write(context, store, "gradient_features", frame, projection=projection, proxy=proxy_name,
                            shards=len(shards))
         return Output(None, data_version=version, metadata={

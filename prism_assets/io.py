@@ -9,34 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
-from prismatic.errors import PrismError
+from prismatic.catalog import write_partition
 from resources.store import StoreResource
 
 
 def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
           **provenance: Any) -> DataVersion:
-    """Write this partition of `table` (atomically) with provenance.
-
-    Views read a file pattern, so new rounds of a table appear in queries by themselves; the catalog
-    is rebuilt only when a table gets its first partition (or the catalog file is missing). A rewrite
-    of a table's only partition rebuilds it too: a run killed between its first write and the
-    rebuild leaves a table without a view, and its rerun writes that partition again.
-    """
-    store = resource.store()
+    """Write this partition of `table` (atomically) with provenance, and refresh the catalog when the
+    table needs a view (`prismatic.catalog.write_partition`); returns the data version."""
     # A round asset's run names its round by a partition tag, or (backfills: one run per round) by a
     # one-round range; unpartitioned assets (the seeds) are stored as round r000.
     key = context.partition_key if context.assets_def.partitions_def is not None else "r000"
-    first_partition = store.rounds(table) in ([], [key])
-    store.write(table, key, frame, metadata={"round": key, "run_id": context.run_id,
-                                             "asset": context.asset_key.to_user_string(), **provenance})
     catalog = resource.catalog()
-    if first_partition or not catalog.db_path.exists():
-        catalog.refresh()
-    return DataVersion(store.data_version(table, key))
+    write_partition(catalog, table, key, frame, {"round": key, "run_id": context.run_id,
+                                                 "asset": context.asset_key.to_user_string(), **provenance})
+    return DataVersion(catalog.store.data_version(table, key))
 
 
 def read(resource: StoreResource, table: str, round_key: str) -> pl.DataFrame:
@@ -51,27 +41,3 @@ def read_previous(resource: StoreResource, table: str, round_key: str) -> tuple[
     used = {"round": round_key, "run_id": str(written.get("run_id", "")),
             "data_version": store.data_version(table, round_key)}
     return frame, used
-
-
-def pool_features(resource: StoreResource, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
-    """Features of every pool row (in pool order), gathered from the rounds that added them.
-
-    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
-    """
-    store = resource.store()
-    parts, projection, first_round = [], None, None
-    for round_added in sorted(pool["round_added"].unique().to_list()):
-        stored = store.read("gradient_features", round_added)
-        meta = store.read_metadata("gradient_features", round_added)
-        identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
-        if projection is None:
-            projection, first_round = identity, round_added
-        elif identity != projection:
-            raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
-                             f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
-        parts.append(stored.select("id", "feature"))
-    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
-    if table["feature"].null_count():
-        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
-        raise PrismError(f"pool rows without gradient features, e.g. {missing}")
-    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}

@@ -150,6 +150,19 @@ def shard_units(weights: list[int], shard: Shard | None) -> range:
     return range(cuts[index], cuts[index + 1])
 
 
+def feature_table(result: FeatureSet) -> tuple[pl.DataFrame, dict]:
+    """The `gradient_features` rows of a non-empty FeatureSet whose meta names its proxy, and the
+    projection recorded beside them (its meta's projection without the per-layer segments)."""
+    n, dim = len(result.ids), result.features.shape[1]
+    frame = pl.DataFrame({
+        "id": result.ids,
+        "feature": pl.Series("feature", result.features, dtype=pl.Array(pl.Float32, dim)),
+        "proxy": [result.meta["proxy"]] * n, "mode": [result.meta["mode"]] * n, "dim": [dim] * n,
+        "n_tokens": result.n_tokens, "truncated": result.truncated,
+    })
+    return frame, {k: v for k, v in result.meta["projection"].items() if k != "segments"}
+
+
 def merge_feature_sets(parts: list[FeatureSet], ids: list[str]) -> FeatureSet:
     """The features of every shard of one data set, as one FeatureSet in the data set's order `ids`.
 

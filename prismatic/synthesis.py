@@ -21,10 +21,13 @@ import polars as pl
 
 from prismatic.config import SamplingConfig, SynthesisConfig
 from prismatic.engines import Engine, Journal, generate_journaled
+from prismatic.errors import PrismError
+from prismatic.gvendi import gvendi
 from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
                                   problem_prompt, sample_few_shot, solution_prompt)
 from prismatic.kmeans import Clustering, num_clusters, spherical_kmeans
 from prismatic.quality import ProblemFilter
+from prismatic.store import Store
 from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
 
 SEED_ROUND = "r000"
@@ -262,3 +265,38 @@ def cluster_pool(ids: pl.Series, features: np.ndarray, config: SynthesisConfig
         "centroid": pl.Series("centroid", result.centroids, dtype=pl.Array(pl.Float32, result.dim)),
         "size": result.sizes})
     return result, clusters, centroids
+
+
+def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
+    """Features of every pool row (in pool order), gathered from the rounds that added them.
+
+    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
+    """
+    parts, projection, first_round = [], None, None
+    for round_added in sorted(pool["round_added"].unique().to_list()):
+        stored = store.read("gradient_features", round_added)
+        meta = store.read_metadata("gradient_features", round_added)
+        identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
+        if projection is None:
+            projection, first_round = identity, round_added
+        elif identity != projection:
+            raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
+                             f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
+        parts.append(stored.select("id", "feature"))
+    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
+    if table["feature"].null_count():
+        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
+        raise PrismError(f"pool rows without gradient features, e.g. {missing}")
+    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}
+
+
+def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarray, about: dict) -> pl.DataFrame:
+    """The `diversity_scores` rows of a round: one per metric result of the pool (value, pool size,
+    details as JSON), then `gvendi_candidates`, the G-Vendi of the round's candidate features (when
+    there are any), whose details are the projection `about`."""
+    rows = [{"metric": name, "value": result.value, "n": pool_size, "details": json.dumps(result.details)}
+            for name, result in results.items()]
+    if len(candidate_features):
+        rows.append({"metric": "gvendi_candidates", "value": gvendi(candidate_features), "n": len(candidate_features),
+                     "details": json.dumps(about)})
+    return pl.DataFrame(rows, schema={"metric": pl.String, "value": pl.Float64, "n": pl.Int64, "details": pl.String})
