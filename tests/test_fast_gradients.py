@@ -1,8 +1,9 @@
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 
-from prismatic.fast_gradients import FastFeaturizer
+from prismatic.fast_gradients import FastFeaturizer, packed_causal_attention
 from prismatic.gradients import encode_chat, faithful_features, flat_parameters, per_sample_gradient
 from prismatic.gvendi import gvendi
 
@@ -53,13 +54,33 @@ def test_projected_blocks_preserve_gradient_inner_products(tiny_lm):
     assert (cos(projected) - cos(exact)).abs().max().item() < 0.15
 
 
-def test_padding_does_not_change_a_sample(tiny_lm):
+def test_packing_does_not_change_a_sample(tiny_lm):
+    """A sample's blocks are the same alone and packed with others of different lengths, in any order."""
     model, tok = tiny_lm
     fast = FastFeaturizer(model, tok, dim=64, block_in=8, block_out=8)
     chats = [encode_chat(tok, p, r) for p, r in SAMPLES]
+    assert len({c.n_tokens for c in chats}) > 1
     alone = torch.cat([fast.per_sample_blocks([c]) for c in chats])
     together = fast.per_sample_blocks(chats)
+    reversed_order = fast.per_sample_blocks(chats[::-1]).flip(0)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(reversed_order, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_attention_equals_causal_attention_of_each_sample_alone():
+    """Grouped-query heads (6 query heads over 2 key/value heads), three samples in one row."""
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, size = [5, 9, 3], 6, 2, 8
+    query = torch.randn(1, heads, sum(lengths), size, dtype=torch.float64)
+    key, value = (torch.randn(1, kv_heads, sum(lengths), size, dtype=torch.float64) for _ in range(2))
+    packed, _ = packed_causal_attention(None, query, key, value, None, scaling=0.3, prism_lengths=lengths)
+    start = 0
+    for n in lengths:
+        piece = slice(start, start + n)
+        k, v = (t[:, :, piece].repeat_interleave(heads // kv_heads, dim=1) for t in (key, value))
+        expected = F.scaled_dot_product_attention(query[:, :, piece], k, v, is_causal=True, scale=0.3)
+        torch.testing.assert_close(packed[:, piece], expected.transpose(1, 2))
+        start += n
 
 
 def test_features_are_deterministic_unit_rows_with_recorded_projection(tiny_lm):
