@@ -252,8 +252,8 @@ def markdown(details: dict, quick: bool) -> str:
         ceiling = smol["agreement_fast_seed0_vs_seed1"]
         lines += ["", f"Two fast projections of the same gradients (seeds 0 and 1): Pearson "
                       f"{ceiling['pearson_offdiag_cosine']}, G-Vendi {ceiling['gvendi_a']} vs {ceiling['gvendi_b']} "
-                      f"({100 * ceiling['gvendi_rel_diff']:.1f}%): the agreement any two independent projections "
-                      "to this final size reach on these samples."]
+                      f"({100 * ceiling['gvendi_rel_diff']:.1f}%): how far the fast path moves with its projection "
+                      "seed alone."]
     tiny = details["tiny_exact"]
     lines += ["", f"Tiny model, both paths against the exact (unprojected) gradient cosines ({tiny['samples']} "
                   "samples):", "", "| final size | path | Pearson | G-Vendi | exact G-Vendi | relative difference |",

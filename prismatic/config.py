@@ -53,7 +53,7 @@ class FeaturesConfig(_Section):
       random sign block is generated once per buffer, so larger buffers amortize generation better.
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly.
-    batch_tokens: (fast) padded tokens per forward+backward batch; bounds memory.
+    batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory.
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
       multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted

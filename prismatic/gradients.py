@@ -130,10 +130,10 @@ Shard = tuple[int, int]
 def shard_units(weights: list[int], shard: Shard | None) -> range:
     """The units (batches) of one shard: a contiguous run of the data set's batch plan.
 
-    The plan is cut where the cumulative weight (padded tokens, samples) first reaches k/count of
+    The plan is cut where the cumulative weight (packed tokens, samples) first reaches k/count of
     the total, k = 1..count-1, so shards carry about equal work, every unit lands in exactly one
     shard, and each shard computes its batches exactly as the unsharded run would (same members,
-    same padding), which is what makes merged features equal the unsharded ones. Shards beyond the
+    same packing), which is what makes merged features equal the unsharded ones. Shards beyond the
     number of units are empty.
     """
     if shard is None:
