@@ -53,7 +53,8 @@ class FeaturesConfig(_Section):
       random sign block is generated once per buffer, so larger buffers amortize generation better.
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly.
-    batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory.
+    batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory. 2048
+      was 1.18x faster than 4096 on the Qwen2.5-0.5B shape (median of two interleaved rounds).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
       multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
@@ -72,7 +73,7 @@ class FeaturesConfig(_Section):
     gradient_buffer_gb: float = Field(8.0, gt=0)
     block_in: int = Field(32, gt=0)
     block_out: int = Field(32, gt=0)
-    batch_tokens: int = Field(4096, gt=0)
+    batch_tokens: int = Field(2048, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shards: int = Field(1, gt=0)
 

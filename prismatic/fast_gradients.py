@@ -159,7 +159,7 @@ class FastFeaturizer:
     """Batched projected per-sample gradients of a causal LM (see the module docstring)."""
 
     def __init__(self, model, tokenizer, *, dim: int = 1024, seed: int = 0, block_in: int = 32,
-                 block_out: int = 32, batch_tokens: int = 4096, max_tokens: int | None = None,
+                 block_out: int = 32, batch_tokens: int = 2048, max_tokens: int | None = None,
                  compute_dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.dim, self.seed, self.max_tokens = dim, seed, max_tokens

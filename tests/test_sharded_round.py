@@ -53,7 +53,12 @@ def prism(home: Path, *args: str) -> str:
 
 
 def step_spans(home: Path, run_id: str) -> dict[str, tuple[float, float, int]]:
-    """step key → (start time, end time, pid) from the instance's event log."""
+    """step key → (launch time, end time, pid) from the instance's event log.
+
+    Launch is when the executor started the step's worker process (STEP_WORKER_STARTING, or
+    STEP_START in-process): a step process spends seconds importing before STEP_START, longer
+    than a tiny model's shard takes, so STEP_START times alone need not overlap.
+    """
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     spans: dict[str, list] = {}
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
@@ -61,10 +66,14 @@ def step_spans(home: Path, run_id: str) -> dict[str, tuple[float, float, int]]:
             event = entry.dagster_event
             if event is None or not event.step_key:
                 continue
-            if event.event_type == DagsterEventType.STEP_START:
-                spans[event.step_key] = [entry.timestamp, None, event.pid]
+            span = spans.setdefault(event.step_key, [None, None, None])
+            if event.event_type == DagsterEventType.STEP_WORKER_STARTING:
+                span[0] = entry.timestamp
+            elif event.event_type == DagsterEventType.STEP_START:
+                span[0] = span[0] if span[0] is not None else entry.timestamp
+                span[2] = event.pid
             elif event.event_type == DagsterEventType.STEP_SUCCESS:
-                spans[event.step_key][1] = entry.timestamp
+                span[1] = entry.timestamp
     return {key: tuple(value) for key, value in spans.items()}
 
 
@@ -95,6 +104,6 @@ def test_two_shards_in_two_processes_give_the_unsharded_features(tmp_path, tiny_
                            "gradient_features.feature_shard[shard_001]"]
     (start0, end0, pid0), (start1, end1, pid1) = (spans[key] for key in shard_steps)
     assert pid0 != pid1 and os.getpid() not in (pid0, pid1)  # two step processes
-    assert start0 < end1 and start1 < end0  # that overlapped in time
+    assert start0 < end1 and start1 < end0  # launched while the other was still running
     merge = spans["gradient_features.merge_feature_shards"]
     assert merge[0] >= max(end0, end1)
