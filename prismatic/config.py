@@ -54,7 +54,7 @@ class FeaturesConfig(_Section):
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly.
     batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory. 2048
-      was 1.18x faster than 4096 on the Qwen2.5-0.5B shape (median of two interleaved rounds).
+      was 1.26x faster than 4096 on the Qwen2.5-0.5B shape (`benchmarks.gradients --batch-tokens`).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
       multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
