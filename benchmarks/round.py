@@ -151,11 +151,9 @@ class DirectRound:
         self.ui_metadata_s = 0.0
 
     def write(self, table: str, frame: pl.DataFrame, asset: str, **provenance) -> None:
-        """`prism_assets.io.write` minus the Dagster data version (the same `write_partition`)."""
-        from prismatic.catalog import write_partition
-
-        write_partition(self.catalog, table, SEED_ROUND, frame, {"round": SEED_ROUND, "run_id": "direct",
-                                                                 "asset": asset, **provenance})
+        """`prism_assets.io.write` minus the Dagster data version (the same `Catalog.write_partition`)."""
+        self.catalog.write_partition(table, SEED_ROUND, frame, {"round": SEED_ROUND, "run_id": "direct",
+                                                                "asset": asset, **provenance})
 
     def load_seeds(self) -> None:
         """What `seed_job` does (not part of the timed round: the Dagster reruns skip it too)."""

@@ -12,20 +12,19 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
-from prismatic.catalog import write_partition
 from resources.store import StoreResource
 
 
 def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
           **provenance: Any) -> DataVersion:
     """Write this partition of `table` (atomically) with provenance, and refresh the catalog when the
-    table needs a view (`prismatic.catalog.write_partition`); returns the data version."""
+    table needs a view (`Catalog.write_partition`); returns the data version."""
     # A round asset's run names its round by a partition tag, or (backfills: one run per round) by a
     # one-round range; unpartitioned assets (the seeds) are stored as round r000.
     key = context.partition_key if context.assets_def.partitions_def is not None else "r000"
     catalog = resource.catalog()
-    write_partition(catalog, table, key, frame, {"round": key, "run_id": context.run_id,
-                                                 "asset": context.asset_key.to_user_string(), **provenance})
+    catalog.write_partition(table, key, frame, {"round": key, "run_id": context.run_id,
+                                                "asset": context.asset_key.to_user_string(), **provenance})
     return DataVersion(catalog.store.data_version(table, key))
 
 

@@ -75,6 +75,18 @@ class Catalog:
                 f"{_sql_string(self.store.glob(table))}, hive_partitioning = true, union_by_name = true, "
                 f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}})")
 
+    def write_partition(self, table: str, round_key: str, frame, metadata: dict) -> None:
+        """`store.write(table, round_key, frame, metadata)`, then rebuild the catalog if the table needs
+        a view. Views read a file pattern, so new rounds of a table appear in queries by themselves;
+        the catalog is rebuilt only when a table gets its first partition (or the catalog file is
+        missing). A rewrite of a table's only partition rebuilds it too: a run killed between its
+        first write and the rebuild leaves a table without a view, and its rerun writes that
+        partition again."""
+        first_partition = self.store.rounds(table) in ([], [round_key])
+        self.store.write(table, round_key, frame, metadata=metadata)
+        if first_partition or not self.db_path.exists():
+            self.refresh()
+
     def refresh(self) -> list[str]:
         """(Re)create the view of every table with data, drop the others; returns the viewed tables.
 
@@ -172,15 +184,3 @@ class Catalog:
                 skip_instance_cache=True, use_listings_cache=False)
         self._filesystem.invalidate_cache()
         return self._filesystem
-
-
-def write_partition(catalog: Catalog, table: str, round_key: str, frame, metadata: dict) -> None:
-    """`catalog.store.write(table, round_key, frame, metadata)`, then rebuild the catalog if the table
-    needs a view. Views read a file pattern, so new rounds of a table appear in queries by themselves;
-    the catalog is rebuilt only when a table gets its first partition (or the catalog file is
-    missing). A rewrite of a table's only partition rebuilds it too: a run killed between its first
-    write and the rebuild leaves a table without a view, and its rerun writes that partition again."""
-    first_partition = catalog.store.rounds(table) in ([], [round_key])
-    catalog.store.write(table, round_key, frame, metadata=metadata)
-    if first_partition or not catalog.db_path.exists():
-        catalog.refresh()

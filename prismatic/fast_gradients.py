@@ -170,7 +170,6 @@ class FastFeaturizer:
         self.embedding = model.get_input_embeddings()
         self.tied = self.head.weight is self.embedding.weight
         self.segments: list[Segment] = []
-        self._packing: _Packing | None = None  # the batch being processed, read by the hooks
         self._proj: dict[str, tuple[_SideProjection, _SideProjection]] = {}
         self._build_layout()
         self.concat_dim = sum(s.size for s in self.segments)
@@ -238,10 +237,10 @@ class FastFeaturizer:
         # Position t predicts token t+1 of its own sample; a sample's last position predicts nothing.
         targets = torch.cat([torch.cat([chat.labels[1:], ignore]) for chat in chats]).to(self.device)
         positions = torch.cat([torch.arange(n) for n in lengths])[None].to(self.device)
-        self._packing = _Packing.of(lengths, self.device)
+        packing = _Packing.of(lengths, self.device)
         out = torch.zeros(len(chats), self.concat_dim, dtype=torch.float32, device=self.device)
-        handles = [m.register_forward_hook(self._linear_hook(n, out)) for n, m in self._linears]
-        handles += [m.register_forward_hook(self._norm_hook(n, out)) for n, m in self._norms]
+        handles = [m.register_forward_hook(self._linear_hook(n, out, packing)) for n, m in self._linears]
+        handles += [m.register_forward_hook(self._norm_hook(n, out, packing)) for n, m in self._norms]
         saved = [(p, p.requires_grad) for p in self.model.parameters()]
         attention = self.model.config._attn_implementation
         try:
@@ -249,20 +248,19 @@ class FastFeaturizer:
                 p.requires_grad_(False)
             self.model.config._attn_implementation = PACKED_ATTENTION
             with torch.enable_grad():
-                self._forward_backward(ids, targets, positions, out)
+                self._forward_backward(ids, targets, positions, packing, out)
         finally:
             self.model.config._attn_implementation = attention
             for handle in handles:
                 handle.remove()
             for p, flag in saved:
                 p.requires_grad_(flag)
-            self._packing = None
         return out
 
     def _segment(self, name: str) -> Segment:
         return next(s for s in self.segments if s.name == name)
 
-    def _linear_hook(self, name: str, out: torch.Tensor):
+    def _linear_hook(self, name: str, out: torch.Tensor, packing: _Packing):
         p_out, p_in = self._proj[name]
         weight_seg = self._segment(name + ".weight")
         bias_seg = next((s for s in self.segments if s.name == name + ".bias"), None)
@@ -271,7 +269,6 @@ class FastFeaturizer:
             projected_in = p_in(inputs[0].detach()[0]).float()  # T × k_in
 
             def on_grad(delta):
-                packing = self._packing
                 projected_out = p_out(delta[0]).float()  # T × k_out
                 block = packing.pad(projected_out).transpose(1, 2) @ packing.pad(projected_in)  # B × k_out × k_in
                 out[:, weight_seg.offset:weight_seg.offset + weight_seg.size] += block.flatten(1)
@@ -281,7 +278,7 @@ class FastFeaturizer:
             output.register_hook(on_grad)
         return hook
 
-    def _norm_hook(self, name: str, out: torch.Tensor):
+    def _norm_hook(self, name: str, out: torch.Tensor, packing: _Packing):
         seg = self._segment(name + ".weight")
 
         def hook(module, inputs, output):
@@ -293,21 +290,19 @@ class FastFeaturizer:
             scale = torch.rsqrt(squares / x.shape[-1] + eps)
 
             def on_grad(delta):
-                out[:, seg.offset:seg.offset + seg.size] += self._packing.sum(delta[0] * x, scale)
+                out[:, seg.offset:seg.offset + seg.size] += packing.sum(delta[0] * x, scale)
 
             output.register_hook(on_grad)
         return hook
 
-    def _forward_backward(self, ids, targets, positions, out) -> None:
-        packing = self._packing
+    def _forward_backward(self, ids, targets, positions, packing: _Packing, out) -> None:
         embeds = self.embedding(ids).detach().requires_grad_(True)
         hidden = self.model.base_model(inputs_embeds=embeds, position_ids=positions, use_cache=False,
                                        prism_lengths=packing.lengths).last_hidden_state
         # Score only assistant targets, each sample's loss a mean over its own.
         (rows,) = (targets != IGNORE).nonzero(as_tuple=True)
         sample = packing.sample[rows]
-        counts = torch.zeros(len(packing.lengths), device=out.device).index_add_(
-            0, sample, torch.ones(len(rows), device=out.device)).clamp(min=1)
+        counts = torch.bincount(sample, minlength=len(packing.lengths)).clamp(min=1)
         h_sel = hidden[0, rows].detach()  # N × h
         grad_h, logits_grad_projected = self._head_gradients(h_sel, targets[rows], 1.0 / counts[sample])
         grad_hidden = torch.zeros_like(hidden)
