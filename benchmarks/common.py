@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
+
+from prismatic.gvendi import normalize_rows, vendi_from_gram
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -83,6 +86,26 @@ def rss_mb() -> float:
 
 def peak_rss_gb() -> float:
     return rss_mb() / 1000
+
+
+def cosines(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Cosine matrix (float64) of the rows of `features`."""
+    unit = normalize_rows(torch.as_tensor(features, dtype=torch.float64)).numpy()
+    return unit @ unit.T
+
+
+def cosine_agreement(features: torch.Tensor | np.ndarray, reference: np.ndarray) -> dict:
+    """How well the rows of `features` reproduce a reference cosine matrix (n × n, unit diagonal).
+
+    pearson: Pearson r of the off-diagonal cosines; gvendi_rel: G-Vendi of the features ÷ G-Vendi of
+    the reference − 1 (signed). G-Vendi in the primal form (n × n), since the reference may come from
+    exact gradients (d ≫ n).
+    """
+    estimate = cosines(features)
+    off = ~np.eye(len(estimate), dtype=bool)
+    vendi, reference_vendi = vendi_from_gram(estimate), vendi_from_gram(reference)
+    return {"pearson": round(float(np.corrcoef(estimate[off], reference[off])[0, 1]), 4), "gvendi": round(vendi, 3),
+            "gvendi_reference": round(reference_vendi, 3), "gvendi_rel": round(vendi / reference_vendi - 1, 4)}
 
 
 def emit(result: dict, markdown: str, as_json: bool) -> None:

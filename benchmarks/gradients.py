@@ -1,7 +1,7 @@
 """Gradient features, side by side: fast (ours) vs faithful (ours) vs the paper code's method.
 
     python -m benchmarks.gradients [--quick] --json
-    python -m benchmarks.gradients --batch-tokens 1536,2048,4096    # the fast path's batch size only
+    python -m benchmarks.gradients --sweep batch_tokens=2048 block=64,dim=4096   # fast path settings only
 
 On GSM8K test problems (`../shared/data/gsm8k`; skipped cleanly when absent), same samples, same
 machine, one run, for (a) SmolLM2-135M-Instruct and (b) a random model in Qwen2.5-0.5B's exact
@@ -16,11 +16,11 @@ shape, both bf16:
   matrix block by block; the benchmark times `anchor_blocks` of those blocks for real and
   multiplies by the number of blocks (every block is the same work), so the anchor column is
   measured, then extrapolated — the report says how many blocks were timed.
-Agreement on SmolLM2 (fast vs faithful features of the same samples, the faithful timing taken
-from that same run): relative G-Vendi difference and Pearson r of the off-diagonal cosine
-matrices, swept over per-layer block sizes (full mode); on the tiny model, both paths against the
-exact (unprojected) gradient cosines at final sizes 1024 (and 4096 in full mode). Headline
-`ratio` = fast ÷ anchor samples/s on the 0.5B-shaped model.
+Agreement on SmolLM2 (full mode; fast vs faithful features of the same samples, the faithful
+timing taken from that same run): relative G-Vendi difference and Pearson r of the off-diagonal
+cosine matrices, swept over per-layer block sizes. Agreement against exact, unprojected gradients
+is `benchmarks.gradient_agreement`. Headline `ratio` = fast ÷ anchor samples/s on the 0.5B-shaped
+model.
 """
 
 from __future__ import annotations
@@ -34,14 +34,12 @@ import sys
 import time
 
 import numpy as np
-import polars as pl
 import torch
 
-from benchmarks.common import GSM8K, emit, gsm8k, machine, matmul_peak, peak_rss_gb, timed
-from prismatic.config import load_config
+from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, matmul_peak, peak_rss_gb, timed
+from prismatic.config import FeaturesConfig, load_config
 from prismatic.fast_gradients import FastFeaturizer
 from prismatic.gradients import encode_chat, faithful_features, per_sample_gradient
-from prismatic.gvendi import vendi_from_gram
 from prismatic.models import build_random_model, install_smollm2, load_causal_lm
 
 ANCHOR_MEMORY_BYTES = 6e9  # budget for TRAK's projection block (grad_dim × block × fp16)
@@ -103,46 +101,20 @@ def anchor_column(model, tok, samples, blocks_timed: int, max_block: int) -> dic
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
-    """Pearson r of off-diagonal cosines and relative G-Vendi difference of unit-row matrices a, b.
-
-    G-Vendi is taken in the primal form (n × n Gram), since b may be exact gradients (d ≫ n).
-    """
-    gram_a, gram_b = a @ a.T, b @ b.T
-    off = ~np.eye(len(a), dtype=bool)
-    r = float(np.corrcoef(gram_a[off], gram_b[off])[0, 1])
-    ga, gb = vendi_from_gram(gram_a), vendi_from_gram(gram_b)
-    return {"pearson_offdiag_cosine": round(r, 4), "gvendi_a": round(ga, 3), "gvendi_b": round(gb, 3),
-            "gvendi_rel_diff": round(abs(ga - gb) / gb, 4)}
-
-
-def exact_agreement(samples: pl.DataFrame, dims: tuple[int, ...]) -> dict:
-    """Tiny model: fast and faithful features at each final size against the exact gradient cosines.
-
-    Both methods are Johnson–Lindenstrauss estimates of the same cosines, so the Pearson ceiling at a
-    final size d is set by d itself (error of one cosine ≈ √((1 + cos²)/d)), whatever the method.
-    """
-    model, tok = build_random_model("tiny")
-    exact = torch.stack([per_sample_gradient(model, encode_chat(tok, r["prompt"], r["response"]))
-                         for r in samples.iter_rows(named=True)]).double()
-    exact = (exact / exact.norm(dim=1, keepdim=True)).numpy()
-    result = {"samples": len(samples)}
-    for dim in dims:
-        fast = FastFeaturizer(model, tok, dim=dim).features(samples, progress=False).features
-        faithful = faithful_features(model, tok, samples, dim=dim, projection_dtype=torch.float32,
-                                     progress=False).features
-        result[f"dim_{dim}"] = {"fast_vs_exact": agreement(fast.astype(np.float64), exact),
-                                "faithful_vs_exact": agreement(faithful.astype(np.float64), exact)}
-    return result
+    """Pearson r of off-diagonal cosines and |relative G-Vendi difference| of feature matrices a, b."""
+    row = cosine_agreement(a, cosines(b))
+    return {"pearson_offdiag_cosine": row["pearson"], "gvendi_a": row["gvendi"], "gvendi_b": row["gvendi_reference"],
+            "gvendi_rel_diff": abs(row["gvendi_rel"])}
 
 
 def _progress(model: str, column: str, values: dict) -> None:
     print(f"[gradients] {model} {column}: {json.dumps(values)}", file=sys.stderr, flush=True)
 
 
-QUICK = dict(smol=8, smol_faithful=False, repeats=1, qwen_fast=8, qwen_faithful=0, exact=16, dims=(1024,),
-             blocks=(), anchor_blocks=1, anchor_max_block=2)
-FULL = dict(smol=256, smol_faithful=True, repeats=3, qwen_fast=64, qwen_faithful=8, exact=96, dims=(1024, 4096),
-            blocks=(64, 128), anchor_blocks=1, anchor_max_block=1024)
+QUICK = dict(smol=8, smol_faithful=False, repeats=1, qwen_fast=8, qwen_faithful=0, blocks=(), anchor_blocks=1,
+             anchor_max_block=2)
+FULL = dict(smol=256, smol_faithful=True, repeats=3, qwen_fast=64, qwen_faithful=8, blocks=(32, 64, 128),
+            anchor_blocks=1, anchor_max_block=1024)
 
 
 def smollm2_columns(model, tok, data, sizes) -> dict:
@@ -157,9 +129,10 @@ def smollm2_columns(model, tok, data, sizes) -> dict:
     column = {"fast": column_fast, "faithful": column_faithful,
               "agreement_fast_vs_faithful": agreement(fast.astype(np.float64), faithful.astype(np.float64))}
     _progress("smollm2-135m", "agreement", column["agreement_fast_vs_faithful"])
-    column["block_sweep"] = [{"block": 32, "samples_per_s": column_fast["samples_per_s"],
+    default_block = FeaturesConfig().block_in
+    column["block_sweep"] = [{"block": default_block, "samples_per_s": column_fast["samples_per_s"],
                               **column["agreement_fast_vs_faithful"]}]
-    for block in sizes["blocks"]:
+    for block in (block for block in sizes["blocks"] if block != default_block):
         swept, timing = fast_column(model, tok, samples, 1, block_in=block, block_out=block)
         row = {"block": block, "samples_per_s": timing["samples_per_s"],
                **agreement(swept.astype(np.float64), faithful.astype(np.float64))}
@@ -185,66 +158,95 @@ def qwen_columns(model, tok, data, sizes) -> dict:
     return column
 
 
-def batch_token_sweep(sizes: list[int], samples: int = 64, rounds: int = 2) -> None:
-    """Fast samples/s of the 0.5B shape per `batch_tokens`, the sizes interleaved within each round.
+SWEPT = ("batch_tokens", "block", "dim")
+"""Fast-path options a --sweep setting may set, integers (`block` sets block_in and block_out)."""
+
+
+def parse_setting(text: str) -> dict:
+    """`block=64,dim=4096` → FastFeaturizer options (block_in, block_out, dim)."""
+    options = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name not in SWEPT or not value.isdigit():
+            raise SystemExit(f"--sweep: {part!r} is not one of {', '.join(f'{n}=N' for n in SWEPT)}")
+        if name == "block":
+            options["block_in"] = options["block_out"] = int(value)
+        else:
+            options[name] = int(value)
+    return options
+
+
+def load_model(name: str):
+    """(model, tokenizer) in eval mode: `smollm2-135m` (bf16) or `qwen2.5-0.5b-shape` (random, bf16)."""
+    if name == "smollm2-135m":
+        model, tok = load_causal_lm(str(install_smollm2(load_config().models_dir)), torch.bfloat16,
+                                    torch.device("cpu"))
+    else:
+        model, tok = build_random_model("qwen2.5-0.5b")
+    model.eval()
+    return model, tok
+
+
+def fast_sweep(settings: list[str], model_name: str, samples: int = 64, rounds: int = 2) -> None:
+    """Fast samples/s of one model per setting, the settings interleaved within each round.
 
     Each run's achieved FLOP/s is set against the highest bf16 peak measured anywhere in the sweep
-    (conservative) and against the median of all peak readings.
+    (conservative) and against the median of all peak readings; `vs_first` is each setting's median
+    samples/s ÷ the first setting's.
     """
     data = gsm8k(samples)
     if data is None:
-        print(json.dumps({"benchmark": "gradients_batch_tokens", "skipped": f"{GSM8K} not found"}))
+        print(json.dumps({"benchmark": "gradients_sweep", "skipped": f"{GSM8K} not found"}))
         return
-    model, tok = build_random_model("qwen2.5-0.5b")
-    model.eval()
-    runs = {size: [] for size in sizes}
+    options = {setting: parse_setting(setting) for setting in settings}
+    model, tok = load_model(model_name)
+    runs = {setting: [] for setting in settings}
     for _ in range(rounds):
-        for size in sizes:
-            runs[size].append(fast_column(model, tok, data, 1, batch_tokens=size)[1])
-            _progress("qwen2.5-0.5b-shape", f"batch_tokens {size}", runs[size][-1])
+        for setting in settings:
+            runs[setting].append(fast_column(model, tok, data, 1, **options[setting])[1])
+            _progress(model_name, setting, runs[setting][-1])
     peaks = [peak for columns in runs.values() for column in columns for peak in column["bf16_peaks_gflops"]]
     rows = {}
-    for size, columns in runs.items():
+    for setting, columns in runs.items():
         gflops = statistics.median(column["achieved_gflops"] for column in columns)
-        rows[size] = {"samples_per_s": statistics.median(column["samples_per_s"] for column in columns),
-                      "achieved_gflops": round(gflops, 1),
-                      "fraction_of_highest_peak": round(gflops / max(peaks), 3),
-                      "fraction_of_median_peak": round(gflops / statistics.median(peaks), 3),
-                      "runs": [column["samples_per_s"] for column in columns]}
-    best = max(rows, key=lambda size: rows[size]["samples_per_s"])
-    print(json.dumps({"benchmark": "gradients_batch_tokens", "ratio": rows[best]["fraction_of_highest_peak"],
-                      "target": ">= 0.5 of the bf16 peak", "details": {"best": best, "peaks": peaks, "sizes": rows}}))
+        rows[setting] = {"samples_per_s": statistics.median(column["samples_per_s"] for column in columns),
+                         "achieved_gflops": round(gflops, 1),
+                         "fraction_of_highest_peak": round(gflops / max(peaks), 3),
+                         "fraction_of_median_peak": round(gflops / statistics.median(peaks), 3),
+                         "runs": [column["samples_per_s"] for column in columns]}
+    for row in rows.values():
+        row["vs_first"] = round(row["samples_per_s"] / rows[settings[0]]["samples_per_s"], 3)
+    best = max(rows, key=lambda setting: rows[setting]["samples_per_s"])
+    details = {"model": model_name, "best": best, "peaks": peaks, "settings": rows}
+    print(json.dumps({"benchmark": "gradients_sweep", "ratio": rows[best]["fraction_of_highest_peak"],
+                      "target": ">= 0.5 of the bf16 peak", "details": details}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="reduced sizes, under 3 minutes")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--batch-tokens", default=None, metavar="A,B,...",
-                        help="only sweep the fast path's batch size on the 0.5B shape (64 samples, "
-                             "two interleaved rounds); prints JSON, writes no report")
+    parser.add_argument("--sweep", nargs="+", default=None, metavar="SETTING",
+                        help="only time the fast path per setting, e.g. batch_tokens=2048 or block=64,dim=4096 "
+                             "(64 samples, two interleaved rounds); prints JSON, writes no report")
+    parser.add_argument("--sweep-model", default="qwen2.5-0.5b-shape", choices=["qwen2.5-0.5b-shape", "smollm2-135m"])
     args = parser.parse_args()
-    if args.batch_tokens:
-        batch_token_sweep([int(size) for size in args.batch_tokens.split(",")])
+    if args.sweep:
+        fast_sweep(args.sweep, args.sweep_model)
         return
     # --quick: fewer samples, one repeat, TRAK blocks of 2 columns (the per-block time is extrapolated
     # either way), no faithful columns (one pass of the dense signs takes 1.5 min on SmolLM2, minutes on
-    # the 0.5B shape); agreement then comes from the tiny model against exact gradients only.
+    # the 0.5B shape), so no agreement.
     sizes = QUICK if args.quick else FULL
-    data = gsm8k(max(sizes["smol"], sizes["qwen_fast"], sizes["exact"]))
+    data = gsm8k(max(sizes["smol"], sizes["qwen_fast"]))
     if data is None:
         emit({"benchmark": "gradients", "ratio": None, "target": ">= 50", "details": {"skipped": f"{GSM8K} not found"}},
              "# gradients\n\nskipped: GSM8K not found\n", args.json)
         return
     info = machine()
     details: dict = {"machine": info, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}
-    smol_path = install_smollm2(load_config().models_dir)
-    for name, loader, columns in (
-            ("smollm2-135m", lambda: load_causal_lm(str(smol_path), torch.bfloat16, torch.device("cpu")),
-             smollm2_columns),
-            ("qwen2.5-0.5b-shape", lambda: build_random_model("qwen2.5-0.5b"), qwen_columns)):
-        model, tok = loader()
-        model.eval()
+    for name, columns in (("smollm2-135m", smollm2_columns), ("qwen2.5-0.5b-shape", qwen_columns)):
+        model, tok = load_model(name)
         column = {"params": model.num_parameters(), **columns(model, tok, data, sizes)}
         column["anchor"] = anchor_column(model, tok, data, sizes["anchor_blocks"], sizes["anchor_max_block"])
         _progress(name, "anchor", column["anchor"])
@@ -254,8 +256,6 @@ def main() -> None:
         column["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
         details[name] = column
         del model
-    details["tiny_exact"] = exact_agreement(data.head(sizes["exact"]), sizes["dims"])
-    _progress("tiny", "exact", details["tiny_exact"])
     qwen = details["qwen2.5-0.5b-shape"]
     result = {"benchmark": "gradients", "ratio": qwen["fast_vs_anchor"],
               "target": "fast >= 50x anchor and >= 10x faithful (0.5B shape); >= 50% bf16 peak; "
@@ -292,16 +292,6 @@ def markdown(details: dict, quick: bool) -> str:
                       f"{ceiling['pearson_offdiag_cosine']}, G-Vendi {ceiling['gvendi_a']} vs {ceiling['gvendi_b']} "
                       f"({100 * ceiling['gvendi_rel_diff']:.1f}%): how far the fast path moves with its projection "
                       "seed alone."]
-    tiny = details["tiny_exact"]
-    lines += ["", f"Tiny model, both paths against the exact (unprojected) gradient cosines ({tiny['samples']} "
-                  "samples):", "", "| final size | path | Pearson | G-Vendi | exact G-Vendi | relative difference |",
-              "|---|---|---|---|---|---|"]
-    for key, value in tiny.items():
-        if key.startswith("dim_"):
-            for path in ("fast_vs_exact", "faithful_vs_exact"):
-                a = value[path]
-                lines.append(f"| {key[4:]} | {path.split('_')[0]} | {a['pearson_offdiag_cosine']} | {a['gvendi_a']} | "
-                             f"{a['gvendi_b']} | {100 * a['gvendi_rel_diff']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,12 @@ The concatenated vector is projected densely to `dim` with a seeded Rademacher m
 each row is L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
 tokens), so per-sample gradients are exact up to the projections.
 
+Against SmolLM2's exact per-sample gradients (64 GSM8K samples, 3 seeds, `benchmarks.gradient_agreement`):
+the concatenated 64×64 blocks alone give cosines with Pearson r 0.98 (32×32: 0.96); after the final
+projection to d = 1024, r 0.90 and G-Vendi −1.0 % (32×32: 0.89, −4.9 %), where the faithful path's dense
+projection of the exact gradients gives 0.92 and −1.9 %: at d = 1024 the final projection's own noise
+dominates either way. d = 4096 gives 0.956 and −0.2 % (dense: 0.977, +0.1 %).
+
 Batches are packed: the samples of a batch are concatenated into one row with no padding, positions
 restart at 0 for each sample and attention is causal within each sample (`packed_causal_attention`),
 so every token sees what it would see alone and no FLOP is spent on padding (on 8 GSM8K samples,
@@ -52,6 +58,10 @@ from prismatic.projection import RademacherProjection
 
 
 PACKED_ATTENTION = "prism_packed_causal"
+SIGNS_CACHE_BYTES = 2 << 30
+"""The final projection's bf16 signs are generated once and kept when they fit this (the default 64×64
+blocks at d = 1024: 1.84 GB for SmolLM2, about 1.6 GB for the Qwen2.5-0.5B shape); larger ones are
+generated again for every batch."""
 
 
 def packed_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -158,8 +168,8 @@ class _SideProjection:
 class FastFeaturizer:
     """Batched projected per-sample gradients of a causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, *, dim: int = 1024, seed: int = 0, block_in: int = 32,
-                 block_out: int = 32, batch_tokens: int = 2048, max_tokens: int | None = None,
+    def __init__(self, model, tokenizer, *, dim: int = 1024, seed: int = 0, block_in: int = 64,
+                 block_out: int = 64, batch_tokens: int = 2048, max_tokens: int | None = None,
                  compute_dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.dim, self.seed, self.max_tokens = dim, seed, max_tokens
@@ -175,7 +185,7 @@ class FastFeaturizer:
         self.concat_dim = sum(s.size for s in self.segments)
         self.dense = RademacherProjection(self.concat_dim, dim, seed=seed)
         self._dense_signs = None
-        if self.concat_dim * dim * 2 <= 1 << 30:  # cache up to 1 GiB of bf16 signs
+        if self.concat_dim * dim * 2 <= SIGNS_CACHE_BYTES:
             self._dense_signs = self.dense.signs(0, self.concat_dim, torch.bfloat16).to(self.device)
 
     # -- layout ---------------------------------------------------------------------------------

@@ -106,10 +106,19 @@ class RademacherProjection:
         """
         if vectors.shape[-1] != self.in_dim:
             raise ValueError(f"expected vectors of length {self.in_dim}, got {vectors.shape[-1]}")
-        dtype = dtype or vectors.dtype
         out = torch.zeros(vectors.shape[0], self.out_dim, dtype=torch.float32, device=vectors.device)
         for start in range(0, self.in_dim, self.block_coords):
             stop = min(start + self.block_coords, self.in_dim)
-            block = self._block(start, stop, dtype).to(vectors.device, non_blocking=True)
-            out += (vectors[:, start:stop].to(dtype) @ block).float()
+            out += self.project_columns(vectors[:, start:stop], start, dtype)
         return out / math.sqrt(self.out_dim)
+
+    def project_columns(self, columns: torch.Tensor, start: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Coordinates [start, start + n) of a batch (n_rows × n): their share of vectors @ Pᵀ, float32.
+
+        Not yet ÷ √d: summed over a partition of the coordinates and divided by √d, the shares are
+        `project` (for data that arrives in column slices, e.g. read from a memory map). `start` must
+        be a multiple of `CHUNK`; `dtype` as in `project`.
+        """
+        dtype = dtype or columns.dtype
+        block = self._block(start, start + columns.shape[1], dtype).to(columns.device, non_blocking=True)
+        return (columns.to(dtype) @ block).float()

@@ -3,6 +3,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from prismatic.config import FeaturesConfig
 from prismatic.fast_gradients import FastFeaturizer, packed_causal_attention
 from prismatic.gradients import encode_chat, faithful_features, flat_parameters, per_sample_gradient
 from prismatic.gvendi import gvendi
@@ -94,7 +95,7 @@ def test_features_are_deterministic_unit_rows_with_recorded_projection(tiny_lm):
     assert not np.allclose(a.features, c.features, atol=1e-2)
     assert np.allclose(np.linalg.norm(a.features, axis=1), 1, atol=1e-5)
     assert a.meta["mode"] == "fast" and a.meta["projection"]["seed"] == 5
-    assert a.meta["projection"]["block_in"] == 32 and a.meta["projection"]["segments"]
+    assert a.meta["projection"]["block_in"] == FeaturesConfig().block_in and a.meta["projection"]["segments"]
 
 
 def _datasets():

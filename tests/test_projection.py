@@ -39,6 +39,16 @@ def test_projection_is_the_matrix_product_it_claims():
     torch.testing.assert_close(proj.project(x, dtype=torch.float64), (x @ matrix / math.sqrt(32)).float())
 
 
+def test_column_slices_sum_to_the_projection():
+    proj = RademacherProjection(in_dim=3 * CHUNK + 7, out_dim=32, seed=4)
+    x = torch.randn(5, 3 * CHUNK + 7, dtype=torch.float64)
+    cuts = [0, CHUNK, 3 * CHUNK, 3 * CHUNK + 7]  # uneven slices, the last shorter than a chunk
+    shares = sum(proj.project_columns(x[:, lo:hi], lo) for lo, hi in zip(cuts, cuts[1:]))
+    torch.testing.assert_close(shares / math.sqrt(32), proj.project(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of"):
+        proj.project_columns(x[:, 5:10], 5)
+
+
 def test_inner_products_within_johnson_lindenstrauss_bounds():
     d, n, dim_in = 1024, 40, 20_000
     x = torch.randn(n, dim_in, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
