@@ -53,10 +53,10 @@ class FeaturesConfig(_Section):
       random sign block is generated once per buffer, so larger buffers amortize generation better.
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly. Against SmolLM2's
-      exact gradient cosines at d = 1024, 64 × 64 gives Pearson 0.900 vs 0.887 for 32 × 32 (every seed;
-      the dense projection itself reaches 0.92 there) and G-Vendi −1.0 % vs −4.9 % (means of 3 seeds,
-      `benchmarks.gradient_agreement`), at 1.03× the speed on the Qwen2.5-0.5B shape and 0.91× on
-      SmolLM2 (`benchmarks.gradients --sweep block=32 block=64`).
+      exact gradient cosines at d = 1024 (means of 8 seeds, `benchmarks.gradient_agreement`), 64 × 64
+      gives Pearson 0.895 and G-Vendi −2.2 %, 32 × 32 0.880 and −4.5 % (every seed below −3 %), the
+      faithful path's dense projection 0.916 and −1.9 %; 64 × 64 ran at 1.03× the speed of 32 × 32 on
+      the Qwen2.5-0.5B shape and 0.91× on SmolLM2 (`benchmarks.gradients --sweep block=32 block=64`).
     batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory. 2048
       was 1.26x faster than 4096 on the Qwen2.5-0.5B shape
       (`benchmarks.gradients --sweep batch_tokens=2048 batch_tokens=4096`).

@@ -23,11 +23,12 @@ The concatenated vector is projected densely to `dim` with a seeded Rademacher m
 each row is L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
 tokens), so per-sample gradients are exact up to the projections.
 
-Against SmolLM2's exact per-sample gradients (64 GSM8K samples, 3 seeds, `benchmarks.gradient_agreement`):
-the concatenated 64×64 blocks alone give cosines with Pearson r 0.98 (32×32: 0.96); after the final
-projection to d = 1024, r 0.90 and G-Vendi −1.0 % (32×32: 0.89, −4.9 %), where the faithful path's dense
-projection of the exact gradients gives 0.92 and −1.9 %: at d = 1024 the final projection's own noise
-dominates either way. d = 4096 gives 0.956 and −0.2 % (dense: 0.977, +0.1 %).
+Against SmolLM2's exact per-sample gradients (64 GSM8K samples, means of 8 seeds,
+`benchmarks.gradient_agreement`): the concatenated 64×64 blocks alone give cosines with Pearson r 0.98
+(32×32: 0.96); after the final projection to d = 1024, r 0.895 and G-Vendi −2.2 % (32×32: 0.880,
+−4.5 %), where the faithful path's dense projection of the exact gradients gives 0.916 and −1.9 %: at
+d = 1024 the final projection's own noise dominates either way. At d = 4096 (3 seeds) 64×64 gives 0.956
+and −0.2 % (dense: 0.977, +0.1 %).
 
 Batches are packed: the samples of a batch are concatenated into one row with no padding, positions
 restart at 0 for each sample and attention is causal within each sample (`packed_causal_attention`),
