@@ -8,8 +8,9 @@ file (N = 64: 17 GB; `--quick`: N = 16) and give the exact cosine Gram C (cosine
 gradients). Against C, for each setting and projection seed:
 - fast blocks: the fast path's concatenated per-layer blocks P_out G P_inᵀ (k × k per linear layer,
   exact norms), before the final projection: the per-layer stage alone;
-- fast: the fast path's features (those blocks densely projected to the final size d), computed by
-  `FastFeaturizer` on the bf16 model exactly as `prism features --mode fast` does;
+- fast: the fast path's features (those blocks densely projected to the final size d), from
+  `FastFeaturizer` on the bf16 model, as `prism features --mode fast` makes them (packed batches of 8
+  samples here; packing changes no sample's blocks);
 - dense: the dense Rademacher projection of the exact gradients to d — the faithful path's
   projection, without its bf16 gradient rounding.
 Per setting: Pearson r of the off-diagonal cosines and the signed relative G-Vendi difference
@@ -44,7 +45,8 @@ from prismatic.gvendi import vendi_from_gram
 from prismatic.models import install_smollm2, load_causal_lm
 from prismatic.projection import RademacherProjection
 
-QUICK = dict(samples=16, blocks=(32,), dims=(1024,), seeds=(0,), dense=((1024, 0),))
+DEFAULT = FeaturesConfig()
+QUICK = dict(samples=16, blocks=(DEFAULT.block_in,), dims=(DEFAULT.dim,), seeds=(0,), dense=((DEFAULT.dim, 0),))
 FULL = dict(samples=64, blocks=(32, 64, 128), dims=(1024, 4096), seeds=(0, 1, 2),
             dense=((1024, 0), (1024, 1), (1024, 2), (4096, 0)))
 CHUNK = 8 * 4096  # gradient coordinates read from the memory map at a time (a multiple of the signs' chunk)
@@ -118,11 +120,11 @@ def fast_settings(path: Path, samples: pl.DataFrame, sizes: dict, exact_cosines:
     """
     model, tok = load_causal_lm(str(path), torch.bfloat16, torch.device("cpu"))
     model.eval()
+    chats = [encode_chat(tok, r["prompt"], r["response"]) for r in samples.iter_rows(named=True)]
     results: dict[str, list] = {}
     for k in sizes["blocks"]:
         for seed in sizes["seeds"]:
             featurizer = FastFeaturizer(model, tok, seed=seed, block_in=k, block_out=k)
-            chats = [encode_chat(tok, r["prompt"], r["response"]) for r in samples.iter_rows(named=True)]
             started = time.perf_counter()
             blocks = torch.cat([featurizer.per_sample_blocks(chats[i:i + 8]) for i in range(0, len(chats), 8)])
             seconds = time.perf_counter() - started
@@ -186,8 +188,7 @@ def main() -> None:
         results.setdefault(f"dense d={d}", []).append(run)
         _progress(f"dense d={d}", run)
     results.update(fast_settings(path, samples, sizes, exact_cosines, dense_cosines))
-    default = FeaturesConfig()
-    headline = f"fast {default.block_in}x{default.block_out} d={default.dim}"
+    headline = f"fast {DEFAULT.block_in}x{DEFAULT.block_out} d={DEFAULT.dim}"
     details = {"command": " ".join(["python -m benchmarks.gradient_agreement", *sys.argv[1:]]),
                "machine": machine(), "samples": len(samples), "exact_gvendi": round(vendi_from_gram(exact_cosines), 3),
                "default_setting": headline, "seconds": round(time.perf_counter() - started, 1),
