@@ -133,7 +133,8 @@ def fast_settings(path: Path, samples: pl.DataFrame, sizes: dict, exact_cosines:
             results.setdefault(f"fast blocks {k}x{k}", []).append(run)
             _progress(f"fast blocks {k}x{k}", run)
             for d in sizes["dims"]:
-                final = FastFeaturizer(model, tok, dim=d, seed=seed, block_in=k, block_out=k)
+                final = featurizer if d == featurizer.dim else FastFeaturizer(
+                    model, tok, dim=d, seed=seed, block_in=k, block_out=k)
                 features, seconds = timed(lambda final=final, blocks=blocks: final.project(blocks))
                 run = {"seed": seed, "project_seconds": round(seconds, 1), **cosine_agreement(features, exact_cosines)}
                 if d in dense_cosines:

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from prismatic.config import FeaturesConfig
 from prismatic.errors import PrismError
 from prismatic.gradients import IGNORE, EncodedChat, FeatureSet, Shard, encode_chat, shard_units
 from prismatic.gvendi import normalize_rows
@@ -59,6 +60,7 @@ from prismatic.projection import RademacherProjection
 
 
 PACKED_ATTENTION = "prism_packed_causal"
+_DEFAULTS = FeaturesConfig()  # the one place the fast path's default sizes are set
 SIGNS_CACHE_BYTES = 2 << 30
 """The final projection's bf16 signs are generated once and kept when they fit this (the default 64×64
 blocks at d = 1024: 1.84 GB for SmolLM2, about 1.6 GB for the Qwen2.5-0.5B shape); larger ones are
@@ -169,8 +171,9 @@ class _SideProjection:
 class FastFeaturizer:
     """Batched projected per-sample gradients of a causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, *, dim: int = 1024, seed: int = 0, block_in: int = 64,
-                 block_out: int = 64, batch_tokens: int = 2048, max_tokens: int | None = None,
+    def __init__(self, model, tokenizer, *, dim: int = _DEFAULTS.dim, seed: int = _DEFAULTS.seed,
+                 block_in: int = _DEFAULTS.block_in, block_out: int = _DEFAULTS.block_out,
+                 batch_tokens: int = _DEFAULTS.batch_tokens, max_tokens: int | None = None,
                  compute_dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.dim, self.seed, self.max_tokens = dim, seed, max_tokens
