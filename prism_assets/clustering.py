@@ -10,29 +10,28 @@ from prism_assets.guard import require_previous_round
 from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
-from prismatic.selection import select
+from prismatic.selection import SCHEMA as SELECTION_SCHEMA
+from prismatic.selection import select, selection_outcome
 from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_features, pool_rows,
                                  previous_round, seeds_as_verified)
 from resources.home import PrismHome
 from resources.store import StoreResource
 
-SELECTION_SCHEMA = {"id": pl.String, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64,
-                    "kept": pl.Boolean, "rule": pl.String}
-
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
        deps=[AssetKey("gradient_features")], kinds={"polars"}, code_version="1", group_name="prismatic",
        owners=["team:prismatic"],
-       description="Each candidate goes to its nearest centroid of the previous round's pool clustering "
-                   "(cosine); `paper` keeps it when that cluster is smaller than the median cluster size; "
-                   "`balanced` and `logdet` (greedy max log-det against the pool's features) keep as many as "
-                   "`paper` would, or `selection_count`. Every decision is a row. Round r000: all seeds kept.")
+       description="Which candidates join the pool. `novelty` (default): greedy max log-det against the pool's "
+                   "gradient features, keeping a candidate while its gain log(1 + xᵀA⁻¹x) is at least the pool's "
+                   "median leave-one-out gain; `logdet` the same order with a count; `paper`: nearest pool "
+                   "centroid's cluster smaller than the median. Every decision is a row. Also records the chance "
+                   "control: the pool G-Vendi had as many candidates been kept at random. Round r000: all seeds.")
 def selection(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     require_previous_round(context, store)
     if key == SEED_ROUND:
         ids = io.read(store, "seeds", SEED_ROUND)["id"]
-        frame = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "kept": True,
+        frame = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "gain": None, "kept": True,
                               "rule": "seed"}, schema=SELECTION_SCHEMA)
         version = io.write(context, store, "selection", frame)
         return MaterializeResult(data_version=version, metadata={"dagster/row_count": len(frame), "kept": len(frame)})
@@ -40,23 +39,30 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
     rule = synthesis.selection_rule
     centroids, used = io.read_previous(store, "centroids", previous_round(key))
     features = io.read(store, "gradient_features", key)
-    if features.is_empty():
+    previous_pool, _ = io.read_previous(store, "pool", previous_round(key))
+    pool_x, _ = pool_features(store.store(), previous_pool)
+    candidates = np.asarray(features["feature"].to_numpy(), dtype=np.float32) if len(features) else None
+    if candidates is None:
         frame = pl.DataFrame(schema=SELECTION_SCHEMA)
     else:
         clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
                                                centroids["size"].to_numpy())
-        pool_x = None
-        if rule == "logdet":
-            previous_pool, _ = io.read_previous(store, "pool", previous_round(key))
-            pool_x, _ = pool_features(store.store(), previous_pool)
-        frame = select(rule, features["id"].to_list(), np.asarray(features["feature"].to_numpy()), clustering,
+        frame = select(rule, features["id"].to_list(), candidates, clustering,
                        count=None if rule == "paper" else synthesis.selection_count,
-                       pool_features=pool_x, epsilon=synthesis.logdet_epsilon)
-    version = io.write(context, store, "selection", frame, previous_centroids=used)
-    kept = int(frame["kept"].sum()) if len(frame) else 0
+                       pool_features=pool_x if rule in ("logdet", "novelty") else None,
+                       epsilon=synthesis.logdet_epsilon)
+    outcome = selection_outcome(pool_x, candidates, frame["kept"].to_numpy(), draws=synthesis.control_draws,
+                                seed=synthesis.seed)
+    version = io.write(context, store, "selection", frame, previous_centroids=used, outcome=outcome)
+    kept = outcome["kept"]
     return MaterializeResult(data_version=version, metadata={
         "dagster/row_count": len(frame), "kept": kept, "rule": rule,
         "keep_rate": round(kept / len(frame), 4) if len(frame) else 0.0,
+        "pool_gvendi_before": MetadataValue.float(outcome["gvendi_before"]),
+        "pool_gvendi_after": MetadataValue.float(outcome["gvendi_after"]),
+        "gain": MetadataValue.float(outcome["gain"]),
+        "control_gain": MetadataValue.float(outcome["control_gain"]),
+        "control": MetadataValue.json(outcome["control"]),
         "previous_centroids": MetadataValue.json(used),
         **previous_round_links("centroids", used),
     })

@@ -22,8 +22,9 @@ from resources.store import StoreResource
        group_name="prismatic", owners=["team:prismatic"],
        description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
                    "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "
-                   "details as JSON; `gvendi_candidates` of this round's verified samples. Metadata: every "
-                   "value, and a plot of each metric across rounds.")
+                   "details as JSON; `gvendi_candidates` of this round's verified samples; `gvendi_control`, the "
+                   "pool G-Vendi had as many candidates been kept at random. Metadata: every value, the gain "
+                   "beside the control's gain, and a plot of each metric across rounds.")
 def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                      proxy: ProxyResource) -> MaterializeResult:
     key = context.partition_key
@@ -36,11 +37,15 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
                                 judge=lambda: (build_engine(judge, config.models_dir), judge.model))
     results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=context.log.info)
     candidates = io.read(store, "gradient_features", key)["feature"].to_numpy()
-    frame = diversity_table(results, len(members), candidates, about)
+    outcome = store.store().read_metadata("selection", key).get("outcome") if key != SEED_ROUND else None
+    frame = diversity_table(results, len(members), candidates, about, outcome)
     metadata = {"dagster/row_count": len(frame), "pool_size": len(members),
                 **{row["metric"]: MetadataValue.float(row["value"]) for row in frame.iter_rows(named=True)}}
     if key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key)):
-        metadata["gvendi_gain"] = results["gvendi"].value - pool_gvendi(store.store(), previous_round(key))
+        before = pool_gvendi(store.store(), previous_round(key))
+        metadata["gvendi_gain"] = results["gvendi"].value - before
+        if outcome is not None:
+            metadata["gvendi_control_gain"] = outcome["control"]["gvendi"] - before
     history = _history(store, key, frame)
     for name in results:
         series = history.filter(metric=name)

@@ -11,10 +11,12 @@ from prism_assets.metadata import previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.seeds import seeds
 from prismatic.engines import Journal
+from prismatic.problem_filters import filter_counts
 from prismatic.quality import build_filter, removal_counts
-from prismatic.synthesis import SEED_ROUND, generate_round, previous_round
+from prismatic.synthesis import SEED_ROUND, generate_round, previous_round, problem_nll
 from resources.generator import GeneratorResource, endpoint_counts
 from resources.home import PrismHome
+from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
@@ -23,11 +25,13 @@ from resources.store import StoreResource
        owners=["team:prismatic"],
        description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
                    "Reads the previous round's pool through the store (the one undeclared edge). "
-                   "Problems that copy the pool or the round (exact or near duplicates) or share a 10-gram with "
-                   "a configured benchmark are dropped before they are solved (a `rejections` row each). "
+                   "Before any is solved, problems are screened: text quality filters (words, symbols, long "
+                   "tokens, repetition, must ask something), the proxy-perplexity outlier rule, exact and near "
+                   "duplicates of the pool or the round, and 10-gram overlap with configured benchmarks "
+                   "(a `rejections` row each, counts per reason in the metadata). "
                    "Finished requests are journaled, so a retry sends only the missing ones.")
 def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
-                generator: GeneratorResource) -> MaterializeResult:
+                generator: GeneratorResource, proxy: ProxyResource) -> MaterializeResult:
     key = context.partition_key
     require_previous_round(context, store)
     config = prism_home.config()
@@ -52,21 +56,25 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     endpoints_before = endpoint_counts(engine)
     journaled_before = len(journal)
     started = time.perf_counter()
-    frame, problems, rejections = generate_round(engine, journal, pool, config.synthesis, generator.model_name(), key,
-                                                 problem_filter=problem_filter)
+    model, tokenizer, _ = proxy.model()
+    frame, problems, rejections, about = generate_round(
+        engine, journal, pool, config.synthesis, generator.model_name(), key, problem_filter=problem_filter,
+        nll=lambda texts, tasks: problem_nll(model, tokenizer, texts, tasks))
     seconds = time.perf_counter() - started
-    version = io.write(context, store, "generations", frame, previous_pool=used)
+    version = io.write(context, store, "generations", frame, previous_pool=used, screening=about)
     io.write(context, store, "rejections", rejections)
     tokens = engine.output_tokens - tokens_before
-    removed = removal_counts(rejections)
+    removed = {**filter_counts(rejections), **removal_counts(rejections)}
     endpoints = endpoint_counts(engine, since=endpoints_before)
     return MaterializeResult(data_version=version, metadata={
         "dagster/row_count": len(frame),
+        "problems_parsed": frame.filter(kind="problem").height,
         "problems": len(problems),
         "solutions": frame.filter(kind="solution").height,
-        "unparseable_prompts": rejections.filter(reason="unparseable_problems").height,
+        "unparseable_answers": rejections.filter(reason="unparseable_problems").height,
         "problems_removed": sum(removed.values()),
         **{f"removed_{reason}": count for reason, count in removed.items()},
+        "nll_thresholds": MetadataValue.json(about["nll_thresholds"]),
         "output_tokens": tokens,
         "responses_from_journal": journaled_before,
         "responses_generated": len(journal) - journaled_before,

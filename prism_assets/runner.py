@@ -20,19 +20,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import polars as pl
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, reconstructable
 from dagster._core.execution.api import execute_run
 
 from prism_assets.instance import ensure_instance_settings
+from prism_assets.jobs import ROUND_ASSETS
 from prismatic.config import load_config
 from prismatic.data import load_seeds
 from prismatic.engines import orphaned_vllm_engines
 from prismatic.errors import PrismError
-from prismatic.quality import read_benchmark_texts
+from prismatic.problem_filters import FILTER_REASONS
+from prismatic.quality import REASONS, read_benchmark_texts
 from prismatic.store import Store, open_store
 from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
 
@@ -54,8 +58,12 @@ def instance_for(home: Path) -> DagsterInstance:
     return DagsterInstance.get()
 
 
-def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> dict:
-    """Materialize every asset of round `key` in one in-process run; returns per-asset seconds."""
+def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
+              progress: Callable[[str, float], None] | None = None) -> dict:
+    """Materialize every asset of round `key` in one in-process run; returns per-asset seconds.
+
+    progress: called with (asset, seconds) as each asset of the round finishes (`watch_assets`).
+    """
     from prism_assets.definitions import build_definitions
 
     os.environ["PRISM_HOME"] = str(home)
@@ -83,13 +91,15 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None) -> 
             defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
         instance.add_dynamic_partitions("rounds", [key])
         tags = {STORE_TAG: store.uri}
-        if config.orchestration.executor == "in_process":
-            result = defs.resolve_job_def("prism_round").execute_in_process(
-                partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id, tags=tags)
-        else:  # step processes (multiprocess) or pods (k8s) load the job by reference: its code must be importable
-            run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id, run_config=QUIET,
-                                              tags={**tags, "dagster/partition": key})
-            result = execute_run(reconstructable(prism_round_job), run, instance, raise_on_error=False)
+        with watch_assets(instance, run_id, progress):
+            if config.orchestration.executor == "in_process":
+                result = defs.resolve_job_def("prism_round").execute_in_process(
+                    partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
+                    tags=tags)
+            else:  # step processes (multiprocess) or pods (k8s) load the job by reference: its code must be importable
+                run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id, run_config=QUIET,
+                                                  tags={**tags, "dagster/partition": key})
+                result = execute_run(reconstructable(prism_round_job), run, instance, raise_on_error=False)
     if not result.success:
         failure = next((entry.dagster_event for entry in instance.all_logs(result.run_id, of_type=FAILURES)), None)
         error = failure.event_specific_data.error if failure else None
@@ -124,6 +134,67 @@ def fail_dead_runs(instance: DagsterInstance, key: str, store: Store) -> list[st
     return [run.run_id for run in dead]
 
 
+@contextmanager
+def watch_assets(instance: DagsterInstance, run_id: str, progress: Callable[[str, float], None] | None,
+                 interval_s: float = 0.5) -> Iterator[None]:
+    """While the body runs, report each asset of run `run_id` that finishes: `progress(asset, seconds)`,
+    seconds from its first step's start to its last step's success (a graph asset's steps are
+    `asset.op`; it is reported once its last step is done). Polls the instance's event log; every
+    asset is reported, in order, by the time the body returns."""
+    if progress is None:
+        yield
+        return
+    reported: set[str] = set()
+    stop = threading.Event()
+
+    def report() -> None:
+        done = asset_seconds(instance, run_id)
+        for asset, seconds in done.items():
+            if asset not in reported:
+                reported.add(asset)
+                progress(asset, seconds)
+
+    def poll() -> None:
+        while not stop.wait(interval_s):
+            try:
+                report()
+            except Exception:  # a transient storage error: try again at the next tick
+                log.debug("event poll failed", exc_info=True)
+
+    thread = threading.Thread(target=poll, name="prism-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
+
+
+FINAL_STEPS = {"gradient_features": "gradient_features.merge_feature_shards"}
+"""The step that ends a multi-op asset (other assets are one step named like the asset)."""
+
+
+def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds per finished asset of a run (`ROUND_ASSETS`; asset checks are left out), in finishing
+    order: from the first STEP_START of the asset's steps to the STEP_SUCCESS of its final step
+    (`FINAL_STEPS`, else the step named like the asset)."""
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        asset = event.step_key.split(".", 1)[0]
+        if asset not in ROUND_ASSETS:  # an asset check's step
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            started.setdefault(asset, entry.timestamp)
+        elif event.step_key == FINAL_STEPS.get(asset, asset):
+            ended[asset] = entry.timestamp
+    return {a: round(ended[a] - started[a], 2) for a in sorted(ended, key=ended.get) if a in started}
+
+
 def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
     starts, seconds = {}, {}
     for entry in instance.all_logs(run_id):
@@ -137,19 +208,64 @@ def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
     return seconds
 
 
-def round_summary(home: Path, keys: list[str]) -> pl.DataFrame:
-    """Per round: generated problems and solutions, verified, kept, pool size, G-Vendi of the pool."""
+QUALITY_REASONS = ("unparseable_problems", *FILTER_REASONS, *REASONS)
+"""Why generated problems were dropped before solving (rejections other than `no_majority`)."""
+
+
+def round_summary(home: Path, keys: list[str]) -> list[dict]:
+    """Per round, what `prism demo` and `prism run` show:
+
+    problems: problems parsed from the generator's answers; dropped: of those, removed before solving
+    (filters, proxy-NLL outliers, duplicates, contamination), with `dropped_by` counting each reason
+    (plus `unparseable`: answers with no problem at all); solved: problems sent to solving; verified:
+    verified samples (solutions in a problem's winning answer group); kept: candidates the selection
+    kept; pool: pool size; gvendi: the pool's G-Vendi; gain: its change from the previous round;
+    control_gain: the change had the same number of candidates been kept at random
+    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws).
+    """
     store = open_store(load_config(home))
     rows = []
+    previous = None
     for key in keys:
         gens = store.read("generations", key)
+        rejections = store.read("rejections", key)
+        counts = rejections.group_by("reason").len().sort("len", descending=True)
+        dropped_by = {r: n for r, n in counts.iter_rows() if r in QUALITY_REASONS}
+        scores = dict(store.read("diversity_scores", key).select("metric", "value").iter_rows())
+        parsed = gens.filter(kind="problem").height
+        unparseable = dropped_by.pop("unparseable_problems", 0)
+        if previous is None and key != SEED_ROUND:
+            previous = pool_gvendi(store, previous_round(key))
         rows.append({
             "round": key,
-            "problems": gens.filter(kind="problem").height,
-            "solutions": gens.filter(kind="solution").height,
+            "problems": parsed,
+            "unparseable": unparseable,
+            "dropped": sum(dropped_by.values()),
+            "dropped_by": dropped_by,
+            "solved": gens.filter(kind="solution")["parent_ids"].list.first().n_unique(),
             "verified": store.read("verified_samples", key).height,
             "kept": int(store.read("selection", key)["kept"].sum()),
             "pool": store.read("pool", key).height,
-            "gvendi": round(pool_gvendi(store, key), 3),
+            "gvendi": round(scores["gvendi"], 3),
+            "gain": None if previous is None else round(scores["gvendi"] - previous, 3),
+            "control_gain": (round(scores["gvendi_control"] - previous, 3)
+                             if previous is not None and "gvendi_control" in scores else None),
         })
-    return pl.DataFrame(rows)
+        previous = scores["gvendi"]
+    return rows
+
+
+def format_summary(rows: list[dict]) -> list[str]:
+    """`round_summary` rows as a fixed-width table, then one line per round naming why problems were dropped."""
+    columns = ("round", "problems", "dropped", "solved", "verified", "kept", "pool", "gvendi", "gain",
+               "control_gain")
+    cells = [[("—" if row[c] is None else f"{row[c]:+.3f}" if c.endswith("gain") else str(row[c])) for c in columns]
+             for row in rows]
+    widths = [max(len(c), *(len(cell[i]) for cell in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(cell_row, widths)) for cell_row in cells]
+    for row in rows:
+        reasons = dict(row["dropped_by"], **({"unparseable": row["unparseable"]} if row["unparseable"] else {}))
+        if reasons:
+            lines.append(f"{row['round']} dropped: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+    return lines

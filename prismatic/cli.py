@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -165,32 +166,65 @@ def _round_home(home: Path | None, store: str | None) -> Path:
 @app.command()
 def demo(rounds: Annotated[int, typer.Option("--rounds", help="Rounds after the seed round r000.")] = 2,
          store: Store = None, as_json: Json = False, home: Home = None) -> None:
-    """Run the seed round and N synthesis rounds with the configured generator and proxy; print a table."""
-    from prism_assets.runner import instance_for, round_summary, run_round
+    """Run the seed round and N synthesis rounds with the configured generator and proxy; print a table.
+
+    The console gets one line per finished asset, the table, and where the logs and the UI are; vLLM's
+    and every library's output goes to `<home>/logs/demo-<time>.log`.
+    """
+    from prism_assets.runner import format_summary, instance_for, round_summary, run_round
     from prismatic.synthesis import round_key
     from resources.generator import close_engines
 
     resolved = _round_home(home, store)
-    instance = instance_for(resolved)
+    log_path = resolved / "logs" / time.strftime("demo-%Y%m%d-%H%M%S.log")
     keys = [round_key(i) for i in range(rounds + 1)]
     runs = []
-    try:
-        for key in keys:
-            print(f"round {key} ...", file=sys.stderr)
-            runs.append(run_round(resolved, key, instance))
-            print(f"round {key} done, seconds per asset: {runs[-1]['seconds']}", file=sys.stderr)
-    finally:
-        close_engines()
+    started = time.perf_counter()
+    with _output_to(log_path) as console:
+        print(f"prism demo: {rounds + 1} rounds (r000 = the seeds); logs: {log_path}", file=console)
+        instance = instance_for(resolved)
+        try:
+            for key in keys:
+                runs.append(run_round(resolved, key, instance, progress=lambda asset, seconds, key=key: print(
+                    f"  {key} {asset:<18} {seconds:7.1f} s", file=console)))
+        finally:
+            close_engines()
     table = round_summary(resolved, keys)
     if as_json:
-        print(json.dumps({"rounds": table.to_dicts(), "runs": runs}))
-    else:
-        import polars as pl
+        print(json.dumps({"rounds": table, "runs": runs, "log": str(log_path),
+                          "seconds": round(time.perf_counter() - started, 1)}))
+        return
+    print("", *format_summary(table), "", sep="\n")
+    print(f"{time.perf_counter() - started:.0f} s in all; full log: {log_path}")
+    print("query it: prism query \"select round, count(*) from verified_samples group by 1\"")
+    print(f"see it:   DAGSTER_HOME={resolved / 'dagster'} dagster dev -w workspace.yaml   (or make ui)")
 
-        with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-            print(table)
-        print("\nquery it: prism query \"select round, count(*) from verified_samples group by 1\"")
-        print(f"see it:   DAGSTER_HOME={resolved / 'dagster'} dagster dev -w workspace.yaml")
+
+@contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr, and those of every process it starts (vLLM's engine
+    core), to `path`, at the file-descriptor level; yields a text stream to the real console (stderr)."""
+    import io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    console = io.TextIOWrapper(os.fdopen(os.dup(saved_err), "wb", buffering=0), write_through=True)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        console.close()
 
 
 @app.command()
@@ -210,7 +244,7 @@ def run(round_: Annotated[str, typer.Option("--round", help="Round key, e.g. r00
         result = run_round(resolved, round_)
     finally:
         close_engines()
-    summary = round_summary(resolved, [round_]).to_dicts()[0]
+    summary = round_summary(resolved, [round_])[0]
     _emit({**summary, "run_id": result["run_id"], "seconds": result["seconds"]}, as_json)
 
 

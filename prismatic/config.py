@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prismatic.errors import InputError
 
@@ -145,25 +145,72 @@ class DecontaminationConfig(_Section):
     ngram: int = Field(10, gt=0)
 
 
+class ProblemFiltersConfig(_Section):
+    """Quality filters every generated problem passes before it is solved (prismatic.problem_filters).
+
+    Text heuristics in the style of Gopher/datatrove quality filters, tuned for short word problems.
+    Words are whitespace-separated tokens. A rule whose threshold is null is off.
+
+    min_words, max_words: bounds on the number of words.
+    min_alpha_words: least share of words that contain a letter.
+    max_symbol_ratio: largest share of characters that are neither letters, digits, whitespace nor
+      ordinary punctuation (`.,;:!?'"()-$%/+*=<>`).
+    max_token_chars: longest run of characters without a space.
+    max_char_run: longest run of one repeated character.
+    max_duplicate_ngram_share: largest share of word n-grams (n = `ngram`) that repeat an earlier one.
+    require_question: math problems must ask something (a `?`, or an imperative such as "find",
+      "how many", "what is", "calculate"); NLI problems must be a premise/hypothesis pair.
+    nll_quantile: the proxy-perplexity outlier rule. A problem whose mean token NLL under the proxy
+      (the problem as the assistant's answer to a fixed request) exceeds the `nll_quantile` quantile
+      of the pool problems' NLL plus `nll_margin` nats is dropped; null turns the rule off.
+    nll_pool_sample: pool problems (a seeded sample) whose NLL sets that quantile.
+    """
+
+    enabled: bool = True
+    min_words: int | None = Field(8, gt=0)
+    max_words: int | None = Field(250, gt=0)
+    min_alpha_words: float | None = Field(0.6, ge=0, le=1)
+    max_symbol_ratio: float | None = Field(0.05, ge=0, le=1)
+    max_token_chars: int | None = Field(25, gt=0)
+    max_char_run: int | None = Field(5, gt=0)
+    ngram: int = Field(3, gt=0)
+    max_duplicate_ngram_share: float | None = Field(0.3, ge=0, le=1)
+    require_question: bool = True
+    nll_quantile: float | None = Field(0.99, gt=0, le=1)
+    nll_margin: float = Field(0.5, ge=0)
+    nll_pool_sample: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _word_bounds(self) -> ProblemFiltersConfig:
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
+        return self
+
+
 class SynthesisConfig(_Section):
     """One Prismatic Synthesis round (DESIGN §8).
 
     seeds: `bundled` or a JSONL/Parquet path with id, prompt, response, answer, task, level.
     tasks: seed tasks to grow (`math`, `nli`); problem prompts are spread over them evenly.
     prompts_per_round: few-shot problem prompts per round, each asking for `problems_per_prompt`.
-    problem_format: `json` (structured output, always parses) or `delimited` (the paper's text format).
+    problem_format: `fewshot` (a raw-text continuation of `Problem:` blocks, one problem per request;
+      the default: on SmolLM2 it gave the fewest junk problems, README "Problem formats"),
+      `delimited` (the paper's chat format) or `json` (the same under a JSON schema).
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
     kmeans_backend: `faiss`, `bf16` (exact-label bfloat16 Lloyd iterations in torch) or `auto` (bf16
       from n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls, else faiss); see prismatic.kmeans.
-    selection_rule: `paper` (keep if the nearest pool cluster is smaller than the median), `balanced`
-      (the paper rule with counts updated within the round, smallest cluster first) or `logdet`
-      (greedy maximum volume in gradient space; the default: on GSM8K with SmolLM2 features its
-      pool G-Vendi gain was 1.50 × paper's at equal kept counts, `benchmarks/selection.py`); see
-      prismatic.selection.
-    selection_count: candidates kept per round by the budgeted rules (balanced, logdet); None: as
-      many as the paper rule keeps of the same candidates.
-    logdet_epsilon: the ridge ε of the logdet rule's A = εI + XᵀX (unit rows).
+    selection_rule: `novelty` (the default: greedy maximum volume in gradient space, keeping a
+      candidate while its log-det gain is at least the pool's median leave-one-out gain, so the count
+      follows the candidates), `logdet` (the same greedy order with a fixed count), `paper` (keep if
+      the nearest pool cluster is smaller than the median) or `balanced` (the paper rule with counts
+      updated within the round, smallest cluster first); see prismatic.selection and README
+      "Selection".
+    selection_count: logdet and balanced: candidates kept per round (None: as many as the paper
+      rule keeps of the same candidates); novelty: an optional cap (None: no cap).
+    logdet_epsilon: the ridge ε of A = εI + XᵀX (unit rows) in logdet and novelty.
+    control_draws: seeded random draws of the chance control every round records (the pool
+      G-Vendi had the same number of candidates been kept at random, averaged over the draws).
     dedup: exact and near-duplicate removal of generated problems against the pool and the round.
     decontamination: benchmark files whose word n-grams generated problems must not share.
     """
@@ -174,16 +221,18 @@ class SynthesisConfig(_Section):
     problems_per_prompt: int = Field(2, gt=0)
     solutions_per_problem: int = Field(3, gt=0)
     few_shot: int = Field(5, gt=0)
-    problem_format: Literal["json", "delimited"] = "json"
+    problem_format: Literal["fewshot", "delimited", "json"] = "fewshot"
     problem_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=384)
     solution_sampling: SamplingConfig = SamplingConfig(temperature=0.75, top_p=0.95, max_tokens=384)
     min_agree: int = Field(1, gt=0)
     cluster_ratio: float = Field(0.1, gt=0, le=1)
     kmeans_iterations: int = Field(20, gt=0)
     kmeans_backend: Literal["auto", "faiss", "bf16"] = "auto"
-    selection_rule: Literal["paper", "balanced", "logdet"] = "logdet"
+    selection_rule: Literal["novelty", "logdet", "paper", "balanced"] = "novelty"
     selection_count: int | None = Field(None, ge=0)
     logdet_epsilon: float = Field(1.0, gt=0)
+    control_draws: int = Field(5, gt=0)
+    filters: ProblemFiltersConfig = ProblemFiltersConfig()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     seed: int = Field(0, ge=0)

@@ -118,19 +118,29 @@ class VLLMEngine:
             structured = StructuredOutputsParams(json=request.json_schema)
         sampling = request.sampling
         return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=sampling.max_tokens, seed=request.seed, structured_outputs=structured)
+                              max_tokens=sampling.max_tokens, seed=request.seed, structured_outputs=structured,
+                              stop=list(sampling.stop) if sampling.stop else None)
 
     def generate(self, requests: Sequence[GenerationRequest],
                  on_results: ResultCallback | None = None) -> list[str]:
+        """Chat requests go through one `LLM.chat` call, raw-text ones through one `LLM.generate`."""
         if not requests:
             return []
-        params = [self.sampling_params(r) for r in requests]
-        outputs = self.llm.chat([list(r.messages) for r in requests], params, use_tqdm=False)
-        texts = [out.outputs[0].text for out in outputs]
-        self.output_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
-        self.completed += len(texts)
-        if on_results is not None:
-            on_results(list(enumerate(texts)))
+        texts: list[str] = [""] * len(requests)
+        chat = [i for i, r in enumerate(requests) if r.prompt is None]
+        raw = [i for i, r in enumerate(requests) if r.prompt is not None]
+        for positions, run in ((chat, lambda rs, ps: self.llm.chat([list(r.messages) for r in rs], ps, use_tqdm=False)),
+                               (raw, lambda rs, ps: self.llm.generate([r.prompt for r in rs], ps, use_tqdm=False))):
+            if not positions:
+                continue
+            batch = [requests[i] for i in positions]
+            outputs = run(batch, [self.sampling_params(r) for r in batch])
+            for i, out in zip(positions, outputs, strict=True):
+                texts[i] = out.outputs[0].text
+            self.output_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
+            self.completed += len(outputs)
+            if on_results is not None:
+                on_results([(i, texts[i]) for i in positions])
         return texts
 
     def close(self) -> None:
@@ -204,7 +214,8 @@ _FINISHED = {"stop", "length"}
 
 
 class OpenAIEngine:
-    """Chat completions on OpenAI-compatible servers (`POST {base_url}/chat/completions`).
+    """Chat completions on OpenAI-compatible servers (`POST {base_url}/chat/completions`; a raw-text
+    request, `GenerationRequest.prompt`, goes to `POST {base_url}/completions`).
 
     base_urls: e.g. `["http://gpu1:8000/v1", "http://gpu2:8000/v1"]`; request i starts on URL
       i mod n, and a URL that fails is rested (exponential cool-down) while others take its work.
@@ -286,14 +297,20 @@ class OpenAIEngine:
         self.close()
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The JSON body of one chat completion request."""
+        """The JSON body of one request: a chat completion, or a completion when it has a raw `prompt`."""
         sampling = request.sampling
         body: dict[str, Any] = {
-            "model": self.model, "messages": list(request.messages), "n": 1,
+            "model": self.model, "n": 1,
             "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
         }
+        if request.prompt is None:
+            body["messages"] = list(request.messages)
+        else:
+            body["prompt"] = request.prompt
         if request.seed is not None:
             body["seed"] = request.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
         if request.choices is not None:
             body["structured_outputs"] = {"choice": list(request.choices)}
         elif request.json_schema is not None:
@@ -341,7 +358,8 @@ class OpenAIEngine:
         with self._lock:
             self.endpoint_stats[url].sent += 1
         try:
-            response = self._http().post(f"{url}/chat/completions", json=body)
+            endpoint = "chat/completions" if "messages" in body else "completions"
+            response = self._http().post(f"{url}/{endpoint}", json=body)
         except httpx.TimeoutException:
             raise _Retryable(f"{url}: timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
@@ -354,7 +372,7 @@ class OpenAIEngine:
         try:
             data = response.json()
             choice = data["choices"][0]
-            content = choice["message"].get("content")
+            content = choice["message"].get("content") if "messages" in body else choice["text"]
             tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable(f"{url}: not a chat completion response: {response.text[:300]!r}") from None

@@ -3,9 +3,14 @@
 Two kinds of generation happen in a round:
 
 - Problems: a few-shot prompt shows 5 problems from the pool, drawn without replacement with
-  probability ∝ `level` (`sample_few_shot`), and asks for `n_new` (paper: 2) new problems that are
-  similar to or harder than them, each under a `### Problem i` line and closed by `### End`
-  (`problem_prompt`, `parse_problems`). Paper sampling: T=1.0, top_p=0.95 (`PROBLEM_SAMPLING`).
+  probability ∝ `level` (`sample_few_shot`), in one of three formats (`synthesis.problem_format`):
+  - `fewshot` (default): a raw-text continuation, `Problem: …` blocks ending in `Problem:`, one
+    new problem per completion (`continuation_prompt`, `parse_continuation`);
+  - `delimited`: the paper's chat request for `n_new` (paper: 2) new problems that are similar to
+    or harder than them, each under a `### Problem i` line and closed by `### End`
+    (`problem_prompt`, `parse_problems`);
+  - `json`: the same chat request, decoded under a JSON schema (structured output).
+  Paper sampling: T=1.0, top_p=0.95 (`PROBLEM_SAMPLING`).
 - Solutions: several per problem, reasoning step by step and ending with the final answer in
   `\\boxed{}` (`solution_prompt`). Paper sampling: T=0.75, top_p=0.95 (`SOLUTION_SAMPLING`).
 
@@ -14,7 +19,7 @@ An NLI "problem" is a premise/hypothesis pair. The model writes only the `Premis
 format (`nli_prompt`), so generated NLI prompts look like the bundled ones.
 
 Every request has a key (`request_key`): the SHA-256 of the canonical JSON of everything that
-determines its output (model, messages, sampling, index, structured-output constraint). The same
+determines its output (model, messages or raw prompt, sampling, index, structured-output constraint). The same
 request always has the same key, so finished responses can be journaled and a retried step sends
 only the missing ones. The prompts are this project's own wording of the paper's method.
 """
@@ -51,6 +56,7 @@ class Sampling(BaseModel):
     seed: the step's base seed (None: the engine's own randomness, not reproducible). A request's
       effective seed is derived from its key (`GenerationRequest.seed`), so requests that differ only
       by `index` (e.g. the 3 solutions of one problem) sample differently but reproducibly.
+    stop: generation ends before the first of these strings (not included in the text).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +65,7 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, gt=0)
     seed: int | None = Field(0, ge=0)
+    stop: tuple[str, ...] | None = None
 
 
 PROBLEM_SAMPLING = Sampling(temperature=1.0, top_p=0.95, max_tokens=1024)
@@ -74,28 +81,42 @@ def canonical_json(value: Any) -> str:
 
 
 def request_key(model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
-                choices: list[str] | None = None, json_schema: dict | None = None) -> str:
+                choices: list[str] | None = None, json_schema: dict | None = None,
+                prompt: str | None = None) -> str:
     """SHA-256 hex of the canonical JSON of everything that determines a request's output.
 
     `index` tells apart requests that are otherwise identical (the i-th solution of a problem).
+    `prompt` and `sampling.stop` enter the payload only when set, so chat requests without stop
+    strings keep the keys (and journals) they had before these fields existed.
     """
+    sampling_fields = sampling.model_dump()
+    if sampling.stop is None:
+        del sampling_fields["stop"]
+    else:
+        sampling_fields["stop"] = list(sampling.stop)
     payload = {
         "model": model,
         "messages": [dict(m) for m in messages],
-        "sampling": sampling.model_dump(),
+        "sampling": sampling_fields,
         "index": index,
         "choices": list(choices) if choices is not None else None,
         "json_schema": json_schema,
     }
+    if prompt is not None:
+        payload["prompt"] = prompt
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 class GenerationRequest(BaseModel):
-    """One chat completion to run: messages, sampling, and an optional structured-output constraint.
+    """One completion to run: chat messages (or a raw text prompt), sampling, and an optional
+    structured-output constraint.
 
+    prompt: a raw text to continue, with no chat template (a completion, not a chat completion);
+      `messages` is then empty. Few-shot continuation prompts use it.
     choices: the output must be exactly one of these strings.
     json_schema: the output must be JSON valid under this schema.
-    Build requests with `GenerationRequest.build` so the key matches the content.
+    Build requests with `GenerationRequest.build` (chat) or `GenerationRequest.text` (raw prompt) so
+    the key matches the content.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,6 +126,7 @@ class GenerationRequest(BaseModel):
     sampling: Sampling
     choices: list[str] | None = None
     json_schema: dict[str, Any] | None = None
+    prompt: str | None = None
 
     @classmethod
     def build(cls, model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
@@ -115,6 +137,14 @@ class GenerationRequest(BaseModel):
             raise PrismError("`choices` must not be empty")
         key = request_key(model, messages, sampling, index, choices=choices, json_schema=json_schema)
         return cls(key=key, messages=messages, sampling=sampling, choices=choices, json_schema=json_schema)
+
+    @classmethod
+    def text(cls, model: str, prompt: str, sampling: Sampling, index: int = 0) -> GenerationRequest:
+        """A raw-text completion request: the model continues `prompt` as it is."""
+        if not prompt:
+            raise PrismError("a text completion request needs a non-empty prompt")
+        key = request_key(model, [], sampling, index, prompt=prompt)
+        return cls(key=key, messages=[], sampling=sampling, prompt=prompt)
 
     @property
     def seed(self) -> int | None:
@@ -255,6 +285,47 @@ def problem_prompt(examples: list[dict], task: str, n_new: int = N_NEW_PROBLEMS)
             f"Answer in exactly this format, with nothing before the first heading:\n\n"
             f"{layout}\n### End")
     return [{"role": "user", "content": text}]
+
+
+CONTINUATION_HEADERS = {"math": "Problem:", "nli": "Premise:"}
+CONTINUATION_STOP = {"math": ("\n",), "nli": ("\n\n", "\nPremise:")}
+"""Where a continuation ends: math problems are one line (as every example is); an NLI problem is
+its `Premise:` and `Hypothesis:` lines."""
+
+
+def continuation_prompt(examples: list[dict], task: str) -> str:
+    """A raw-text few-shot prompt that a small model continues with one new problem.
+
+    math:  `Problem: <example 1>` … `Problem: <example k>`, one per line with a blank line between,
+           then a final `Problem:` for the model to continue (stopped at the line end).
+    nli:   `Premise: …` / `Hypothesis: …` blocks, then a final `Premise:`.
+    No chat template and no instruction: a 135M instruct model follows the pattern of the examples
+    far more reliably than a written request for a format (README "Problem formats").
+    """
+    _check_task(task)
+    if not examples:
+        raise PrismError("a continuation prompt needs at least one few-shot example")
+    header = CONTINUATION_HEADERS[task]
+    blocks = []
+    for example in examples:
+        text = _example_text(example, task)
+        blocks.append(text if task == "nli" else f"{header} {' '.join(text.split())}")
+    return "\n\n".join(blocks) + f"\n\n{header}"
+
+
+def parse_continuation(text: str, task: str) -> list[str]:
+    """The one problem of a `continuation_prompt` completion ([] when there is none).
+
+    math: the text up to the first line end, whitespace-collapsed. nli: `Premise:` + the text must
+    parse as a pair (`parse_nli_pair`); it is re-rendered in the seeds' format (`nli_prompt`).
+    """
+    _check_task(task)
+    if task == "nli":
+        pair = parse_nli_pair(f"{CONTINUATION_HEADERS['nli']}{text}")
+        return [nli_prompt(*pair)] if pair else []
+    line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    problem = " ".join(line.split())
+    return [problem] if problem else []
 
 
 def solution_prompt(problem: str, task: str, *, reasoning: bool = True) -> list[Message]:

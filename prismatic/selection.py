@@ -51,11 +51,28 @@ Rules (Jung et al., 2025; DESIGN §8):
             relative 1e-9 of the best) go to the lowest id, so the outcome does not depend on input
             order. Arithmetic is float64.
 
+  novelty   greedy log-det as above, but with a threshold instead of a count: keep the candidate of
+            largest gain g(x) = log(1 + ℓ(x)) while g(x) ≥ τ, where
+
+                τ = median over pool rows p of  log(1 + pᵀ A₋ₚ⁻¹ p) = −log(1 − h_p),
+                h_p = pᵀ A⁻¹ p  (A over the pool alone; A₋ₚ = A − p pᵀ, by Sherman–Morrison),
+
+            the median leave-one-out gain of the pool's own rows: a candidate joins when it adds
+            at least as much volume as a typical pool sample adds to the rest of the pool, i.e. it
+            lands in a region of gradient space sparser than the typical pool sample's. The number
+            kept follows from the candidates (none when nothing new arrives); `count`, if given, caps
+            it. A candidate whose cosine to a pool row or a kept candidate is ≥ `COPY_COSINE` is never
+            kept (a copy adds no new direction, though an isolated pool row's copy can pass τ).
+
 Every function returns one row per candidate, in input order, with the `selection` table's columns:
 id (str), cluster (int64, the nearest pool cluster), cluster_size_at_decision (int64: s_j for `paper`;
-n_j just before the decision for `balanced` and, for `logdet`, n_j just before a kept candidate was
-kept or, for a rejected one, after the last step), kept (bool), rule (str). Ids must be unique; they
-are compared as strings.
+n_j just before the decision for `balanced` and, for `logdet` and `novelty`, n_j just before a kept
+candidate was kept or, for a rejected one, after the last step), gain (float64: log(1 + ℓ(x)) in nats
+when a kept candidate was kept or, for a rejected one, after the last step; null for `paper` and
+`balanced`), kept (bool), rule (str). Ids must be unique; they are compared as strings.
+
+`random_control` is the chance baseline every round records: the pool G-Vendi after adding the same
+number of candidates drawn uniformly at random, averaged over seeded draws.
 """
 
 from __future__ import annotations
@@ -68,11 +85,14 @@ import polars as pl
 
 from prismatic.kmeans import Clustering, assign
 
-SCHEMA = {"id": pl.Utf8, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64, "kept": pl.Boolean,
-          "rule": pl.Utf8}
-RULES = ("paper", "balanced", "logdet")
-BUDGETED_RULES = ("balanced", "logdet")
+SCHEMA = {"id": pl.Utf8, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64, "gain": pl.Float64,
+          "kept": pl.Boolean, "rule": pl.Utf8}
+RULES = ("paper", "balanced", "logdet", "novelty")
+BUDGETED_RULES = ("balanced", "logdet", "novelty")
+POOL_FEATURE_RULES = ("logdet", "novelty")
 DEFAULT_EPSILON = 1.0
+COPY_COSINE = 0.999
+"""novelty: a candidate this close (cosine) to a pool row or a kept candidate is a copy, never kept."""
 _TIE = 1e-9  # leverages within this relative distance of the best count as tied (lowest id wins)
 _GRAM_ROWS = 8192  # pool rows per chunk when accumulating Σ p pᵀ
 
@@ -88,13 +108,13 @@ def sparse_threshold(sizes: np.ndarray) -> float:
 def select(rule: str, candidate_ids: Sequence, candidate_features: np.ndarray,
            clustering: Clustering, max_kept: int | None = None, *, count: int | None = None,
            pool_features: np.ndarray | None = None, epsilon: float = DEFAULT_EPSILON) -> pl.DataFrame:
-    """Dispatch on `rule` ("paper", "balanced" or "logdet"); see the module docstring.
+    """Dispatch on `rule` ("paper", "balanced", "logdet" or "novelty"); see the module docstring.
 
-    count: the budget of the budgeted rules (balanced, logdet); None means K_paper, what `paper`
-      keeps of these candidates. `paper` takes no budget.
+    count: the budget of balanced and logdet (None: K_paper, what `paper` keeps of these
+      candidates), or novelty's optional cap (None: no cap). `paper` takes no budget.
     max_kept: balanced only, instead of `count`: the threshold rule, capped at max_kept.
-    pool_features: logdet only (required): the pool's feature rows (n × d).
-    epsilon: logdet only: the ridge ε of A = εI + XᵀX.
+    pool_features: logdet and novelty only (required): the pool's feature rows (n × d).
+    epsilon: logdet and novelty: the ridge ε of A = εI + XᵀX.
     """
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
@@ -102,8 +122,13 @@ def select(rule: str, candidate_ids: Sequence, candidate_features: np.ndarray,
         raise ValueError("max_kept applies to the balanced rule only")
     if count is not None and rule not in BUDGETED_RULES:
         raise ValueError(f"count applies to the budgeted rules ({', '.join(BUDGETED_RULES)}) only")
-    if pool_features is not None and rule != "logdet":
-        raise ValueError("pool_features apply to the logdet rule only")
+    if pool_features is not None and rule not in POOL_FEATURE_RULES:
+        raise ValueError(f"pool_features apply to the {' and '.join(POOL_FEATURE_RULES)} rules only")
+    if rule == "novelty":
+        if pool_features is None:
+            raise ValueError("the novelty rule needs the pool's features (pool_features)")
+        return select_novelty(candidate_ids, candidate_features, pool_features, clustering=clustering,
+                              epsilon=epsilon, count=count)
     if rule == "paper":
         return select_paper(candidate_ids, candidate_features, clustering)
     if rule == "balanced" and max_kept is not None:
@@ -202,6 +227,7 @@ class GreedyLogDet:
                 block = _unit_rows64(pool[start:start + _GRAM_ROWS], "pool features")
                 gram += block.T @ block
         self.epsilon = float(epsilon)
+        self.pool = pool_features
         self.inverse = _spd_inverse(gram)
         self.leverage = np.sum((self.candidates @ self.inverse) * self.candidates, axis=1)
         self.kept: list[int] = []
@@ -226,6 +252,22 @@ class GreedyLogDet:
         self.leverage -= (self.candidates @ u) ** 2 / denominator
         self._open[index] = False
         self.kept.append(index)
+
+    def skip(self, index: int) -> None:
+        """Decide candidate `index` without keeping it (A is unchanged)."""
+        self._open[index] = False
+
+    def pool_leverages(self) -> np.ndarray:
+        """h_p = pᵀ A⁻¹ p of every pool row, against A before any candidate was kept (call first)."""
+        if self.kept:
+            raise ValueError("pool leverages are taken before any candidate is kept")
+        if self.pool is None or not len(self.pool):
+            return np.zeros(0)
+        parts = []
+        for start in range(0, len(self.pool), _GRAM_ROWS):
+            block = _unit_rows64(self.pool[start:start + _GRAM_ROWS], "pool features")
+            parts.append(np.sum((block @ self.inverse) * block, axis=1))
+        return np.concatenate(parts)
 
     def run(self, count: int) -> list[int]:
         """Keep up to `count` candidates greedily; returns their indices in the order kept."""
@@ -257,21 +299,149 @@ def select_logdet(candidate_ids: Sequence, candidate_features: np.ndarray, pool_
         labels, counts = np.full(n, -1, dtype=np.int64), None
     size_at = np.zeros(n, dtype=np.int64)
     kept = np.zeros(n, dtype=bool)
+    gain_at = np.full(n, np.nan)
     features = np.asarray(candidate_features)
     if n and (features.ndim != 2 or features.shape[0] != n):
         raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
-    if n and count:
+    if n:
         order = sorted(range(n), key=lambda i: ids[i])
         greedy = GreedyLogDet(pool_features, features[order], epsilon)
-        for position in greedy.run(count):
+        while len(greedy.kept) < count and (position := greedy.best()) >= 0:
             i = order[position]
+            gain_at[i] = greedy.leverage[position]
+            greedy.keep(position)
             kept[i] = True
             if counts is not None:
                 size_at[i] = counts[labels[i]]
                 counts[labels[i]] += 1
+        rejected = [p for p, i in enumerate(order) if not kept[i]]
+        gain_at[[order[p] for p in rejected]] = greedy.leverage[rejected]
     if counts is not None:
         size_at[~kept] = counts[labels[~kept]]
-    return _frame(ids, labels, size_at, kept, "logdet")
+    return _frame(ids, labels, size_at, kept, "logdet", gains=np.log1p(gain_at) if n else gain_at)
+
+
+def select_novelty(candidate_ids: Sequence, candidate_features: np.ndarray, pool_features: np.ndarray, *,
+                   clustering: Clustering | None = None, epsilon: float = DEFAULT_EPSILON,
+                   count: int | None = None) -> pl.DataFrame:
+    """Novelty rule: greedy log-det, keeping while the gain log(1 + ℓ(x)) ≥ τ, the pool's median
+    leave-one-out gain (module docstring); `count` caps how many are kept. Copies (cosine ≥
+    `COPY_COSINE` to a pool row or a kept candidate) are skipped. Ties and columns as `select_logdet`.
+    """
+    if count is not None and count < 0:
+        raise ValueError(f"count must be ≥ 0, got {count}")
+    ids = _unique_ids(candidate_ids)
+    n = len(ids)
+    if clustering is not None:
+        _, labels, _ = _prepare(ids, candidate_features, clustering)
+        counts = np.asarray(clustering.sizes, dtype=np.int64).copy()
+    else:
+        labels, counts = np.full(n, -1, dtype=np.int64), None
+    size_at = np.zeros(n, dtype=np.int64)
+    kept = np.zeros(n, dtype=bool)
+    gain_at = np.full(n, np.nan)
+    features = np.asarray(candidate_features)
+    if n and (features.ndim != 2 or features.shape[0] != n):
+        raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
+    if n:
+        order = sorted(range(n), key=lambda i: ids[i])
+        greedy = GreedyLogDet(pool_features, features[order], epsilon)
+        threshold = novelty_threshold(greedy.pool_leverages())
+        nearest = _max_cosine(greedy.candidates, pool_features)  # to the pool, then to what is kept
+        limit = n if count is None else count
+        while len(greedy.kept) < limit and (position := greedy.best()) >= 0:
+            if np.log1p(greedy.leverage[position]) < threshold:
+                break
+            if nearest[position] >= COPY_COSINE:
+                greedy.skip(position)
+                continue
+            i = order[position]
+            gain_at[i] = greedy.leverage[position]
+            greedy.keep(position)
+            nearest = np.maximum(nearest, greedy.candidates @ greedy.candidates[position])
+            kept[i] = True
+            if counts is not None:
+                size_at[i] = counts[labels[i]]
+                counts[labels[i]] += 1
+        rejected = [p for p, i in enumerate(order) if not kept[i]]
+        gain_at[[order[p] for p in rejected]] = greedy.leverage[rejected]
+    if counts is not None:
+        size_at[~kept] = counts[labels[~kept]]
+    return _frame(ids, labels, size_at, kept, "novelty", gains=np.log1p(gain_at))
+
+
+def novelty_threshold(pool_leverages: np.ndarray) -> float:
+    """τ = median_p −log(1 − h_p): the median leave-one-out log-det gain of the pool rows (−∞
+    without a pool: every candidate is new, and only the cap and the copy check limit what is kept)."""
+    h = np.asarray(pool_leverages, dtype=np.float64)
+    if not h.size:
+        return -np.inf
+    return float(np.median(-np.log1p(-np.minimum(h, 1 - 1e-12))))
+
+
+def _max_cosine(candidates: np.ndarray, pool_features: np.ndarray | None) -> np.ndarray:
+    """Per unit candidate row, its largest cosine to a pool row (−1 without a pool)."""
+    best = np.full(candidates.shape[0], -1.0)
+    if pool_features is None:
+        return best
+    for start in range(0, len(pool_features), _GRAM_ROWS):
+        block = _unit_rows64(pool_features[start:start + _GRAM_ROWS], "pool features")
+        best = np.maximum(best, (candidates @ block.T).max(axis=1))
+    return best
+
+
+def random_control(pool_features: np.ndarray, candidate_features: np.ndarray, count: int,
+                   draws: int = 5, seed: int = 0) -> dict:
+    """The chance baseline of a selection that kept `count` candidates:
+
+        control = (1/D) Σ_{s<D} G-Vendi(pool ∪ S_s),   S_s = `count` candidates drawn uniformly
+                  without replacement with numpy's default_rng(seed + s)
+
+    Returns {"count", "draws", "seed", "gvendi" (the mean), "gvendi_sd" (sample sd; 0 for one draw),
+    "gvendi_draws"}. With count = 0 every draw is the pool itself.
+    """
+    from prismatic.gvendi import gvendi
+
+    candidates = np.asarray(candidate_features, dtype=np.float32)
+    pool = np.asarray(pool_features, dtype=np.float32)
+    if not 0 <= count <= len(candidates):
+        raise ValueError(f"count must be in [0, {len(candidates)}], got {count}")
+    if draws < 1:
+        raise ValueError(f"draws must be ≥ 1, got {draws}")
+    values = []
+    for s in range(draws):
+        chosen = np.random.default_rng(seed + s).choice(len(candidates), size=count, replace=False)
+        values.append(gvendi(np.concatenate([pool, candidates[np.sort(chosen)]])))
+    mean = float(np.mean(values))
+    return {"count": int(count), "draws": draws, "seed": seed, "gvendi": mean,
+            "gvendi_sd": float(np.std(values, ddof=1)) if draws > 1 else 0.0, "gvendi_draws": values}
+
+
+def selection_outcome(pool_features: np.ndarray, candidate_features: np.ndarray | None, kept: np.ndarray,
+                      draws: int = 5, seed: int = 0) -> dict:
+    """What a round's selection bought over chance, in G-Vendi of the pool:
+
+        gain = G-Vendi(pool ∪ kept) − G-Vendi(pool),
+        control_gain = control − G-Vendi(pool)     (`random_control` with the same count).
+
+    Returns {"kept", "candidates", "gvendi_before", "gvendi_after", "gain", "control_gain",
+    "control"}; without candidates both gains are 0.
+    """
+    from prismatic.gvendi import gvendi
+
+    pool = np.asarray(pool_features, dtype=np.float32)
+    before = gvendi(pool)
+    kept = np.asarray(kept, dtype=bool)
+    n = 0 if candidate_features is None else len(candidate_features)
+    count = int(kept.sum())
+    if n:
+        after = gvendi(np.concatenate([pool, np.asarray(candidate_features, dtype=np.float32)[kept]]))
+        control = random_control(pool, candidate_features, count, draws=draws, seed=seed)
+    else:
+        after = before
+        control = {"count": 0, "draws": 0, "seed": seed, "gvendi": before, "gvendi_sd": 0.0, "gvendi_draws": []}
+    return {"kept": count, "candidates": n, "gvendi_before": before, "gvendi_after": after, "gain": after - before,
+            "control_gain": control["gvendi"] - before, "control": control}
 
 
 def _unique_ids(candidate_ids) -> list[str]:
@@ -315,6 +485,7 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
     return lower_inverse.T @ lower_inverse
 
 
-def _frame(ids, labels, sizes, kept, rule) -> pl.DataFrame:
-    return pl.DataFrame({"id": ids, "cluster": labels, "cluster_size_at_decision": sizes,
+def _frame(ids, labels, sizes, kept, rule, gains=None) -> pl.DataFrame:
+    gain = [None] * len(ids) if gains is None else [None if np.isnan(g) else float(g) for g in gains]
+    return pl.DataFrame({"id": ids, "cluster": labels, "cluster_size_at_decision": sizes, "gain": gain,
                          "kept": kept, "rule": [rule] * len(ids)}, schema=SCHEMA)

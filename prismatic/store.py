@@ -103,9 +103,11 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     # The centroids of that clustering (unit rows); the next round assigns its candidates to them.
     "centroids": {"cluster": _INT, "centroid": pl.Array(pl.Float32, ANY_WIDTH), "size": _INT},
     # One row per candidate: the nearest pool cluster, its size when the decision was made, the
-    # decision, and the rule that made it ('paper' | 'balanced').
+    # log-det gain log(1 + xᵀA⁻¹x) in nats (logdet and novelty; null for paper and balanced), the
+    # decision, and the rule that made it ('paper' | 'balanced' | 'logdet' | 'novelty' | 'seed').
     "selection": {
-        "id": _STR, "cluster": _INT, "cluster_size_at_decision": _INT, "kept": _BOOL, "rule": _STR,
+        "id": _STR, "cluster": _INT, "cluster_size_at_decision": _INT, "gain": _FLOAT, "kept": _BOOL,
+        "rule": _STR,
     },
     # The pool as of this round. origin: 'seed' | 'generated'; round_added: e.g. 'r001'.
     "pool": {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +24,12 @@ from prismatic.config import SamplingConfig, SynthesisConfig
 from prismatic.engines import Engine, Journal, generate_journaled
 from prismatic.errors import PrismError
 from prismatic.gvendi import gvendi
-from prismatic.generation import (NLI_LABELS, GenerationRequest, Sampling, nli_prompt, parse_problems,
-                                  problem_prompt, sample_few_shot, solution_prompt)
+from prismatic.generation import (CONTINUATION_STOP, NLI_LABELS, GenerationRequest, Sampling, continuation_prompt,
+                                  nli_prompt, parse_continuation, parse_problems, problem_prompt, sample_few_shot,
+                                  solution_prompt)
 from prismatic.kmeans import Clustering, num_clusters, spherical_kmeans
-from prismatic.quality import ProblemFilter
+from prismatic.problem_filters import apply_nll_filter, apply_text_filters, nll_threshold, pool_sample
+from prismatic.quality import REJECTION_SCHEMA, ProblemFilter
 from prismatic.store import Store
 from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
 
@@ -117,16 +120,27 @@ def _clean(text: object) -> str:
 
 @dataclass
 class ProblemJob:
+    """One problem request: `problem_index` is None when the answer holds several problems."""
+
     request: GenerationRequest
     task: str
     parent_ids: list[str]
     prompt_index: int
+    problem_index: int | None = None
+
+    @property
+    def id(self) -> str:
+        """`p003` (a request for several problems) or `p003-1` (the second problem of prompt 3)."""
+        prompt = f"p{self.prompt_index:03d}"
+        return prompt if self.problem_index is None else f"{prompt}-{self.problem_index}"
 
 
 def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: str) -> list[ProblemJob]:
     """Few-shot problem requests: prompts spread evenly over `config.tasks`, examples drawn ∝ `level`.
 
     Rows without a level (generated problems) weigh `GENERATED_LEVEL`, the middle of the 1–5 scale.
+    `fewshot` sends `problems_per_prompt` continuation requests per few-shot draw (request index j,
+    so each samples with its own seed); `delimited` and `json` one chat request asking for them all.
     """
     rng = random.Random(f"{config.seed}:{key}:problems")
     level = pl.col("level").fill_null(GENERATED_LEVEL) if "level" in pool.columns else pl.lit(GENERATED_LEVEL)
@@ -134,46 +148,116 @@ def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: s
     rows_by_task = {task: pool.filter(task=task).to_dicts() for task in config.tasks}
     jobs = []
     tasks = [task for task in config.tasks if rows_by_task[task]]
+    sampling = _sampling(config.problem_sampling, config.seed)
     for index in range(config.prompts_per_round if tasks else 0):
         task = tasks[index % len(tasks)]
         rows = rows_by_task[task]
         examples = sample_few_shot(rows, min(config.few_shot, len(rows)), rng)
+        parents = [row["id"] for row in examples]
+        if config.problem_format == "fewshot":
+            prompt = continuation_prompt(examples, task)
+            stopped = sampling.model_copy(update={"stop": CONTINUATION_STOP[task]})
+            for j in range(config.problems_per_prompt):
+                jobs.append(ProblemJob(GenerationRequest.text(model, prompt, stopped, j), task, parents, index, j))
+            continue
         messages = problem_prompt(examples, task, n_new=config.problems_per_prompt)
         schema = problems_schema(task, config.problems_per_prompt) if config.problem_format == "json" else None
-        request = GenerationRequest.build(model, messages, _sampling(config.problem_sampling, config.seed),
-                                          index, json_schema=schema)
-        jobs.append(ProblemJob(request, task, [row["id"] for row in examples], index))
+        request = GenerationRequest.build(model, messages, sampling, index, json_schema=schema)
+        jobs.append(ProblemJob(request, task, parents, index))
     return jobs
 
 
-def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
-                   model: str, key: str, problem_filter: ProblemFilter | None = None
-                   ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(generations, problems, rejections) of round `key`: problems, then N solutions per problem.
+def parse_job(job: ProblemJob, text: str, problem_format: str) -> list[str]:
+    """The problems of one problem request's answer, by the format it was asked in."""
+    if problem_format == "fewshot":
+        return parse_continuation(text, job.task)
+    if problem_format == "json":
+        return parse_structured_problems(text, job.task)
+    return parse_problems(text, job.task)
 
-    `problems` has id, task, prompt; generations holds one row per problem and per solution.
-    `problem_filter` (dedup, decontamination; prismatic.quality) removes problems before they are
-    solved: their problem rows stay in generations (raw outputs), they get no solutions, and each
-    removal is a rejections row with its reason.
+
+ProblemNLL = Callable[[Sequence[str], Sequence[str]], list[float]]
+"""(problem texts, their tasks) → the proxy's mean token NLL of each (nats; `problem_nll`)."""
+
+
+def screen_problems(problems: pl.DataFrame, pool: pl.DataFrame, config: SynthesisConfig,
+                    problem_filter: ProblemFilter | None = None, nll: ProblemNLL | None = None
+                    ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """(kept, rejections, about) of a round's problems (id, task, prompt), before any is solved.
+
+    In order: the text filters (`prismatic.problem_filters`), the proxy-NLL outlier rule (per task:
+    a problem whose NLL exceeds the `nll_quantile` quantile of a seeded sample of that task's pool
+    problems plus `nll_margin`), then dedup and decontamination (`problem_filter`). `about` holds
+    the NLL thresholds used per task.
+    """
+    filters = config.filters
+    kept, rejected = apply_text_filters(problems, filters)
+    parts = [rejected]
+    thresholds: dict[str, float] = {}
+    if nll is not None and filters.enabled and filters.nll_quantile is not None and len(kept):
+        screened = []
+        for task in kept["task"].unique(maintain_order=True).to_list():
+            rows = kept.filter(task=task)
+            reference = pool_sample(pool.filter(task=task), filters, config.seed)
+            threshold = nll_threshold(nll(reference["prompt"].to_list(), [task] * len(reference)), filters)
+            if threshold is not None:
+                thresholds[task] = round(threshold, 4)
+            rows, dropped = apply_nll_filter(rows, nll(rows["prompt"].to_list(), [task] * len(rows)), threshold)
+            screened.append(rows)
+            parts.append(dropped)
+        order = kept["id"].to_list()
+        kept = pl.concat(screened).sort(pl.col("id").replace_strict(order, list(range(len(order)))))
+    if problem_filter is not None and len(kept):
+        kept, removed = problem_filter.apply(kept)
+        parts.append(removed)
+    return kept, pl.concat(parts), {"nll_thresholds": thresholds}
+
+
+def problem_nll(model, tokenizer, texts: Sequence[str], tasks: Sequence[str]) -> list[float]:
+    """Mean token NLL (nats) of each problem text under the proxy, written as the assistant's answer
+    to the fixed request `NLL_REQUEST[task]` (`prismatic.metrics.baselines.proxy_nll_by_sample`)."""
+    from prismatic.metrics.baselines import proxy_nll_by_sample
+
+    if not texts:
+        return []
+    frame = pl.DataFrame({"prompt": [NLL_REQUEST[task] for task in tasks], "response": list(texts)})
+    return proxy_nll_by_sample(model, tokenizer, frame)
+
+
+NLL_REQUEST = {"math": "Write a math word problem.", "nli": "Write a natural language inference problem."}
+
+
+def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
+                   model: str, key: str, problem_filter: ProblemFilter | None = None,
+                   nll: ProblemNLL | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
+    """(generations, problems, rejections, about) of round `key`: problems, then N solutions per problem.
+
+    `problems` has id, task, prompt (the problems that passed screening); generations holds one row
+    per parsed problem and per solution. `screen_problems` (filters, the proxy-NLL rule with `nll`,
+    dedup and decontamination with `problem_filter`) removes problems before they are solved: their
+    problem rows stay in generations (raw outputs), they get no solutions, and each removal is a
+    rejections row with its reason. `about` is what screening used (the NLL thresholds).
     """
     jobs = problem_jobs(pool, config, model, key)
     texts = generate_journaled(engine, [job.request for job in jobs], journal)
     gen_rows, problem_rows, rejections = [], [], []
     for job, text in zip(jobs, texts, strict=True):
-        parsed = (parse_structured_problems(text, job.task) if config.problem_format == "json"
-                  else parse_problems(text, job.task))
+        parsed = parse_job(job, text, config.problem_format)
+        job_id = f"{key}-{job.id}"
         if not parsed:
-            rejections.append({"id": f"{key}-p{job.prompt_index:03d}", "reason": "unparseable_problems",
-                               "detail": text[:500]})
-        for j, problem in enumerate(parsed[:config.problems_per_prompt]):
-            pid = f"{key}-p{job.prompt_index:03d}-{j}"
+            rejections.append({"id": job_id, "reason": "unparseable_problems", "detail": text[:500]})
+        if job.problem_index is not None:
+            parsed = [(job_id, problem) for problem in parsed[:1]]
+        else:
+            parsed = [(f"{job_id}-{j}", problem) for j, problem in enumerate(parsed[:config.problems_per_prompt])]
+        for pid, problem in parsed:
             problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
             gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
 
-    if problem_filter is not None and problem_rows:
-        kept, removed = problem_filter.apply(pl.DataFrame(problem_rows))
-        problem_rows = kept.to_dicts()
-        rejections.extend(removed.to_dicts())
+    problems = pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String})
+    problems, removed, about = screen_problems(problems, pool, config, problem_filter, nll)
+    rejections = pl.concat([pl.DataFrame(rejections, schema=REJECTION_SCHEMA), removed])
+    problem_rows = problems.to_dicts()
     solution_requests = []
     solution_sampling = _sampling(config.solution_sampling, config.seed)
     # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
@@ -192,9 +276,7 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
     schema = {"id": pl.String, "kind": pl.String, "task": pl.String, "parent_ids": pl.List(pl.String),
               "text": pl.String,
               "model": pl.String, "request_key": pl.String, "sampling": pl.String}
-    return (pl.DataFrame(gen_rows, schema=schema),
-            pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String}),
-            pl.DataFrame(rejections, schema={"id": pl.String, "reason": pl.String, "detail": pl.String}))
+    return pl.DataFrame(gen_rows, schema=schema), problems, rejections, about
 
 
 def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest) -> dict:
@@ -290,13 +372,20 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
     return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}
 
 
-def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarray, about: dict) -> pl.DataFrame:
+def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarray, about: dict,
+                    selection_outcome: dict | None = None) -> pl.DataFrame:
     """The `diversity_scores` rows of a round: one per metric result of the pool (value, pool size,
     details as JSON), then `gvendi_candidates`, the G-Vendi of the round's candidate features (when
-    there are any), whose details are the projection `about`."""
+    there are any), whose details are the projection `about`, then `gvendi_control`, the pool
+    G-Vendi had the selection kept as many candidates at random (`prismatic.selection.random_control`,
+    from the selection's recorded outcome; not in the seed round)."""
     rows = [{"metric": name, "value": result.value, "n": pool_size, "details": json.dumps(result.details)}
             for name, result in results.items()]
     if len(candidate_features):
         rows.append({"metric": "gvendi_candidates", "value": gvendi(candidate_features), "n": len(candidate_features),
                      "details": json.dumps(about)})
+    if selection_outcome is not None:
+        control = selection_outcome["control"]
+        rows.append({"metric": "gvendi_control", "value": control["gvendi"], "n": pool_size,
+                     "details": json.dumps(control)})
     return pl.DataFrame(rows, schema={"metric": pl.String, "value": pl.Float64, "n": pl.Int64, "details": pl.String})

@@ -13,11 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class DeterministicServer:
-    """Chat completions whose text depends only on the request body (messages, schema, seed).
+    """Completions and chat completions whose text depends only on the request body.
 
-    Problem requests (JSON schema) get NLI pairs; label requests (choices) get a label that the
-    solutions of one problem mostly share. `answered` lists the seed of every request answered
-    with 200; a request's seed is 31 bits of its request key, so it names the request.
+    Few-shot continuation requests (`/completions`, a raw `prompt`) ending in `Premise:` get an NLI
+    pair; ending in `Problem:`, one of `MATH_PROBLEMS` (good ones and planted junk) chosen by the
+    seed. JSON-schema problem requests get NLI pairs; label requests (choices) get a label that the
+    solutions of one problem mostly share; other chat requests (math solutions) end in a `\boxed{}`
+    answer that the solutions of one problem share. `answered` lists the seed of every request
+    answered with 200; a request's seed is 31 bits of its request key, so it names the request.
     """
 
     def __init__(self):
@@ -37,9 +40,13 @@ class DeterministicServer:
                 with server.lock:  # before answering: a journaled request is always counted
                     server.answered.append(body["seed"])
                     server.auth.add(self.headers.get("Authorization"))
-                data = json.dumps({"object": "chat.completion", "usage": {"completion_tokens": 4},
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": _answer(body)}}]})
+                if "prompt" in body:
+                    choice = {"index": 0, "finish_reason": "stop", "text": _continue(body)}
+                else:
+                    choice = {"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": _answer(body)}}
+                data = json.dumps({"object": "text_completion" if "prompt" in body else "chat.completion",
+                                   "usage": {"completion_tokens": 4}, "choices": [choice]})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -60,6 +67,29 @@ def _hash(*parts) -> int:
     return int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12], 16)
 
 
+MATH_PROBLEMS = [
+    ("good", "A farmer has 12 rows of apple trees with 8 trees in each row. How many trees are there?"),
+    ("good", "Lena reads 15 pages a day for 6 days and then 20 pages on the seventh. How many pages did she read?"),
+    ("good", "A bus carries 42 people and 17 get off at the first stop. How many people are still on the bus?"),
+    ("good", "Omar buys 3 notebooks at $4 each and a pen for $2. How much does he spend in all?"),
+    ("long_token", "Triangle 150YD18MnEu5hItVgjbA54aFXImn7bnDjbafGtAtYmX+glvjKZfY8xIzSt has a base of 4 cm "
+                   "and a height of 6 cm. What is its area?"),
+    ("not_a_question", "a test score variation"),
+    ("not_a_question", "difficulty level 1 to 5 with multiple-choice options"),
+    ("too_few_words", "How many apples?"),
+    ("repeated_characters", "A shop sells pens for $2 each!!!!!!!! How many pens can you buy with $10?"),
+]
+"""What a `Problem:` continuation returns: (the reason the filters must give, or "good"; the text)."""
+
+
+def _continue(body: dict) -> str:
+    prompt, seed = body["prompt"], body.get("seed")
+    x = _hash(prompt, seed)
+    if prompt.endswith("Premise:"):
+        return f" A cyclist number {x % 997} rides along river {x % 13} at dawn.\nHypothesis: Someone {x % 7} is outdoors."
+    return " " + MATH_PROBLEMS[x % len(MATH_PROBLEMS)][1] + "\n"
+
+
 def _answer(body: dict) -> str:
     messages, seed = body["messages"], body.get("seed")
     if "response_format" in body:
@@ -67,6 +97,8 @@ def _answer(body: dict) -> str:
         x = _hash(messages, seed)
         return json.dumps({"problems": [{"premise": f"A cyclist number {x % 997 + i} rides along river {x % 13}.",
                                          "hypothesis": f"Someone {i} is outdoors."} for i in range(n)]})
+    if "structured_outputs" not in body:  # a math solution: the answer depends on the problem alone
+        return f"Counting carefully step by step gives the result. \\boxed{{{_hash(messages) % 50}}}"
     labels = body["structured_outputs"]["choice"]
     agreed = labels[_hash(messages) % len(labels)]
     return agreed if _hash(messages, seed) % 4 else labels[_hash(messages, seed) % len(labels)]

@@ -177,10 +177,10 @@ class _Engine:
 
 def test_round_drops_duplicates_before_solving_them(tmp_path):
     pool = POOL.with_columns(response=pl.lit("r"), answer=pl.lit("1"), task=pl.lit("math"))
-    config = SynthesisConfig(tasks=["math"], prompts_per_round=3, solutions_per_problem=2)
+    config = SynthesisConfig(tasks=["math"], prompts_per_round=3, solutions_per_problem=2, problem_format="json")
     engine = _Engine()
     problem_filter = ProblemFilter(pool, config.dedup)
-    gens, problems, rejections = generate_round(engine, Journal(tmp_path / "j.jsonl"), pool, config, "m", "r001",
+    gens, problems, rejections, _ = generate_round(engine, Journal(tmp_path / "j.jsonl"), pool, config, "m", "r001",
                                                 problem_filter=problem_filter)
     # Three prompts × two problems: each prompt's second problem copies pool row s2.
     assert problems["id"].to_list() == ["r001-p000-0", "r001-p001-0", "r001-p002-0"]

@@ -6,7 +6,8 @@ import pytest
 
 from prismatic.gvendi import gvendi
 from prismatic.kmeans import Clustering, assign, spherical_kmeans
-from prismatic.selection import (SCHEMA, GreedyLogDet, paper_count, select, select_balanced, select_logdet,
+from prismatic.selection import (SCHEMA, GreedyLogDet, novelty_threshold, paper_count, random_control, select,
+                                 select_balanced, select_logdet, select_novelty, selection_outcome,
                                  select_paper, sparse_threshold)
 
 D = 8
@@ -480,6 +481,97 @@ def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
                          resources={"prism_home": PrismHome(home=home), "store": StoreResource(home=home)})
     assert result.success
     stored = store.read("selection", "r001")
-    expected = select_logdet(cand_ids, cands, pool_rows, 4, clustering=clustering, epsilon=0.5)
+    expected = select_logdet(cand_ids, cands.astype(np.float32), pool_rows.astype(np.float32), 4,
+                             clustering=clustering, epsilon=0.5)  # as stored: float32
     assert stored.sort("id").equals(expected.sort("id"))
     assert result.asset_materializations_for_node("selection")[0].metadata["rule"].value == "logdet"
+
+
+# ------------------------------------------------------------------------------------ novelty rule
+
+
+def _logdet(rows: np.ndarray, epsilon: float) -> float:
+    """log det(εI + Σ r rᵀ), computed directly (no leverages, no Sherman–Morrison)."""
+    return float(np.linalg.slogdet(np.eye(rows.shape[1]) * epsilon + rows.T @ rows)[1])
+
+
+def test_novelty_threshold_is_the_median_leave_one_out_logdet_gain():
+    rng = np.random.default_rng(3)
+    pool = _unit(rng.normal(size=(30, 12)))
+    greedy = GreedyLogDet(pool, _unit(rng.normal(size=(2, 12))), 0.7)
+    full = _logdet(pool, 0.7)
+    leave_one_out = [full - _logdet(np.delete(pool, i, axis=0), 0.7) for i in range(len(pool))]
+    assert novelty_threshold(greedy.pool_leverages()) == pytest.approx(float(np.median(leave_one_out)), rel=1e-9)
+
+
+def test_novelty_keeps_novel_candidates_and_drops_copies_of_pool_rows():
+    rng = np.random.default_rng(5)
+    dim = 48
+    # The pool lives in the first 23 coordinates, with one isolated row along the 24th; novel
+    # candidates point into the other 24.
+    base = rng.normal(size=(6, 23))
+    pool = np.concatenate([base[rng.integers(0, 6, 40)] + 0.3 * rng.normal(size=(40, 23)), np.zeros((40, 25))], 1)
+    isolated = np.zeros((1, dim))
+    isolated[0, 23] = 1.0
+    pool = _unit(np.concatenate([pool, isolated]))
+    novel = _unit(np.concatenate([0.2 * rng.normal(size=(5, 24)), rng.normal(size=(5, 24))], 1))
+    copies = pool[[0, 7, 40]]  # two typical pool rows and the isolated one
+    cands = np.concatenate([novel, copies])
+    ids = [f"n{i}" for i in range(5)] + ["copy0", "copy7", "copy_isolated"]
+    frame = select("novelty", ids, cands, spherical_kmeans(pool, 4, seed=0), pool_features=pool, epsilon=1.0)
+    assert frame["id"].to_list() == ids and set(frame["rule"]) == {"novelty"}
+    kept = dict(zip(frame["id"], frame["kept"]))
+    assert all(kept[f"n{i}"] for i in range(5)), kept
+    assert not kept["copy0"] and not kept["copy7"] and not kept["copy_isolated"]
+    # The isolated row's copy adds more volume than a typical pool row does: only the copy check stops it.
+    against_pool = GreedyLogDet(pool, cands, 1.0)
+    threshold = novelty_threshold(against_pool.pool_leverages())
+    gain = dict(zip(ids, np.log1p(against_pool.leverage)))
+    assert gain["copy_isolated"] > threshold > gain["copy0"]
+    # Each kept candidate's gain is the log det it added, in the order kept.
+    order = frame.filter("kept").sort("gain", descending=True)
+    rows = pool
+    for row_id, value in zip(order["id"], order["gain"]):
+        x = cands[ids.index(row_id)][None]
+        assert value == pytest.approx(_logdet(np.concatenate([rows, x]), 1.0) - _logdet(rows, 1.0), rel=1e-9)
+        rows = np.concatenate([rows, x])
+
+
+def test_novelty_keeps_nothing_when_nothing_new_arrives_and_honours_a_cap():
+    rng = np.random.default_rng(6)
+    pool = _unit(rng.normal(size=(50, D)))  # n ≫ d: every direction is covered
+    near = _unit(pool[:10] + 0.01 * rng.normal(size=(10, D)))
+    frame = select("novelty", [f"c{i}" for i in range(10)], near, spherical_kmeans(pool, 5, seed=0),
+                   pool_features=pool)
+    assert not frame["kept"].any()
+    wide = _unit(rng.normal(size=(10, 64)))  # new directions
+    few = _unit(np.repeat(rng.normal(size=(5, 64)), 4, axis=0) + 0.1 * rng.normal(size=(20, 64)))
+    assert select_novelty([f"c{i}" for i in range(10)], wide, few)["kept"].sum() == 10
+    assert select_novelty([f"c{i}" for i in range(10)], wide, few, count=3)["kept"].sum() == 3
+
+
+def _independent_gvendi(rows: np.ndarray) -> float:
+    x = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    eigenvalues = np.clip(np.linalg.eigvalsh(x.T.astype(np.float64) @ x / len(x)), 0, None)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
+
+
+def test_random_control_equals_an_independent_recomputation():
+    rng = np.random.default_rng(9)
+    pool = _unit(rng.normal(size=(25, 16))).astype(np.float32)
+    cands = _unit(rng.normal(size=(12, 16))).astype(np.float32)
+    control = random_control(pool, cands, 4, draws=3, seed=11)
+    expected = []
+    for s in range(3):
+        chosen = np.sort(np.random.default_rng(11 + s).choice(12, size=4, replace=False))
+        expected.append(_independent_gvendi(np.concatenate([pool, cands[chosen]])))
+    assert control["gvendi_draws"] == pytest.approx(expected, rel=1e-4)
+    assert control["gvendi"] == pytest.approx(np.mean(expected), rel=1e-4)
+    assert control["gvendi_sd"] == pytest.approx(np.std(expected, ddof=1), rel=1e-3)
+    kept = np.zeros(12, dtype=bool)
+    kept[[0, 5, 6, 9]] = True
+    outcome = selection_outcome(pool, cands, kept, draws=3, seed=11)
+    assert outcome["gain"] == pytest.approx(_independent_gvendi(np.concatenate([pool, cands[kept]]))
+                                            - _independent_gvendi(pool), rel=1e-4)
+    assert outcome["control_gain"] == pytest.approx(np.mean(expected) - _independent_gvendi(pool), rel=1e-4)

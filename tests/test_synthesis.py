@@ -13,19 +13,31 @@ from prismatic.synthesis import (clustering_from_centroids, generate_round, pars
                                  problem_jobs, problems_schema, verify_round)
 
 
+SUBJECTS = ["apples and pears", "trains and timetables", "paint and walls", "coins in a jar", "laps of a track",
+            "seeds in a garden", "pages of a book", "tiles on a floor"]
+
+
 class ScriptedEngine:
-    """Answers problem requests with fixed JSON and solution requests from a per-problem script."""
+    """Answers problem requests (few-shot continuations, or JSON) with distinct problems and solution
+    requests from a per-problem script."""
 
     def __init__(self, answers):
         self.answers, self.output_tokens, self.seen = answers, 0, []
+
+    def problem(self) -> str:
+        n = len(self.seen)
+        return f"Problem {n} is about {SUBJECTS[n % len(SUBJECTS)]}: how many are left over at the end?"
 
     def generate(self, requests, on_results=None):
         texts = []
         for request in requests:
             self.seen.append(request.key)
-            if request.json_schema is not None:
-                texts.append(json.dumps({"problems": [f"New problem {len(self.seen)} about apples and pears?",
-                                                      f"Another problem {len(self.seen)} about trains and time?"]}))
+            if request.prompt is not None:
+                texts.append(f" {self.problem()}\n")
+            elif request.json_schema is not None:
+                first = self.problem()
+                self.seen.append(request.key)
+                texts.append(json.dumps({"problems": [first, self.problem()]}))
             else:
                 texts.append(self.answers[len(texts) % len(self.answers)])
         if on_results:
@@ -41,7 +53,7 @@ def test_generation_round_ids_provenance_and_journal(tmp_path):
     config = SynthesisConfig(tasks=["math"], prompts_per_round=2, solutions_per_problem=3)
     engine = ScriptedEngine(["so \\boxed{4}", "thus \\boxed{4.0}", "maybe \\boxed{5}"])
     journal = Journal(tmp_path / "j.jsonl")
-    gens, problems, rejections = generate_round(engine, journal, POOL, config, "m", "r001")
+    gens, problems, rejections, _ = generate_round(engine, journal, POOL, config, "m", "r001")
     assert problems["id"].to_list() == ["r001-p000-0", "r001-p000-1", "r001-p001-0", "r001-p001-1"]
     assert gens.filter(kind="solution").height == 12 and rejections.is_empty()
     solution = gens.filter(id="r001-p000-0-s2").row(0, named=True)
@@ -50,14 +62,14 @@ def test_generation_round_ids_provenance_and_journal(tmp_path):
     assert json.loads(solution["sampling"])["temperature"] == 0.75
     # A rerun sends nothing: every request key is in the journal.
     sent = len(engine.seen)
-    again, _, _ = generate_round(engine, journal, POOL, config, "m", "r001")
+    again, _, _, _ = generate_round(engine, journal, POOL, config, "m", "r001")
     assert len(engine.seen) == sent and again.equals(gens)
 
 
 def test_majority_vote_keeps_the_winning_group(tmp_path):
     config = SynthesisConfig(tasks=["math"], prompts_per_round=1, solutions_per_problem=3)
     engine = ScriptedEngine(["so \\boxed{4}", "thus \\boxed{4.0}", "maybe \\boxed{5}"])
-    gens, _, _ = generate_round(engine, Journal(tmp_path / "j.jsonl"), POOL, config, "m", "r001")
+    gens, _, _, _ = generate_round(engine, Journal(tmp_path / "j.jsonl"), POOL, config, "m", "r001")
     verified, rejected = verify_round(gens)
     assert verified["id"].to_list() == ["r001-p000-0-s0", "r001-p000-0-s1", "r001-p000-1-s0", "r001-p000-1-s1"]
     assert set(verified["majority_size"]) == {2} and set(verified["votes"]) == {3}
@@ -68,7 +80,16 @@ def test_majority_vote_keeps_the_winning_group(tmp_path):
 def test_few_shot_prompts_spread_over_tasks_and_prefer_high_levels():
     pool = pl.concat([POOL, POOL.with_columns(id=pl.col("id") + "n", task=pl.lit("nli"))])
     jobs = problem_jobs(pool, SynthesisConfig(tasks=["math", "nli"], prompts_per_round=4), "m", "r001")
-    assert [job.task for job in jobs] == ["math", "nli", "math", "nli"]
+    assert [(job.task, job.prompt_index) for job in jobs] == [
+        ("math", 0), ("math", 0), ("nli", 1), ("nli", 1), ("math", 2), ("math", 2), ("nli", 3), ("nli", 3)]
+    # The continuation format: one problem per request; the two requests of a prompt share its examples
+    # and differ only by their index (so by their seed).
+    assert jobs[0].request.prompt == jobs[1].request.prompt and jobs[0].request.seed != jobs[1].request.seed
+    assert jobs[0].request.prompt.endswith("\n\nProblem:") and jobs[2].request.prompt.endswith("\n\nPremise:")
+    assert jobs[0].request.sampling.stop == ("\n",) and jobs[0].request.messages == []
+    chat = problem_jobs(pool, SynthesisConfig(tasks=["math", "nli"], prompts_per_round=4, problem_format="json"),
+                        "m", "r001")
+    assert [job.task for job in chat] == ["math", "nli", "math", "nli"] and chat[0].request.json_schema is not None
     counts = {}
     for key in range(200):
         for job in problem_jobs(POOL, SynthesisConfig(tasks=["math"], prompts_per_round=1, few_shot=3), "m",
