@@ -13,8 +13,10 @@ seed s) and
 
 for `random` (K uniformly drawn candidates), `paper`, `balanced` and `logdet`, where K = what
 `paper` keeps in that split and the budgeted rules get count = K, so every rule keeps the same
-number. Also reported: the threshold form of `balanced` (which keeps fewer) and logdet for several
-ridges ε (not with --quick). Headline `ratio` = mean logdet gain ÷ mean paper gain, logdet with
+number. `novelty` keeps as many as its threshold lets through (K_novelty, no budget); it is set
+beside `random_novelty` (K_novelty uniformly drawn candidates, the control every round records).
+Also reported: the threshold form of `balanced` (which keeps fewer) and logdet for several ridges ε
+(not with --quick). Headline `ratio` = mean logdet gain ÷ mean paper gain, logdet with
 ε = `synthesis.logdet_epsilon` (default 1). Targets: paper > random, logdet ≥ 1.2 × paper.
 """
 
@@ -39,7 +41,7 @@ from prismatic.models import resolve_model
 from prismatic.selection import select, select_balanced
 
 EPSILONS = (0.01, 0.1, 1.0, 10.0)
-RULES = ("random", "paper", "balanced", "logdet")
+RULES = ("random", "paper", "balanced", "logdet", "novelty", "random_novelty")
 
 
 def cached_features(samples, config) -> tuple[np.ndarray, dict]:
@@ -93,6 +95,11 @@ def one_split(features: np.ndarray, ids: list[str], pool_size: int, seed: int, c
                                              pool_features=pool, epsilon=eps)["kept"].to_numpy()
         logdet_seconds[f"{eps:g}"] = round(time.perf_counter() - started, 3)
     masks["logdet"] = masks[f"logdet_eps{synthesis.logdet_epsilon:g}"]
+    masks["novelty"] = select("novelty", cand_ids, cands, clustering, pool_features=pool,
+                              epsilon=synthesis.logdet_epsilon)["kept"].to_numpy()
+    novelty_count = int(masks["novelty"].sum())
+    masks["random_novelty"] = np.zeros(len(cand_ids), dtype=bool)
+    masks["random_novelty"][rng.choice(len(cand_ids), size=novelty_count, replace=False)] = True
     masks["balanced_threshold"] = select_balanced(cand_ids, cands, clustering)["kept"].to_numpy()
     return {"seed": seed, "k": clustering.k, "count": count, "gvendi_pool": round(before, 4),
             "kept": {name: int(mask.sum()) for name, mask in masks.items()},

@@ -299,8 +299,9 @@ def diversity(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with i
 def select(pool: Annotated[Path, typer.Option("--pool", help="The pool: DATA (JSONL/Parquet) or a feature file.")],
            candidates: Annotated[Path, typer.Option("--candidates", help="The candidates: DATA or a feature file.")],
            out: Annotated[Path, typer.Option("--out", help="JSONL of the kept candidates.")],
-           rule: Annotated[str, typer.Option("--rule", help="paper | balanced | logdet.")] = "paper",
-           count: Annotated[int | None, typer.Option("--count", help="Budget of balanced/logdet (default: what "
+           rule: Annotated[str, typer.Option("--rule", help="novelty | logdet | paper | balanced.")] = "paper",
+           count: Annotated[int | None, typer.Option("--count", help="Budget of balanced/logdet, cap of novelty "
+                                                     "(default: what "
                                                      "the paper rule keeps).", show_default=False)] = None,
            ratio: Annotated[float | None, typer.Option("--ratio", help="Clusters k = ratio × pool size (default "
                                                        "synthesis.cluster_ratio, 0.1).", show_default=False)] = None,

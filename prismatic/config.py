@@ -196,6 +196,9 @@ class SynthesisConfig(_Section):
     problem_format: `fewshot` (a raw-text continuation of `Problem:` blocks, one problem per request;
       the default: on SmolLM2 it gave the fewest junk problems, README "Problem formats"),
       `delimited` (the paper's chat format) or `json` (the same under a JSON schema).
+    nli_solutions: `reasoning` (a few sentences, then `\\boxed{label}`, as the bundled seeds answer) or
+      `label` (the bare label under structured output: a one-word response whose gradient is mostly
+      the label's, so such candidates are near-copies of each other in gradient space).
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
     kmeans_backend: `faiss`, `bf16` (exact-label bfloat16 Lloyd iterations in torch) or `auto` (bf16
@@ -224,6 +227,7 @@ class SynthesisConfig(_Section):
     problem_format: Literal["fewshot", "delimited", "json"] = "fewshot"
     problem_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=384)
     solution_sampling: SamplingConfig = SamplingConfig(temperature=0.75, top_p=0.95, max_tokens=384)
+    nli_solutions: Literal["reasoning", "label"] = "reasoning"
     min_agree: int = Field(1, gt=0)
     cluster_ratio: float = Field(0.1, gt=0, le=1)
     kmeans_iterations: int = Field(20, gt=0)

@@ -328,24 +328,33 @@ def parse_continuation(text: str, task: str) -> list[str]:
     return [problem] if problem else []
 
 
-def solution_prompt(problem: str, task: str, *, reasoning: bool = True) -> list[Message]:
+def solution_prompt(problem: str, task: str, *, reasoning: bool = True,
+                    example: tuple[str, str] | None = None) -> list[Message]:
     """Chat messages asking for a solution of `problem`.
 
     math: step-by-step reasoning that ends with the final answer in `\\boxed{}`.
     nli: a short justification, then exactly one label in `\\boxed{}` (as in the seeds); with
       `reasoning=False` only the label, which pairs with the structured output `choices=NLI_LABELS`.
+    example: a solved (problem, solution) pair shown first as an earlier user/assistant turn, so a
+      small model sees the answer format it must end with.
     """
     _check_task(task)
+    messages: list[Message] = []
+    if example is not None:
+        messages += [{"role": "user", "content": _solution_request(example[0], task, reasoning)},
+                     {"role": "assistant", "content": example[1].strip()}]
+    return messages + [{"role": "user", "content": _solution_request(problem, task, reasoning)}]
+
+
+def _solution_request(problem: str, task: str, reasoning: bool) -> str:
     problem = problem.strip()
     if task == "math":
-        text = (f"Solve the following problem. Reason step by step, then write the final answer as "
+        return (f"Solve the following problem. Reason step by step, then write the final answer as "
                 f"\\boxed{{answer}} at the end.\n\n{problem}")
-    elif reasoning:
-        text = (f"{problem}\n\nExplain your reasoning in a few sentences, then give exactly one label "
+    if reasoning:
+        return (f"{problem}\n\nExplain your reasoning in a few sentences, then give exactly one label "
                 f"({', '.join(NLI_LABELS)}) as \\boxed{{label}} at the end.")
-    else:
-        text = f"{problem}\n\nReply with exactly one word: {', '.join(NLI_LABELS)}."
-    return [{"role": "user", "content": text}]
+    return f"{problem}\n\nReply with exactly one word: {', '.join(NLI_LABELS)}."
 
 
 # --------------------------------------------------------------------------------------- parsing

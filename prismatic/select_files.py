@@ -36,7 +36,7 @@ from prismatic.features import check_compatible, read_features
 from prismatic.featurize import compute_features, load_proxy
 from prismatic.gvendi import gvendi
 from prismatic.kmeans import num_clusters, spherical_kmeans
-from prismatic.selection import BUDGETED_RULES, RULES, paper_count, select
+from prismatic.selection import BUDGETED_RULES, POOL_FEATURE_RULES, RULES, paper_count, select
 
 
 @dataclass
@@ -73,7 +73,8 @@ def select_files(pool_path: str | Path, candidates_path: str | Path, out_path: s
                  fields: DataFields | None = None) -> dict:
     """Run one selection; returns the report (`prism select --json` prints it).
 
-    count: budget of `balanced`/`logdet` (None: what `paper` keeps); refused for `paper`.
+    count: budget of `balanced`/`logdet` (None: what `paper` keeps), or `novelty`'s cap (None: none);
+      refused for `paper`.
     ratio: k = ratio × |pool| (None: `synthesis.cluster_ratio`). Report keys: rule, pool, candidates,
     k, paper_kept, count, kept, gvendi_before, gvendi_after, gvendi_gain, out, proxy, mode, dim,
     seconds.
@@ -99,7 +100,7 @@ def select_files(pool_path: str | Path, candidates_path: str | Path, out_path: s
                                   backend=config.synthesis.kmeans_backend)
     ids = candidates.rows["id"].to_list()
     decisions = select(rule, ids, candidates.features, clustering, count=count,
-                       pool_features=pool.features if rule == "logdet" else None,
+                       pool_features=pool.features if rule in POOL_FEATURE_RULES else None,
                        epsilon=config.synthesis.logdet_epsilon)
     kept = decisions["kept"].to_numpy()
     before = gvendi(pool.features)
@@ -108,7 +109,8 @@ def select_files(pool_path: str | Path, candidates_path: str | Path, out_path: s
     meta = pool.meta or {}
     paper_kept = int(kept.sum()) if rule == "paper" else paper_count(ids, candidates.features, clustering)
     return {"rule": rule, "pool": len(pool.features), "candidates": len(ids), "k": clustering.k,
-            "paper_kept": paper_kept, "count": None if rule == "paper" else (paper_kept if count is None else count),
+            "paper_kept": paper_kept,
+            "count": count if count is not None or rule in ("paper", "novelty") else paper_kept,
             "kept": int(kept.sum()), "gvendi_before": before, "gvendi_after": after, "gvendi_gain": after - before,
             "out": str(out_path), "proxy": meta.get("proxy"), "mode": meta.get("mode"),
             "dim": int(pool.features.shape[1]), "seconds": round(time.perf_counter() - started, 3)}

@@ -240,7 +240,7 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
     """
     jobs = problem_jobs(pool, config, model, key)
     texts = generate_journaled(engine, [job.request for job in jobs], journal)
-    gen_rows, problem_rows, rejections = [], [], []
+    gen_rows, problem_rows, rejections, parents_of = [], [], [], {}
     for job, text in zip(jobs, texts, strict=True):
         parsed = parse_job(job, text, config.problem_format)
         job_id = f"{key}-{job.id}"
@@ -252,6 +252,7 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
             parsed = [(f"{job_id}-{j}", problem) for j, problem in enumerate(parsed[:config.problems_per_prompt])]
         for pid, problem in parsed:
             problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
+            parents_of[pid] = job.parent_ids
             gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
 
     problems = pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String})
@@ -262,9 +263,13 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
     solution_sampling = _sampling(config.solution_sampling, config.seed)
     # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
     label_sampling = solution_sampling.model_copy(update={"max_tokens": max(32, solution_sampling.max_tokens)})
+    demonstrations = solution_examples(pool)
     for problem in problem_rows:
-        constrained = problem["task"] == "nli"
-        messages = solution_prompt(problem["prompt"], problem["task"], reasoning=not constrained)
+        constrained = problem["task"] == "nli" and config.nli_solutions == "label"
+        example = None
+        if not constrained:  # one solved pool problem: the first few-shot parent with a boxed answer
+            example = next((demonstrations[i] for i in parents_of[problem["id"]] if i in demonstrations), None)
+        messages = solution_prompt(problem["prompt"], problem["task"], reasoning=not constrained, example=example)
         for s in range(config.solutions_per_problem):
             solution_requests.append((problem["id"], s, GenerationRequest.build(
                 model, messages, label_sampling if constrained else solution_sampling, s,
@@ -277,6 +282,15 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
               "text": pl.String,
               "model": pl.String, "request_key": pl.String, "sampling": pl.String}
     return pl.DataFrame(gen_rows, schema=schema), problems, rejections, about
+
+
+def solution_examples(pool: pl.DataFrame) -> dict[str, tuple[str, str]]:
+    """id → (prompt, response) of the pool's rows whose response has a `\\boxed{}` answer: the solved
+    examples shown before a problem (`solution_prompt(example=…)`)."""
+    if "response" not in pool.columns:
+        return {}
+    rows = pool.filter(pl.col("response").str.contains(r"\\boxed\{", literal=False))
+    return {row["id"]: (row["prompt"], row["response"]) for row in rows.iter_rows(named=True)}
 
 
 def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest) -> dict:

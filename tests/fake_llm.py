@@ -11,6 +11,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from prismatic.generation import NLI_LABELS
+
 
 class DeterministicServer:
     """Completions and chat completions whose text depends only on the request body.
@@ -86,7 +88,8 @@ def _continue(body: dict) -> str:
     prompt, seed = body["prompt"], body.get("seed")
     x = _hash(prompt, seed)
     if prompt.endswith("Premise:"):
-        return f" A cyclist number {x % 997} rides along river {x % 13} at dawn.\nHypothesis: Someone {x % 7} is outdoors."
+        return (f" A cyclist number {x % 997} rides along river {x % 13} at dawn.\n"
+                f"Hypothesis: Someone {x % 7} is outdoors.")
     return " " + MATH_PROBLEMS[x % len(MATH_PROBLEMS)][1] + "\n"
 
 
@@ -97,11 +100,16 @@ def _answer(body: dict) -> str:
         x = _hash(messages, seed)
         return json.dumps({"problems": [{"premise": f"A cyclist number {x % 997 + i} rides along river {x % 13}.",
                                          "hypothesis": f"Someone {i} is outdoors."} for i in range(n)]})
-    if "structured_outputs" not in body:  # a math solution: the answer depends on the problem alone
-        return f"Counting carefully step by step gives the result. \\boxed{{{_hash(messages) % 50}}}"
-    labels = body["structured_outputs"]["choice"]
-    agreed = labels[_hash(messages) % len(labels)]
-    return agreed if _hash(messages, seed) % 4 else labels[_hash(messages, seed) % len(labels)]
+    question = messages[-1]["content"]
+    if "structured_outputs" not in body and "Premise:" not in question:
+        # A math solution: the answer depends on the problem alone.
+        return f"Counting carefully step by step gives the result. \\boxed{{{_hash(question) % 50}}}"
+    labels = body["structured_outputs"]["choice"] if "structured_outputs" in body else list(NLI_LABELS)
+    agreed = labels[_hash(question) % len(labels)]
+    label = agreed if _hash(question, seed) % 4 else labels[_hash(question, seed) % len(labels)]
+    if "structured_outputs" in body:
+        return label
+    return f"The hypothesis is judged against what the premise says. \\boxed{{{label}}}"
 
 
 ROUND_CONFIG = """
