@@ -122,6 +122,9 @@ def make_home(root: Path, n: int, model_dir: Path) -> Path:
         "generator": {"backend": "vllm", "model": str(model_dir), "max_model_len": MAX_MODEL_LEN, "kv_cache_gb": 1},
         "synthesis": {"seeds": str(seeds), "tasks": ["math"], "prompts_per_round": max(1, n // PROBLEMS_PER_PROMPT),
                       "problems_per_prompt": PROBLEMS_PER_PROMPT, "solutions_per_problem": 1,
+                      # The random tiny generator writes no real problem: JSON always parses, and the
+                      # screening that would drop all of it is off, so every step gets its N rows.
+                      "problem_format": "json", "filters": {"enabled": False},
                       "problem_sampling": {"max_tokens": PROBLEM_MAX_TOKENS},
                       "solution_sampling": {"max_tokens": SOLUTION_MAX_TOKENS}},
         "rounds": {"min_pass_rate": 0.0},
@@ -197,7 +200,7 @@ class DirectRound:
         lap("gradient_features")
 
         ids = store.read("seeds", SEED_ROUND)["id"]
-        selection = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "kept": True,
+        selection = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "gain": None, "kept": True,
                                   "rule": "seed"}, schema=schema("selection"))
         self.write("selection", selection, "selection")
         lap("selection")
@@ -338,7 +341,7 @@ def measure_generated_round(home: Path, n: int) -> dict:
         "wall_s": round(wall_s, 3), "steps_s": group_steps(result["seconds"]),
         "prompts": prompts, "problems_asked": prompts * PROBLEMS_PER_PROMPT,
         "problems": generations.get("problems"), "solutions": generations.get("solutions"),
-        "unparseable_prompts": generations.get("unparseable_prompts"),
+        "unparseable_answers": generations.get("unparseable_answers"),
         "problems_removed": generations.get("problems_removed"),
         "output_tokens": generations.get("output_tokens"), "tokens_per_s": generations.get("tokens_per_s"),
         "verified": verified.get("dagster/row_count"), "problem_pass_rate": verified.get("problem_pass_rate"),

@@ -31,7 +31,7 @@ from prismatic.kmeans import Clustering, num_clusters, spherical_kmeans
 from prismatic.problem_filters import apply_nll_filter, apply_text_filters, nll_threshold, pool_sample
 from prismatic.quality import REJECTION_SCHEMA, ProblemFilter
 from prismatic.store import Store
-from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
+from prismatic.verify import extract_answer, majority_vote, math_equal, nli_label
 
 SEED_ROUND = "r000"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -306,7 +306,8 @@ def _generation_row(row_id, kind, task, parents, text, model, request: Generatio
 def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(verified_samples, rejections): per problem, the solutions in the winning answer group.
 
-    Answers: math → last `\\boxed{}` compared with math-verify both ways; nli → the label. votes =
+    Answers: math → `extract_answer` (the last `\\boxed{}`, else "final answer is N") compared with
+    math-verify both ways; nli → the label. votes =
     non-empty answers among the problem's solutions; majority_size = the winning group's size.
     """
     problems = generations.filter(kind="problem")
@@ -318,7 +319,7 @@ def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.Data
         if group.is_empty():  # removed before solving (dedup/decontamination): already a rejection
             continue
         texts = group["text"].to_list()
-        answers = [nli_label(t) if task == "nli" else extract_boxed(t) for t in texts]
+        answers = [nli_label(t) if task == "nli" else extract_answer(t) for t in texts]
         equal = (lambda a, b: a == b) if task == "nli" else math_equal
         winner, members, size = majority_vote(answers, equal=equal, min_agree=min_agree)
         votes = sum(1 for a in answers if a)

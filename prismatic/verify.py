@@ -1,6 +1,6 @@
 """Majority-vote verification of generated solutions (DESIGN §8).
 
-Each problem gets several solutions (paper: 3). Their final answers are extracted (`extract_boxed`
+Each problem gets several solutions (paper: 3). Their final answers are extracted (`extract_answer`
 for math, `nli_label` for NLI) and grouped by equality (`math_equal`: math-verify, equal only when
 verification holds in both directions). The most common non-empty answer wins (`majority_vote`), and
 the solutions that agree with it are kept: the paper's rule is `min_agree=1` (the most common answer,
@@ -42,6 +42,25 @@ def extract_boxed(text: str | None) -> str | None:
                     content = text[match.end():pos].strip()
                     return content or None
     return None
+
+
+PLACEHOLDERS = frozenset({"answer", "final answer", "label", "your answer"})
+"""Box contents that copy the request's `\\boxed{answer}` template instead of answering."""
+_FINAL_ANSWER = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)",
+                           re.IGNORECASE)
+
+
+def extract_answer(text: str | None) -> str | None:
+    """A math solution's final answer: the last `\\boxed{}` (`extract_boxed`) unless it only copies the
+    template (`PLACEHOLDERS`); else the number of the last "final answer is N" / "the answer is N"
+    (commas dropped), the phrasing small models use when they forget the box; else None."""
+    if not text:
+        return None
+    boxed = extract_boxed(text)
+    if boxed is not None and boxed.strip().lower() not in PLACEHOLDERS:
+        return boxed
+    found = _FINAL_ANSWER.findall(text)
+    return found[-1].replace(",", "") if found else None
 
 
 def _in_main_thread() -> bool:

