@@ -96,8 +96,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="8 problems per cell, bundled seeds only")
     parser.add_argument("--problems", type=int, default=32, help="problems asked for per cell (even)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    if unknown := set(formats) - set(FORMATS):
+        parser.error(f"unknown formats {sorted(unknown)}")
     problems = 8 if args.quick else args.problems
     config = load_config()
     sets = seed_sets(1319)
@@ -111,7 +115,7 @@ def main() -> None:
         proxy = load_proxy(config.features, config.models_dir)
         try:
             for name, pool in sets.items():
-                for problem_format in FORMATS:
+                for problem_format in formats:
                     cell, cell_rows = one_cell(name, pool, problem_format, problems // 2, config, engine, proxy,
                                                Path(workdir))
                     cells.append(cell)
@@ -123,13 +127,15 @@ def main() -> None:
     with open(RESULTS / "problem_formats_problems.jsonl", "w") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    command = f"python -m benchmarks.problem_formats{' --quick' if args.quick else f' --problems {problems}'} --json"
+    command = (f"python -m benchmarks.problem_formats{' --quick' if args.quick else f' --problems {problems}'}"
+               f"{'' if formats == list(FORMATS) else ' --formats ' + ','.join(formats)} --json")
     details = {"machine": info, "generator": config.generator.model, "proxy": config.features.proxy,
+               "problem_sampling": config.synthesis.problem_sampling.model_dump(),
                "problems_per_cell": problems, "cells": cells, "seconds": round(time.perf_counter() - started, 1),
                "command": command}
     lines = ["# Problem formats on a small generator", "",
              f"`{command}`: generator {config.generator.model}, proxy {config.features.proxy}, {problems} problems "
-             f"asked for per cell; {details['seconds']} s in all.", "",
+             f"asked for per cell, problem sampling {details['problem_sampling']}; {details['seconds']} s in all.", "",
              "| seeds | format | parsed | junk rate | duplicates | solved | verified share | G-Vendi (candidates) |",
              "|---|---|---|---|---|---|---|---|"]
     for c in cells:

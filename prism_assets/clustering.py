@@ -11,7 +11,7 @@ from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
 from prismatic.selection import SCHEMA as SELECTION_SCHEMA
-from prismatic.selection import select, selection_outcome
+from prismatic.selection import POOL_FEATURE_RULES, select, selection_outcome
 from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_features, pool_rows,
                                  previous_round, seeds_as_verified)
 from resources.home import PrismHome
@@ -49,7 +49,7 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
                                                centroids["size"].to_numpy())
         frame = select(rule, features["id"].to_list(), candidates, clustering,
                        count=None if rule == "paper" else synthesis.selection_count,
-                       pool_features=pool_x if rule in ("logdet", "novelty") else None,
+                       pool_features=pool_x if rule in POOL_FEATURE_RULES else None,
                        epsilon=synthesis.logdet_epsilon)
     outcome = selection_outcome(pool_x, candidates, frame["kept"].to_numpy(), draws=synthesis.control_draws,
                                 seed=synthesis.seed)

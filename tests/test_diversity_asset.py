@@ -14,6 +14,7 @@ from prism_assets.diversity import diversity_scores
 from prismatic.data import bundled_seeds_path, load_samples
 from prismatic.gvendi import gvendi
 from prismatic.metrics.baselines import distinct_n, self_repetition
+from prismatic.selection import selection_outcome
 from prismatic.store import Store
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
@@ -38,6 +39,12 @@ def fill_store(store: Store, seeds: pl.DataFrame) -> dict[str, np.ndarray]:
         pool = seeds.head(n).select("id", "prompt", "response", "answer", "task").with_columns(
             origin=pl.lit("seed"), round_added=pl.Series(["r000"] * 6 + ["r001"] * (n - 6)))
         store.write("pool", key, pool)
+    # r001 kept all 3 of its candidates; its selection records the chance control of keeping 3 at random.
+    kept = np.ones(3, dtype=bool)
+    store.write("selection", "r001", pl.DataFrame({
+        "id": seeds["id"].slice(6, 3), "cluster": [0] * 3, "cluster_size_at_decision": [1] * 3, "gain": [0.1] * 3,
+        "kept": kept, "rule": ["novelty"] * 3}), metadata={
+        "outcome": selection_outcome(features["r000"], features["r001"], kept, draws=2, seed=0)})
     return features
 
 
@@ -61,7 +68,7 @@ def test_every_configured_metric_per_round_with_plots(tmp_path, tiny_model_dir):
 
     scores = store.read("diversity_scores", "r001")
     assert scores["metric"].to_list() == ["gvendi", "distinct_n", "self_repetition", "proxy_nll",
-                                          "gvendi_candidates"]
+                                          "gvendi_candidates", "gvendi_control"]
     value = dict(zip(scores["metric"], scores["value"]))
     pool = seeds.head(9)
     texts = [f"{p}\n\n{r}" for p, r in zip(pool["prompt"], pool["response"])]
@@ -77,6 +84,9 @@ def test_every_configured_metric_per_round_with_plots(tmp_path, tiny_model_dir):
     assert shown["distinct_n"].value == value["distinct_n"] and shown["pool_size"].value == 9
     before = dict(zip(*store.read("diversity_scores", "r000").select("metric", "value")))
     assert shown["gvendi_gain"].value == value["gvendi"] - before["gvendi"]
+    # Keeping every candidate, each random draw of 3 of 3 is the whole pool: the control equals G-Vendi.
+    assert value["gvendi_control"] == pytest.approx(value["gvendi"], rel=1e-5)
+    assert shown["gvendi_control_gain"].value == pytest.approx(value["gvendi_control"] - before["gvendi"])
     for metric in ("gvendi", "distinct_n", "self_repetition", "proxy_nll"):
         image = re.fullmatch(r"!\[.*\]\(data:image/png;base64,(.+)\)", shown[f"{metric} by round"].value)
         assert image and base64.b64decode(image.group(1)).startswith(b"\x89PNG")

@@ -56,7 +56,8 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
     if table == "selection":
         return pl.DataFrame({
             "id": ids, "cluster": [i % 2 for i in range(n)], "cluster_size_at_decision": [5] * n,
-            "kept": [i % 2 == 0 for i in range(n)], "rule": ["paper"] * n,
+            "gain": [0.5 / (i + 1) if i % 2 == 0 else None for i in range(n)],
+            "kept": [i % 2 == 0 for i in range(n)], "rule": ["logdet"] * n,
         })
     if table == "pool":
         return pl.DataFrame({
