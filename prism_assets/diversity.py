@@ -50,8 +50,13 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
     for name in results:
         series = history.filter(metric=name)
         direction = METRICS[name].more_diverse
+        control = None
+        if name == "gvendi":
+            controls = dict(history.filter(metric="gvendi_control").select("round", "value").iter_rows())
+            control = [controls.get(r) for r in series["round"].to_list()]
         png = metric_plot_png(name, series["round"].to_list(), series["value"].to_list(),
-                              note=f"{direction} = more diverse" if direction else "not a diversity metric")
+                              note=f"{direction} = more diverse" if direction else "not a diversity metric",
+                              control=control)
         metadata[f"{name} by round"] = MetadataValue.md(
             f"![{name} by round](data:image/png;base64,{base64.b64encode(png).decode()})")
     version = io.write(context, store, "diversity_scores", frame)

@@ -302,3 +302,13 @@ def test_module_is_pure():
             "print(sorted(m for m in ('dagster', 'typer', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_digits_and_a_hypothesis_that_reuses_the_premise_are_not_repetition():
+    config = ProblemFiltersConfig()
+    assert check_text("A city has 1000000 people and 250000 of them ride the bus. How many do not ride it?",
+                      "math", config) is None
+    pair = nli_prompt("A man is playing a guitar on stage.", "A man is playing a guitar.")
+    assert check_text(pair, "nli", config) is None  # joined, the two parts share most 3-grams
+    repeated = nli_prompt("The dog ran and the dog ran and the dog ran and the dog ran home.", "A dog ran.")
+    assert check_text(repeated, "nli", config)[0] == "repeated_ngrams"
