@@ -290,35 +290,8 @@ def select_logdet(candidate_ids: Sequence, candidate_features: np.ndarray, pool_
     """
     if count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
-    ids = _unique_ids(candidate_ids)
-    n = len(ids)
-    if clustering is not None:
-        _, labels, _ = _prepare(ids, candidate_features, clustering)
-        counts = np.asarray(clustering.sizes, dtype=np.int64).copy()
-    else:
-        labels, counts = np.full(n, -1, dtype=np.int64), None
-    size_at = np.zeros(n, dtype=np.int64)
-    kept = np.zeros(n, dtype=bool)
-    gain_at = np.full(n, np.nan)
-    features = np.asarray(candidate_features)
-    if n and (features.ndim != 2 or features.shape[0] != n):
-        raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
-    if n:
-        order = sorted(range(n), key=lambda i: ids[i])
-        greedy = GreedyLogDet(pool_features, features[order], epsilon)
-        while len(greedy.kept) < count and (position := greedy.best()) >= 0:
-            i = order[position]
-            gain_at[i] = greedy.leverage[position]
-            greedy.keep(position)
-            kept[i] = True
-            if counts is not None:
-                size_at[i] = counts[labels[i]]
-                counts[labels[i]] += 1
-        rejected = [p for p, i in enumerate(order) if not kept[i]]
-        gain_at[[order[p] for p in rejected]] = greedy.leverage[rejected]
-    if counts is not None:
-        size_at[~kept] = counts[labels[~kept]]
-    return _frame(ids, labels, size_at, kept, "logdet", gains=np.log1p(gain_at) if n else gain_at)
+    return _greedy_selection("logdet", candidate_ids, candidate_features, pool_features, clustering, epsilon,
+                             limit=count, novelty=False)
 
 
 def select_novelty(candidate_ids: Sequence, candidate_features: np.ndarray, pool_features: np.ndarray, *,
@@ -330,6 +303,15 @@ def select_novelty(candidate_ids: Sequence, candidate_features: np.ndarray, pool
     """
     if count is not None and count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
+    return _greedy_selection("novelty", candidate_ids, candidate_features, pool_features, clustering, epsilon,
+                             limit=count, novelty=True)
+
+
+def _greedy_selection(rule: str, candidate_ids: Sequence, candidate_features: np.ndarray,
+                      pool_features: np.ndarray | None, clustering: Clustering | None, epsilon: float,
+                      limit: int | None, novelty: bool) -> pl.DataFrame:
+    """Greedy maximum volume in id order, up to `limit` kept (None: no limit); with `novelty`, only
+    while the gain reaches τ and never a copy. The rows of the `selection` table (module docstring)."""
     ids = _unique_ids(candidate_ids)
     n = len(ids)
     if clustering is not None:
@@ -339,35 +321,35 @@ def select_novelty(candidate_ids: Sequence, candidate_features: np.ndarray, pool
         labels, counts = np.full(n, -1, dtype=np.int64), None
     size_at = np.zeros(n, dtype=np.int64)
     kept = np.zeros(n, dtype=bool)
-    gain_at = np.full(n, np.nan)
+    leverage_at = np.full(n, np.nan)
     features = np.asarray(candidate_features)
     if n and (features.ndim != 2 or features.shape[0] != n):
         raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
     if n:
         order = sorted(range(n), key=lambda i: ids[i])
         greedy = GreedyLogDet(pool_features, features[order], epsilon)
-        threshold = novelty_threshold(greedy.pool_leverages())
-        nearest = _max_cosine(greedy.candidates, pool_features)  # to the pool, then to what is kept
-        limit = n if count is None else count
-        while len(greedy.kept) < limit and (position := greedy.best()) >= 0:
+        threshold = novelty_threshold(greedy.pool_leverages()) if novelty else -np.inf
+        nearest = _max_cosine(greedy.candidates, pool_features if novelty else None)  # pool, then what is kept
+        while len(greedy.kept) < (n if limit is None else limit) and (position := greedy.best()) >= 0:
             if np.log1p(greedy.leverage[position]) < threshold:
                 break
-            if nearest[position] >= COPY_COSINE:
+            if novelty and nearest[position] >= COPY_COSINE:
                 greedy.skip(position)
                 continue
             i = order[position]
-            gain_at[i] = greedy.leverage[position]
+            leverage_at[i] = greedy.leverage[position]
             greedy.keep(position)
-            nearest = np.maximum(nearest, greedy.candidates @ greedy.candidates[position])
+            if novelty:
+                nearest = np.maximum(nearest, greedy.candidates @ greedy.candidates[position])
             kept[i] = True
             if counts is not None:
                 size_at[i] = counts[labels[i]]
                 counts[labels[i]] += 1
         rejected = [p for p, i in enumerate(order) if not kept[i]]
-        gain_at[[order[p] for p in rejected]] = greedy.leverage[rejected]
+        leverage_at[[order[p] for p in rejected]] = greedy.leverage[rejected]
     if counts is not None:
         size_at[~kept] = counts[labels[~kept]]
-    return _frame(ids, labels, size_at, kept, "novelty", gains=np.log1p(gain_at))
+    return _frame(ids, labels, size_at, kept, rule, gains=np.log1p(leverage_at))
 
 
 def novelty_threshold(pool_leverages: np.ndarray) -> float:

@@ -195,7 +195,7 @@ def screen_problems(problems: pl.DataFrame, pool: pl.DataFrame, config: Synthesi
     parts = [rejected]
     thresholds: dict[str, float] = {}
     if nll is not None and filters.enabled and filters.nll_quantile is not None and len(kept):
-        screened = []
+        survivors: list[str] = []
         for task in kept["task"].unique(maintain_order=True).to_list():
             rows = kept.filter(task=task)
             reference = pool_sample(pool.filter(task=task), filters, config.seed)
@@ -203,14 +203,17 @@ def screen_problems(problems: pl.DataFrame, pool: pl.DataFrame, config: Synthesi
             if threshold is not None:
                 thresholds[task] = round(threshold, 4)
             rows, dropped = apply_nll_filter(rows, nll(rows["prompt"].to_list(), [task] * len(rows)), threshold)
-            screened.append(rows)
+            survivors += rows["id"].to_list()
             parts.append(dropped)
-        order = kept["id"].to_list()
-        kept = pl.concat(screened).sort(pl.col("id").replace_strict(order, list(range(len(order)))))
+        kept = kept.filter(pl.col("id").is_in(survivors))  # in the order given
     if problem_filter is not None and len(kept):
         kept, removed = problem_filter.apply(kept)
         parts.append(removed)
     return kept, pl.concat(parts), {"nll_thresholds": thresholds}
+
+
+NLL_REQUEST = {"math": "Write a math word problem.", "nli": "Write a natural language inference problem."}
+"""The user turn a problem answers when the proxy scores it (`problem_nll`)."""
 
 
 def problem_nll(model, tokenizer, texts: Sequence[str], tasks: Sequence[str]) -> list[float]:
@@ -222,9 +225,6 @@ def problem_nll(model, tokenizer, texts: Sequence[str], tasks: Sequence[str]) ->
         return []
     frame = pl.DataFrame({"prompt": [NLL_REQUEST[task] for task in tasks], "response": list(texts)})
     return proxy_nll_by_sample(model, tokenizer, frame)
-
-
-NLL_REQUEST = {"math": "Write a math word problem.", "nli": "Write a natural language inference problem."}
 
 
 def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
