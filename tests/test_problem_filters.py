@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
+from conftest import GSM8K
 from prismatic.config import ProblemFiltersConfig, load_config
+from prismatic.data import load_seeds
 from prismatic.errors import InputError
 from prismatic.generation import NLI_QUESTION, nli_prompt
 from prismatic.problem_filters import (FILTER_REASONS, apply_nll_filter, apply_text_filters, check_text,
@@ -17,8 +18,6 @@ from prismatic.problem_filters import (FILTER_REASONS, apply_nll_filter, apply_t
 from prismatic.quality import REJECTION_SCHEMA
 
 DEFAULTS = ProblemFiltersConfig()
-SEEDS = Path(__file__).resolve().parents[1] / "prismatic" / "seeds" / "seeds.jsonl"
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 BASE64_JUNK = "150YD18MnEu5hItVgjbA54aFXImn7bnDjbafGtAtYmX+glvjKZfY8xIzSt"
 
 
@@ -67,21 +66,16 @@ def test_junk_reasons_when_earlier_rules_are_off():
         "high_symbol_ratio", {"symbol_ratio": round(2 / 14, 4), "max_symbol_ratio": 0.05})
 
 
-def _seed_rows():
-    return [json.loads(line) for line in SEEDS.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def test_bundled_seed_problems_all_pass_the_defaults():
-    rows = _seed_rows()
+    rows = load_seeds("bundled").to_dicts()
     assert sum(row["task"] == "math" for row in rows) >= 20
     assert sum(row["task"] == "nli" for row in rows) >= 20
     failures = {row["id"]: check_text(row["prompt"], row["task"], DEFAULTS) for row in rows}
     assert {key: value for key, value in failures.items() if value is not None} == {}
 
 
+@pytest.mark.skipif(not GSM8K.exists(), reason=f"optional data {GSM8K} is absent")
 def test_gsm8k_questions_pass_the_defaults():
-    if not GSM8K.exists():
-        pytest.skip(f"{GSM8K} is absent")
     questions = [json.loads(line)["question"] for line in GSM8K.read_text(encoding="utf-8").splitlines()
                  if line.strip()]
     assert len(questions) == 1319
