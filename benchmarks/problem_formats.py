@@ -86,8 +86,9 @@ def one_cell(name: str, pool: pl.DataFrame, problem_format: str, prompts: int, c
             "dropped_by": {r: n for r, n in reasons.items() if r != "no_majority"},
             "nll_thresholds": about["nll_thresholds"], "seconds": round(seconds, 1)}
     outcome = dict(rejections.select("id", "reason").iter_rows())
+    verified_ids = set(verified["problem_id"].to_list())
     rows = [{"seeds": name, "format": problem_format, "id": row["id"], "task": row["task"], "problem": row["text"],
-             "dropped": outcome.get(row["id"]), "verified": row["id"] in set(verified["problem_id"].to_list())}
+             "dropped": outcome.get(row["id"]), "verified": row["id"] in verified_ids}
             for row in parsed.iter_rows(named=True)]
     return cell, rows
 

@@ -84,9 +84,13 @@ def one_split(features: np.ndarray, ids: list[str], pool_size: int, seed: int, c
 
     paper = select("paper", cand_ids, cands, clustering)["kept"].to_numpy()
     count = int(paper.sum())
-    random_mask = np.zeros(len(cand_ids), dtype=bool)
-    random_mask[rng.choice(len(cand_ids), size=count, replace=False)] = True
-    masks = {"random": random_mask, "paper": paper,
+
+    def random_mask(size: int) -> np.ndarray:
+        mask = np.zeros(len(cand_ids), dtype=bool)
+        mask[rng.choice(len(cand_ids), size=size, replace=False)] = True
+        return mask
+
+    masks = {"random": random_mask(count), "paper": paper,
              "balanced": select("balanced", cand_ids, cands, clustering, count=count)["kept"].to_numpy()}
     logdet_seconds = {}
     for eps in epsilons:
@@ -97,9 +101,7 @@ def one_split(features: np.ndarray, ids: list[str], pool_size: int, seed: int, c
     masks["logdet"] = masks[f"logdet_eps{synthesis.logdet_epsilon:g}"]
     masks["novelty"] = select("novelty", cand_ids, cands, clustering, pool_features=pool,
                               epsilon=synthesis.logdet_epsilon)["kept"].to_numpy()
-    novelty_count = int(masks["novelty"].sum())
-    masks["random_novelty"] = np.zeros(len(cand_ids), dtype=bool)
-    masks["random_novelty"][rng.choice(len(cand_ids), size=novelty_count, replace=False)] = True
+    masks["random_novelty"] = random_mask(int(masks["novelty"].sum()))
     masks["balanced_threshold"] = select_balanced(cand_ids, cands, clustering)["kept"].to_numpy()
     return {"seed": seed, "k": clustering.k, "count": count, "gvendi_pool": round(before, 4),
             "kept": {name: int(mask.sum()) for name, mask in masks.items()},

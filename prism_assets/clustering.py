@@ -19,7 +19,7 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[AssetKey("gradient_features")], kinds={"polars"}, code_version="1", group_name="prismatic",
+       deps=[AssetKey("gradient_features")], kinds={"polars"}, code_version="2", group_name="prismatic",
        owners=["team:prismatic"],
        description="Which candidates join the pool. `novelty` (default): greedy max log-det against the pool's "
                    "gradient features, keeping a candidate while its gain log(1 + xᵀA⁻¹x) is at least the pool's "

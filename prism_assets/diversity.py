@@ -18,7 +18,7 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="2",
+       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="3",
        group_name="prismatic", owners=["team:prismatic"],
        description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
                    "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "

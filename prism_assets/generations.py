@@ -21,7 +21,7 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[seeds], kinds={"vllm", "polars"}, code_version="1", group_name="prismatic",
+       deps=[seeds], kinds={"vllm", "polars"}, code_version="2", group_name="prismatic",
        owners=["team:prismatic"],
        description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
                    "Reads the previous round's pool through the store (the one undeclared edge). "
@@ -56,10 +56,9 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     endpoints_before = endpoint_counts(engine)
     journaled_before = len(journal)
     started = time.perf_counter()
-    model, tokenizer, _ = proxy.model()
-    frame, problems, rejections, about = generate_round(
+    frame, problems, rejections, about = generate_round(  # the proxy loads on the NLL rule's first call, if any
         engine, journal, pool, config.synthesis, generator.model_name(), key, problem_filter=problem_filter,
-        nll=lambda texts, tasks: problem_nll(model, tokenizer, texts, tasks))
+        nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks))
     seconds = time.perf_counter() - started
     version = io.write(context, store, "generations", frame, previous_pool=used, screening=about)
     io.write(context, store, "rejections", rejections)

@@ -208,8 +208,8 @@ def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
     return seconds
 
 
-QUALITY_REASONS = ("unparseable_problems", *FILTER_REASONS, *REASONS)
-"""Why generated problems were dropped before solving (rejections other than `no_majority`)."""
+SCREENING_REASONS = (*FILTER_REASONS, *REASONS)
+"""Why parsed problems were dropped before solving (prismatic.problem_filters, prismatic.quality)."""
 
 
 def round_summary(home: Path, keys: list[str]) -> list[dict]:
@@ -230,16 +230,14 @@ def round_summary(home: Path, keys: list[str]) -> list[dict]:
         gens = store.read("generations", key)
         rejections = store.read("rejections", key)
         counts = rejections.group_by("reason").len().sort("len", descending=True)
-        dropped_by = {r: n for r, n in counts.iter_rows() if r in QUALITY_REASONS}
+        dropped_by = {r: n for r, n in counts.iter_rows() if r in SCREENING_REASONS}
         scores = dict(store.read("diversity_scores", key).select("metric", "value").iter_rows())
-        parsed = gens.filter(kind="problem").height
-        unparseable = dropped_by.pop("unparseable_problems", 0)
         if previous is None and key != SEED_ROUND:
             previous = pool_gvendi(store, previous_round(key))
         rows.append({
             "round": key,
-            "problems": parsed,
-            "unparseable": unparseable,
+            "problems": gens.filter(kind="problem").height,
+            "unparseable": rejections.filter(reason="unparseable_problems").height,
             "dropped": sum(dropped_by.values()),
             "dropped_by": dropped_by,
             "solved": gens.filter(kind="solution")["parent_ids"].list.first().n_unique(),
@@ -259,8 +257,12 @@ def format_summary(rows: list[dict]) -> list[str]:
     """`round_summary` rows as a fixed-width table, then one line per round naming why problems were dropped."""
     columns = ("round", "problems", "dropped", "solved", "verified", "kept", "pool", "gvendi", "gain",
                "control_gain")
-    cells = [[("—" if row[c] is None else f"{row[c]:+.3f}" if c.endswith("gain") else str(row[c])) for c in columns]
-             for row in rows]
+    def cell(column: str, value) -> str:
+        if value is None:
+            return "—"
+        return f"{value:+.3f}" if column.endswith("gain") else f"{value:.3f}" if column == "gvendi" else str(value)
+
+    cells = [[cell(c, row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(cell[i]) for cell in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(cell_row, widths)) for cell_row in cells]

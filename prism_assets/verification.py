@@ -12,7 +12,7 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[generations], kinds={"polars"}, code_version="1", group_name="prismatic",
+       deps=[generations], kinds={"polars"}, code_version="2", group_name="prismatic",
        owners=["team:prismatic"],
        description="Majority vote over each problem's solutions (math: \\boxed{} answers compared with "
                    "math-verify both ways; NLI: labels). Round r000: the seeds, verified by reference.")

@@ -129,19 +129,25 @@ class VLLMEngine:
         texts: list[str] = [""] * len(requests)
         chat = [i for i, r in enumerate(requests) if r.prompt is None]
         raw = [i for i, r in enumerate(requests) if r.prompt is not None]
-        for positions, run in ((chat, lambda rs, ps: self.llm.chat([list(r.messages) for r in rs], ps, use_tqdm=False)),
-                               (raw, lambda rs, ps: self.llm.generate([r.prompt for r in rs], ps, use_tqdm=False))):
-            if not positions:
-                continue
-            batch = [requests[i] for i in positions]
-            outputs = run(batch, [self.sampling_params(r) for r in batch])
-            for i, out in zip(positions, outputs, strict=True):
-                texts[i] = out.outputs[0].text
-            self.output_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
-            self.completed += len(outputs)
-            if on_results is not None:
-                on_results([(i, texts[i]) for i in positions])
+        if chat:
+            outputs = self.llm.chat([list(requests[i].messages) for i in chat],
+                                    [self.sampling_params(requests[i]) for i in chat], use_tqdm=False)
+            self._collect(chat, outputs, texts, on_results)
+        if raw:
+            outputs = self.llm.generate([requests[i].prompt for i in raw],
+                                        [self.sampling_params(requests[i]) for i in raw], use_tqdm=False)
+            self._collect(raw, outputs, texts, on_results)
         return texts
+
+    def _collect(self, positions: list[int], outputs: list, texts: list[str],
+                 on_results: ResultCallback | None) -> None:
+        """Put one call's outputs at their request positions, count tokens, report them."""
+        for i, out in zip(positions, outputs, strict=True):
+            texts[i] = out.outputs[0].text
+        self.output_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
+        self.completed += len(outputs)
+        if on_results is not None:
+            on_results([(i, texts[i]) for i in positions])
 
     def close(self) -> None:
         """Stop the engine process (a later `generate` starts a new one)."""
@@ -222,7 +228,7 @@ class OpenAIEngine:
     model: the served model name.
     max_concurrency: requests in flight at once (threads).
     max_retries: further attempts after the first, on timeouts, connection errors (a server that
-      restarts), 5xx and 429, bodies that are not a chat completion, and incomplete completions
+      restarts), 5xx and 429, bodies that are not a (chat) completion, and incomplete completions
       (content null, or finish_reason other than "stop"/"length", as when a server aborts requests
       on shutdown), with exponential backoff (`backoff` · 2^attempt seconds, jittered, at most
       `max_backoff`). Other 4xx answers fail at once: retrying a bad request does not help. An
@@ -355,11 +361,11 @@ class OpenAIEngine:
     def _attempt(self, url: str, body: dict[str, Any]) -> tuple[str, int]:
         import httpx
 
+        chat = "messages" in body  # else a raw-text completion (`body`)
         with self._lock:
             self.endpoint_stats[url].sent += 1
         try:
-            endpoint = "chat/completions" if "messages" in body else "completions"
-            response = self._http().post(f"{url}/{endpoint}", json=body)
+            response = self._http().post(f"{url}/{'chat/completions' if chat else 'completions'}", json=body)
         except httpx.TimeoutException:
             raise _Retryable(f"{url}: timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
@@ -372,10 +378,11 @@ class OpenAIEngine:
         try:
             data = response.json()
             choice = data["choices"][0]
-            content = choice["message"].get("content") if "messages" in body else choice["text"]
+            content = choice["message"].get("content") if chat else choice["text"]
             tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise _Retryable(f"{url}: not a chat completion response: {response.text[:300]!r}") from None
+            raise _Retryable(f"{url}: not a {'chat completion' if chat else 'completion'} response: "
+                             f"{response.text[:300]!r}") from None
         finish = choice.get("finish_reason")
         if not isinstance(content, str) or finish not in _FINISHED or (not content and finish != "stop"):
             raise _Retryable(f"{url}: incomplete completion (finish_reason={finish!r}, "
