@@ -29,12 +29,12 @@ $(VENV)/.installed: pyproject.toml
 model: install
 	$(PRISM) models install smollm2
 
-# Debian's chromium for the UI test (tests/test_services.py drives it headless with playwright; no
+# Debian's chromium for the UI test (tests/integration/test_services.py drives it headless with playwright; no
 # browser download). Skipped when /usr/bin/chromium exists; installing needs root (CI runs as root).
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# Debian's PostgreSQL server binaries for tests/test_postgres.py (it starts its own server from
+# Debian's PostgreSQL server binaries for tests/integration/test_postgres.py (it starts its own server from
 # them). Skipped when an initdb is found (PATH or /usr/lib/postgresql/*/bin); installing needs root.
 postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from prismatic.gvendi import normalize_rows, vendi_from_gram
+from prismatic.metrics.vendi import normalize_rows, vendi_from_gram
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -39,11 +39,11 @@ import torch
 
 from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, timed
 from prismatic.config import FeaturesConfig, load_config
-from prismatic.fast_gradients import FastFeaturizer
-from prismatic.gradients import encode_chat, flat_parameters, per_sample_gradient
-from prismatic.gvendi import vendi_from_gram
+from prismatic.gradients.faithful import encode_chat, flat_parameters, per_sample_gradient
+from prismatic.gradients.fast import FastFeaturizer
+from prismatic.gradients.projection import RademacherProjection
+from prismatic.metrics.vendi import vendi_from_gram
 from prismatic.models import install_smollm2, load_causal_lm
-from prismatic.projection import RademacherProjection
 
 DEFAULT = FeaturesConfig()
 QUICK = dict(samples=16, blocks=(DEFAULT.block_in,), dims=(DEFAULT.dim,), seeds=(0,), dense=((DEFAULT.dim, 0),))

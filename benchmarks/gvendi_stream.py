@@ -38,7 +38,13 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.common import RESULTS, emit, machine, rss_mb, save_plot
-from prismatic.gvendi import PARQUET_CHUNK_ROWS, feature_chunks, gvendi, gvendi_of_parquet, vendi_from_eigenvalues
+from prismatic.metrics.vendi import (
+    PARQUET_CHUNK_ROWS,
+    feature_chunks,
+    gvendi,
+    gvendi_of_parquet,
+    vendi_from_eigenvalues,
+)
 
 DIM = 1024
 CLUSTERS = 256
@@ -68,7 +74,7 @@ def data_file(n: int) -> tuple[Path, bool]:
 
 
 def write_data(path: Path, n: int) -> None:
-    from prismatic.features import META_KEY  # here: the streaming children need not import it
+    from prismatic.gradients.files import META_KEY  # here: the streaming children need not import it
 
     rng = np.random.default_rng(SEED)
     centres = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)

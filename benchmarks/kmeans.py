@@ -12,13 +12,13 @@ process), the same k and ITERATIONS = 20 Lloyd iterations:
   rows; each iteration assigns every row to the argmax cosine over all k centroids, `chunk` rows at
   a time (the full chunk × k block X·Cᵀ), then sets each centroid to the normalized sum of its rows;
   an empty cluster keeps its previous centroid (what such simple code does).
-- project: `prismatic.kmeans.spherical_kmeans(x, k, 20, seed)` as it is, default `backend="auto"`:
+- project: `prismatic.synthesis.kmeans.spherical_kmeans(x, k, 20, seed)` as it is, default `backend="auto"`:
   bf16 when n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls (the full and the --quick sizes here),
   else faiss.
 - project_faiss / project_bf16: the same call with `backend="faiss"` (faiss `Kmeans(spherical=True)`)
   or `backend="bf16"` (bf16 blocks whose labels are the exact float32 argmax, near-ties re-scored in
   float32, plus Hamerly bounds that skip rows whose cluster provably cannot change; see the
-  prismatic.kmeans docstring); by default the one of the two that "auto" does not take runs beside
+  prismatic.synthesis.kmeans docstring); by default the one of the two that "auto" does not take runs beside
   `project`. Both: random distinct-row init, re-seeding of empty clusters, a final assignment, and
   an early stop at a fixed point (an iteration that changes nothing).
 - sklearn: `sklearn.cluster.KMeans` (Euclidean on the unit rows, which ranks centroids like cosine
@@ -64,7 +64,7 @@ METHODS = ("paper", "project", "project_faiss", "project_bf16", "sklearn", "fais
 ALTERNATIVES = ("project_faiss", "project_bf16", "faiss_bounds")  # reported beside the headline
 BACKEND_OF = {"project_faiss": "faiss", "project_bf16": "bf16"}
 REPO = Path(__file__).resolve().parents[1]
-BLOCK_ENTRIES = 1 << 24  # rows × centroids of one similarity block (fp32: 64 MiB), as prismatic.kmeans
+BLOCK_ENTRIES = 1 << 24  # rows × centroids of one similarity block (fp32: 64 MiB), as prismatic.synthesis.kmeans
 GEN_ROWS = 8192
 TOLERANCE = 1e-6
 FP32_MARGIN = 1e-5  # float32 dot products of unit vectors computed in two different ways differ by ≪ this
@@ -181,7 +181,7 @@ def child(method: str, n: int, d: int, k: int, iterations: int) -> None:
     if method == "paper":
         import torch
     elif method.startswith("project"):
-        from prismatic.kmeans import resolve_backend, spherical_kmeans
+        from prismatic.synthesis.kmeans import resolve_backend, spherical_kmeans
 
         backend = BACKEND_OF.get(method, resolve_backend("auto", n, k, d))
     elif method == "faiss_bounds":
@@ -278,7 +278,7 @@ def main() -> None:
         child(args.child, n, d, k, args.iterations)
         return
 
-    from prismatic.kmeans import AUTO_BF16_MIN_WORK, fast_bf16_matmul, resolve_backend  # not in the children
+    from prismatic.synthesis.kmeans import AUTO_BF16_MIN_WORK, fast_bf16_matmul, resolve_backend  # not in the children
 
     started = time.perf_counter()
     auto = resolve_backend("auto", n, k, d)

@@ -34,13 +34,13 @@ import polars as pl
 
 from benchmarks.common import GSM8K, RESULTS, emit, machine, stdout_to_stderr
 from prismatic.config import load_config
-from prismatic.data import load_seeds
-from prismatic.engines import Journal
-from prismatic.featurize import compute_features, load_proxy
-from prismatic.gvendi import gvendi
-from prismatic.problem_filters import FILTER_REASONS
-from prismatic.quality import REASONS, build_filter
-from prismatic.synthesis import generate_round, problem_nll, verify_round
+from prismatic.data.filters import FILTER_REASONS
+from prismatic.data.quality import REASONS, build_filter
+from prismatic.data.samples import load_seeds
+from prismatic.generation.engines import Journal
+from prismatic.gradients.proxy import compute_features, load_proxy
+from prismatic.metrics.vendi import gvendi
+from prismatic.synthesis.steps import generate_round, problem_nll, verify_round
 from resources.generator import build_engine, close_engines
 
 FORMATS = ("fewshot", "delimited", "json")

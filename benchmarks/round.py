@@ -14,7 +14,7 @@ Seeds: the first N GSM8K test problems (`../shared/data/gsm8k/test.jsonl`, shape
 `benchmarks.common.gsm8k`: worked solution with `<<…>>` calculator notes removed, final answer in
 `\\boxed{}`), written as a seed JSONL (id, prompt, response, answer, task=math, level=1, source).
 Sizes N: 64, 256, 1024 (`--quick`: 32, 64, 128). One fresh PRISM_HOME per size under a temporary
-directory; every round goes through `prism_assets.runner.run_round(home, key)`, the code behind
+directory; every round goes through `prism_cli.runner.run_round(home, key)`, the code behind
 `prism run`, with the in-process executor.
 
 Round r000 (the seed round) at each size, which is where the verified-samples, features, selection,
@@ -28,7 +28,7 @@ pool, clustering and diversity costs at size N are measured (on the N seeds):
   step events back. Per-asset seconds are Dagster's STEP_START → STEP_SUCCESS times (`step_seconds`);
   the asset-check steps are summed as "asset checks".
 - direct: `direct_round` below: the `prismatic` functions the r000 assets call, in the same order,
-  with the same config, reading and writing the same tables through a `prismatic.store.Store` of its
+  with the same config, reading and writing the same tables through a `prismatic.storage.store.Store` of its
   own (same provenance dicts) and refreshing a DuckDB `Catalog` by the rule of `prism_assets.io.write`
   (so store and catalog I/O are on both sides). The proxy is loaded once beforehand, as
   `ProxyResource` keeps it per process. Not in direct: what exists only for Dagster (events, runs,
@@ -100,8 +100,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_seed_file(path: Path, n: int) -> int:
-    """The first n GSM8K test problems as a seed JSONL that `prismatic.data.load_seeds` accepts."""
-    from prismatic.verify import extract_boxed
+    """The first n GSM8K test problems as a seed JSONL that `prismatic.data.samples.load_seeds` accepts."""
+    from prismatic.synthesis.verify import extract_boxed
 
     rows = gsm8k(n)
     with path.open("w", encoding="utf-8") as out:
@@ -142,10 +142,10 @@ class DirectRound:
     store and catalog of its own under `<home>/direct`."""
 
     def __init__(self, home: Path):
-        from prismatic.catalog import Catalog
         from prismatic.config import load_config
-        from prismatic.featurize import load_proxy
-        from prismatic.store import Store
+        from prismatic.gradients.proxy import load_proxy
+        from prismatic.storage.catalog import Catalog
+        from prismatic.storage.store import Store
 
         self.config = load_config(home)
         self.store = Store(home / "direct" / "store")
@@ -160,18 +160,18 @@ class DirectRound:
 
     def load_seeds(self) -> None:
         """What `seed_job` does (not part of the timed round: the Dagster reruns skip it too)."""
-        from prismatic.data import load_seeds
+        from prismatic.data.samples import load_seeds
 
         source = self.config.synthesis.seeds
         self.write("seeds", load_seeds(source), "seeds", source=source)
 
     def run(self) -> dict:
         """Seconds per asset (and G-Vendi) of one direct r000."""
-        from prismatic.featurize import compute_features
-        from prismatic.gradients import feature_table, merge_feature_sets
+        from prismatic.gradients.faithful import feature_table, merge_feature_sets
+        from prismatic.gradients.proxy import compute_features
         from prismatic.metrics.registry import compute_metrics, inputs_from_config
-        from prismatic.store import schema
-        from prismatic.synthesis import cluster_pool, diversity_table, pool_features, pool_rows, seeds_as_verified
+        from prismatic.storage.store import schema
+        from prismatic.synthesis.steps import cluster_pool, diversity_table, pool_features, pool_rows, seeds_as_verified
 
         config, store = self.config, self.store
         seconds, started = {}, time.perf_counter()
@@ -256,7 +256,7 @@ def materialization_metadata(home: Path, run_id: str) -> dict[str, dict]:
     """Per asset, the scalar metadata of its materialization in run `run_id`."""
     from dagster import DagsterEventType
 
-    from prism_assets.runner import instance_for
+    from prism_cli.runner import instance_for
 
     metadata = {}
     for entry in instance_for(home).all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
@@ -269,9 +269,9 @@ def materialization_metadata(home: Path, run_id: str) -> dict[str, dict]:
 
 def measure_seed_round(home: Path, repeats: int, warm_direct: bool) -> dict:
     """Round r000 in `home`: the first run, then Dagster and direct runs alternating."""
-    from prism_assets.runner import run_round
-    from prismatic.store import Store
-    from prismatic.synthesis import pool_gvendi
+    from prism_cli.runner import run_round
+    from prismatic.storage.store import Store
+    from prismatic.synthesis.steps import pool_gvendi
 
     first, first_s = timed(lambda: run_round(home, SEED_ROUND))
     direct = DirectRound(home)
@@ -330,7 +330,7 @@ def measure_seed_round(home: Path, repeats: int, warm_direct: bool) -> dict:
 def measure_generated_round(home: Path, n: int) -> dict:
     """Round r001 in `home` (one run, asking for n problems) and what its generations and verified_samples
     assets reported."""
-    from prism_assets.runner import run_round
+    from prism_cli.runner import run_round
 
     prompts = max(1, n // PROBLEMS_PER_PROMPT)
     result, wall_s = timed(lambda: run_round(home, GENERATED_ROUND))
@@ -538,7 +538,7 @@ def main() -> None:
     with stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="prism-round-bench-") as tmp:
         info = machine()
         import_s = 0.0
-        for module in ("dagster", "prism_assets.definitions", "prism_assets.runner"):
+        for module in ("dagster", "prism_assets.definitions", "prism_cli.runner"):
             _, seconds = timed(lambda module=module: importlib.import_module(module))
             import_s += seconds
         from prismatic.models import init_model

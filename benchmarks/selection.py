@@ -33,12 +33,12 @@ import numpy as np
 from benchmarks.common import GSM8K, RESULTS, emit, gsm8k, machine
 from prismatic.config import load_config
 from prismatic.errors import InputError
-from prismatic.features import read_features, write_features
-from prismatic.featurize import compute_features
-from prismatic.gvendi import gvendi
-from prismatic.kmeans import num_clusters, spherical_kmeans
+from prismatic.gradients.files import read_features, write_features
+from prismatic.gradients.proxy import compute_features
+from prismatic.metrics.vendi import gvendi
 from prismatic.models import resolve_model
-from prismatic.selection import select, select_balanced
+from prismatic.synthesis.kmeans import num_clusters, spherical_kmeans
+from prismatic.synthesis.selection import select, select_balanced
 
 EPSILONS = (0.01, 0.1, 1.0, 10.0)
 RULES = ("random", "paper", "balanced", "logdet", "novelty", "random_novelty")

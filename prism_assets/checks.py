@@ -21,11 +21,19 @@ planned forever. So the UI shows each check's latest result, and the round it wa
 from collections.abc import Callable
 
 import polars as pl
-from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition,
-                     AssetKey, MetadataValue, asset_check)
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
+)
 
-from prismatic.store import Store, round_sort_key, schema
-from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round
+from prismatic.rounds import SEED_ROUND, previous_round, round_sort_key
+from prismatic.storage.store import Store, schema
+from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
 from resources.store import StoreResource
 

@@ -10,10 +10,16 @@ from prism_assets.guard import require_previous_round
 from prism_assets.metadata import cluster_size_metadata, previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.verification import verified_samples
-from prismatic.selection import SCHEMA as SELECTION_SCHEMA
-from prismatic.selection import POOL_FEATURE_RULES, select, selection_outcome
-from prismatic.synthesis import (SEED_ROUND, cluster_pool, clustering_from_centroids, pool_features, pool_rows,
-                                 previous_round, seeds_as_verified)
+from prismatic.rounds import SEED_ROUND, previous_round
+from prismatic.synthesis.selection import POOL_FEATURE_RULES, select, selection_outcome
+from prismatic.synthesis.selection import SCHEMA as SELECTION_SCHEMA
+from prismatic.synthesis.steps import (
+    cluster_pool,
+    clustering_from_centroids,
+    pool_features,
+    pool_rows,
+    seeds_as_verified,
+)
 from resources.home import PrismHome
 from resources.store import StoreResource
 

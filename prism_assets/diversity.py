@@ -10,7 +10,8 @@ from prism_assets.clustering import clusters, pool
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
-from prismatic.synthesis import SEED_ROUND, diversity_table, pool_features, pool_gvendi, previous_round
+from prismatic.rounds import SEED_ROUND, previous_round, round_number
+from prismatic.synthesis.steps import diversity_table, pool_features, pool_gvendi
 from resources.generator import build_engine
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
@@ -65,8 +66,7 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
 
 def _history(store: StoreResource, key: str, current: pl.DataFrame) -> pl.DataFrame:
     """(round, metric, value) of the stored earlier rounds and this one, in round order."""
-    earlier = sorted((r for r in store.store().rounds("diversity_scores") if int(r[1:]) < int(key[1:])),
-                     key=lambda r: int(r[1:]))
+    earlier = [r for r in store.store().rounds("diversity_scores") if round_number(r) < round_number(key)]
     frames = [io.read(store, "diversity_scores", r).with_columns(round=pl.lit(r)) for r in earlier]
     frames.append(current.with_columns(round=pl.lit(key)))
     return pl.concat([f.select("round", "metric", "value") for f in frames])

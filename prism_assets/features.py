@@ -5,7 +5,7 @@
     feature_shard_plan ──(one dynamic output per shard)──> feature_shard ×S ──(collect)──> merge_feature_shards
 
 Each `feature_shard` step reads the round's verified samples, plans the whole batch schedule and
-computes only its own contiguous part of it (`prismatic.gradients.shard_units`), so the merged
+computes only its own contiguous part of it (`prismatic.gradients.faithful.shard_units`), so the merged
 features are the unsharded ones exactly. The shards' features travel to the merge step through the
 IO manager (files under the Dagster instance; S3 under the k8s executor); the merge step writes the
 table once. The in-process executor runs the shards one after another; the multiprocess executor
@@ -19,14 +19,26 @@ import warnings
 import numpy as np
 import polars as pl
 import torch
-from dagster import (AssetIn, AssetsDefinition, BetaWarning, DynamicOut, DynamicOutput, In, Nothing, OpExecutionContext,
-                     Out, Output, graph_asset, op)
+from dagster import (
+    AssetIn,
+    AssetsDefinition,
+    BetaWarning,
+    DynamicOut,
+    DynamicOutput,
+    In,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    Output,
+    graph_asset,
+    op,
+)
 
 from prism_assets import io
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.scaleout import shard_op_tags
 from prismatic.config import PrismConfig
-from prismatic.gradients import FeatureSet, feature_table, merge_feature_sets
+from prismatic.gradients.faithful import FeatureSet, feature_table, merge_feature_sets
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
 from resources.store import StoreResource

@@ -10,10 +10,11 @@ from prism_assets.guard import require_previous_round
 from prism_assets.metadata import previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.seeds import seeds
-from prismatic.engines import Journal
-from prismatic.problem_filters import filter_counts
-from prismatic.quality import build_filter, removal_counts
-from prismatic.synthesis import SEED_ROUND, generate_round, previous_round, problem_nll
+from prismatic.data.filters import filter_counts
+from prismatic.data.quality import build_filter, removal_counts
+from prismatic.generation.engines import Journal
+from prismatic.rounds import SEED_ROUND, previous_round
+from prismatic.synthesis.steps import generate_round, problem_nll
 from resources.generator import GeneratorResource, endpoint_counts
 from resources.home import PrismHome
 from resources.proxy import ProxyResource

@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetPartitionStatus, Failu
 
 from prism_assets.jobs import ROUND_ASSETS
 from prism_assets.partitions import rounds
-from prismatic.synthesis import SEED_ROUND, previous_round
+from prismatic.rounds import SEED_ROUND, previous_round
 from resources.store import StoreResource
 
 ROUND_TABLES = ("generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",

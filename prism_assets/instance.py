@@ -14,7 +14,7 @@ and the pool `prism_rounds` gets a limit of 1 in the instance's storage, as
 `dagster instance concurrency set prism_rounds 1` would (a limit set before, in the UI or with that
 command, is kept). The explicit limit matters: in dagster 1.13 a pool limited only by
 `default_limit` gets its limit while the queue daemon is already deciding, so the first runs queued
-in that pool can all start together (tests/test_services.py saw r000 and r001 of one backfill do so).
+in that pool can all start together (tests/integration/test_services.py saw r000 and r001 of one backfill do so).
 
 With the default queued run coordinator, queued runs start first in, first out, so the runs a
 backfill submits in round order also start in that order, each after the previous one finished.

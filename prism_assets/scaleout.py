@@ -22,7 +22,7 @@ from dagster import ExecutorDefinition, in_process_executor, multiprocess_execut
 
 from prismatic.config import CONFIG_FILE, OrchestrationConfig, PrismConfig
 from prismatic.errors import InputError
-from prismatic.store import parse_s3_uri
+from prismatic.storage.store import parse_s3_uri
 
 IO_PREFIX = "_dagster_io"
 """Under the store's prefix: the values passed between ops when steps run in separate pods."""

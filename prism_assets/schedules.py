@@ -7,14 +7,19 @@ At each tick it looks at the latest round key: none yet → r000; the latest rou
 partition requests, so it adds the key to the instance itself before returning the run request.
 """
 
-from dagster import (DefaultScheduleStatus, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, SkipReason,
-                     schedule)
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
 
 from prism_assets.jobs import prism_round
 from prism_assets.partitions import rounds
 from prism_assets.sensors import gvendi_gain, stop_reason
-from prismatic.store import round_sort_key
-from prismatic.synthesis import SEED_ROUND, round_key, round_number
+from prismatic.rounds import SEED_ROUND, round_key, round_number, round_sort_key
 from resources.home import PrismHome
 from resources.store import StoreResource
 

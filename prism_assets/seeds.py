@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from prism_assets import io
-from prismatic.data import load_seeds
+from prismatic.data.samples import load_seeds
 from resources.home import PrismHome
 from resources.store import StoreResource
 

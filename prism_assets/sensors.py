@@ -11,16 +11,24 @@ rN read them, it re-runs rN's `built_on_latest_previous_round` checks, which the
 rN is rebuilt.
 """
 
-from dagster import (AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext,
-                     SensorResult, sensor)
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
 from prism_assets.checks import READS_PREVIOUS
 from prism_assets.jobs import prism_round, round_provenance_checks
 from prism_assets.metadata import TABLE_ASSETS
 from prism_assets.partitions import rounds
 from prismatic.config import RoundsConfig
-from prismatic.store import Store
-from prismatic.synthesis import SEED_ROUND, pool_gvendi, previous_round, round_key, round_number
+from prismatic.rounds import SEED_ROUND, previous_round, round_key, round_number
+from prismatic.storage.store import Store
+from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
 from resources.store import StoreResource
 

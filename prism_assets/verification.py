@@ -6,7 +6,8 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from prism_assets import io
 from prism_assets.generations import generations
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
-from prismatic.synthesis import SEED_ROUND, seeds_as_verified, verify_round
+from prismatic.rounds import SEED_ROUND
+from prismatic.synthesis.steps import seeds_as_verified, verify_round
 from resources.home import PrismHome
 from resources.store import StoreResource
 

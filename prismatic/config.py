@@ -112,7 +112,7 @@ class GeneratorConfig(_Section):
 
 
 class DedupConfig(_Section):
-    """Duplicate removal of generated problems (prismatic.quality), against the pool and the round.
+    """Duplicate removal of generated problems (prismatic.data.quality), against the pool and the round.
 
     exact: drop a problem whose normalized text (NFKC, case-folded, punctuation and spacing
       collapsed) equals one already seen.
@@ -146,7 +146,7 @@ class DecontaminationConfig(_Section):
 
 
 class ProblemFiltersConfig(_Section):
-    """Quality filters every generated problem passes before it is solved (prismatic.problem_filters).
+    """Quality filters every generated problem passes before it is solved (prismatic.data.filters).
 
     Text heuristics in the style of Gopher/datatrove quality filters, tuned for short word problems.
     Words are whitespace-separated tokens. A rule whose threshold is null is off.
@@ -154,7 +154,7 @@ class ProblemFiltersConfig(_Section):
     min_words, max_words: bounds on the number of words.
     min_alpha_words: least share of words that contain a letter.
     max_symbol_ratio: largest share of non-space characters that are neither letters, digits nor
-      ordinary punctuation (`prismatic.problem_filters.ORDINARY_PUNCTUATION`).
+      ordinary punctuation (`prismatic.data.filters.ORDINARY_PUNCTUATION`).
     max_token_chars: longest run of characters without a space.
     max_char_run: longest run of one repeated character (digits aside: 1000000 is a number).
     max_duplicate_ngram_share: largest share of word n-grams (n = `ngram`) that repeat an earlier one
@@ -203,12 +203,12 @@ class SynthesisConfig(_Section):
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
     kmeans_backend: `faiss`, `bf16` (exact-label bfloat16 Lloyd iterations in torch) or `auto` (bf16
-      from n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls, else faiss); see prismatic.kmeans.
+      from n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls, else faiss); see prismatic.synthesis.kmeans.
     selection_rule: `novelty` (the default: greedy maximum volume in gradient space, keeping a
       candidate while its log-det gain is at least the pool's median leave-one-out gain, so the count
       follows the candidates), `logdet` (the same greedy order with a fixed count), `paper` (keep if
       the nearest pool cluster is smaller than the median) or `balanced` (the paper rule with counts
-      updated within the round, smallest cluster first); see prismatic.selection and README
+      updated within the round, smallest cluster first); see prismatic.synthesis.selection and README
       "Selection".
     selection_count: logdet and balanced: candidates kept per round (None: as many as the paper
       rule keeps of the same candidates); novelty: an optional cap (None: no cap).

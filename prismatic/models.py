@@ -116,7 +116,7 @@ def build_chatml_tokenizer(vocab_size: int = 1024):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from prismatic.data import bundled_seeds_path
+    from prismatic.data.samples import bundled_seeds_path
 
     corpus = []
     for line in bundled_seeds_path().read_text(encoding="utf-8").splitlines():

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dagster import ConfigurableResource
 
 from prismatic.config import GeneratorConfig, load_config
-from prismatic.engines import Engine, engine_from_config
+from prismatic.generation.engines import Engine, engine_from_config
 from prismatic.models import resolve_model
 
 _ENGINES: dict[str, Engine] = {}

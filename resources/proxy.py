@@ -6,8 +6,8 @@ import polars as pl
 from dagster import ConfigurableResource
 
 from prismatic.config import load_config
-from prismatic.featurize import compute_features, load_proxy
-from prismatic.gradients import FeatureSet, Shard
+from prismatic.gradients.faithful import FeatureSet, Shard
+from prismatic.gradients.proxy import compute_features, load_proxy
 
 _PROXIES: dict[str, tuple] = {}
 

@@ -4,9 +4,10 @@ from dagster import ConfigurableResource, InitResourceContext
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from prismatic.catalog import Catalog
 from prismatic.config import PrismConfig, load_config
-from prismatic.store import ROUND_RE, Store, open_store
+from prismatic.rounds import ROUND_RE
+from prismatic.storage.catalog import Catalog
+from prismatic.storage.store import Store, open_store
 
 
 def s3_resource(config: PrismConfig) -> S3Resource:

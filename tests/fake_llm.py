@@ -11,7 +11,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prismatic.generation import NLI_LABELS
+from prismatic.generation.prompts import NLI_LABELS
 
 
 class DeterministicServer:

@@ -29,14 +29,14 @@ def _warm_up() -> None:
     from transformers.models.qwen2 import modeling_qwen2  # noqa: F401
 
     import prism_assets.definitions  # noqa: F401
-    import prism_assets.runner  # noqa: F401
-    import prismatic.cli  # noqa: F401
-    import prismatic.featurize  # noqa: F401
-    import prismatic.verify  # noqa: F401
+    import prism_cli.main  # noqa: F401
+    import prism_cli.runner  # noqa: F401
+    import prismatic.gradients.proxy  # noqa: F401
+    import prismatic.synthesis.verify  # noqa: F401
 
 
 def _child(job: dict) -> None:
-    from prismatic import cli
+    from prism_cli import main as cli
 
     fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)

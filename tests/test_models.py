@@ -40,7 +40,7 @@ def test_models_init_cli_writes_a_loadable_folder(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "tiny"
-    result = subprocess.run([sys.executable, "-m", "prismatic.cli", "models", "init", "--preset", "tiny", str(out)],
+    result = subprocess.run([sys.executable, "-m", "prism_cli.main", "models", "init", "--preset", "tiny", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy import sparse
 
-from prismatic.gradients import IGNORE, encode_chat
-from prismatic.gvendi import gvendi, vendi_from_eigenvalues
+from prismatic.gradients.faithful import IGNORE, encode_chat
+from prismatic.metrics.vendi import gvendi, vendi_from_eigenvalues
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -40,9 +40,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prismatic.config import ClusterAgentConfig
-from prismatic.engines import Engine
 from prismatic.errors import PrismError
-from prismatic.generation import GenerationRequest, Sampling
+from prismatic.generation.engines import Engine
+from prismatic.generation.prompts import GenerationRequest, Sampling
 from prismatic.metrics import prompts
 
 REPAIRS = ("invalid_json", "invalid_cluster", "invalid_index", "out_of_range", "duplicate", "overlap",

@@ -63,7 +63,7 @@ def sample_texts(samples: pl.DataFrame, text: str) -> list[str]:
 
 
 def _gvendi(inputs: MetricInputs) -> MetricResult:
-    from prismatic.gvendi import gvendi
+    from prismatic.metrics.vendi import gvendi
 
     features, about = inputs.features()
     return MetricResult(gvendi(features), dict(about))
@@ -188,7 +188,7 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
     def load_proxy():
         if proxy is not None:
             return proxy()
-        from prismatic.featurize import load_proxy as load
+        from prismatic.gradients.proxy import load_proxy as load
 
         return load(config.features, config.models_dir)
 
@@ -196,7 +196,7 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
     def load_features():
         if features is not None:
             return features()
-        from prismatic.featurize import compute_features
+        from prismatic.gradients.proxy import compute_features
 
         result, name = compute_features(samples, config.features, config.models_dir, proxy_model=load_proxy())
         return result.features, {"proxy": name, "mode": result.meta["mode"], "dim": result.meta["dim"],
@@ -208,7 +208,7 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
     def load_judge():
         if judge is not None:
             return judge()
-        from prismatic.engines import engine_from_config
+        from prismatic.generation.engines import engine_from_config
 
         section = config.metrics.cluster_agent.judge or config.generator
         opened.append(engine_from_config(section, config.models_dir))

@@ -1,0 +1,273 @@
+"""Run rounds on the home's Dagster instance from the command line (`prism demo`, `prism run`).
+
+The run executes in this process with the executor of `orchestration.executor`: in-process (the
+default) runs every step here; multiprocess starts a process per step (feature shards side by side)
+and k8s a pod per step, both loading the job through `prism_round_job`.
+
+The instance lives in `$PRISM_HOME/dagster`, so `DAGSTER_HOME=$PRISM_HOME/dagster dagster dev -w
+workspace.yaml` shows the same runs, lineage and partitions afterwards.
+
+A round is run under the store's lock of that round (`Store.lock_round`): a second `prism run` of
+the same round is refused before it starts anything. Everything a run checks (the config, the
+previous round, the seed file, the decontamination lists) is checked before the lock is taken and
+before anything is written. A run killed with SIGKILL stays STARTED in the instance; the next run of
+that round (which can take the lock only because the killed one no longer holds it) marks it failed,
+and names the vLLM engine processes left running by a killed owner (it does not stop them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, reconstructable
+from dagster._core.execution.api import execute_run
+
+from prism_assets.instance import ensure_instance_settings
+from prism_assets.jobs import ROUND_ASSETS
+from prismatic.config import load_config
+from prismatic.data.filters import FILTER_REASONS
+from prismatic.data.quality import REASONS, read_benchmark_texts
+from prismatic.data.samples import load_seeds
+from prismatic.errors import PrismError
+from prismatic.generation.engines import orphaned_vllm_engines
+from prismatic.rounds import SEED_ROUND, previous_round
+from prismatic.storage.store import Store, open_store
+from prismatic.synthesis.steps import pool_gvendi
+
+log = logging.getLogger(__name__)
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Console logging of in-process runs: warnings and errors only (the full log is in the instance)."""
+FAILURES = {DagsterEventType.STEP_FAILURE}
+"""The events whose error `run_round` reports when a run fails."""
+STORE_TAG = "prism/store"
+"""Tag of runs started by `run_round`: the store root they write (their lock is that store's)."""
+
+
+def instance_for(home: Path) -> DagsterInstance:
+    """The persistent Dagster instance under `<home>/dagster` (storage: prism.yaml's `orchestration`)."""
+    dagster_home = ensure_instance_settings(home / "dagster", load_config(home).orchestration).parent
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return DagsterInstance.get()
+
+
+def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
+              progress: Callable[[str, float], None] | None = None) -> dict:
+    """Materialize every asset of round `key` in one in-process run; returns per-asset seconds.
+
+    progress: called with (asset, seconds) as each asset of the round finishes (`watch_assets`).
+    """
+    from prism_assets.definitions import build_definitions
+
+    os.environ["PRISM_HOME"] = str(home)
+    config = load_config(home)
+    store = open_store(config)
+    if key != SEED_ROUND and not store.exists("diversity_scores", previous_round(key)):
+        raise PrismError(f"round {key} needs round {previous_round(key)} first: it is missing or did not finish "
+                         f"(run `prism run --round {previous_round(key)}`)")
+    if not store.exists("seeds", SEED_ROUND):
+        load_seeds(config.synthesis.seeds)  # a bad seed file is reported here, before anything is written
+    if key != SEED_ROUND:
+        for benchmark in config.synthesis.decontamination.benchmarks:  # so is a bad decontamination list
+            read_benchmark_texts(benchmark.path, benchmark.field)
+    run_id = str(uuid.uuid4())
+    owner = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+    with store.lock_round(key, owner, run_id=run_id) as lock:
+        if lock.replaced and (orphans := orphaned_vllm_engines()):
+            log.warning("vLLM engine processes whose owner was killed are still running (pids %s); they hold "
+                        "memory, GPU memory on a GPU, that this run's engine may need: stop them with `kill %s`",
+                        ", ".join(map(str, orphans)), " ".join(map(str, orphans)))
+        instance = instance or instance_for(home)
+        fail_dead_runs(instance, key, store)
+        defs = build_definitions(str(home))
+        if not store.exists("seeds", SEED_ROUND):
+            defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
+        instance.add_dynamic_partitions("rounds", [key])
+        tags = {STORE_TAG: store.uri}
+        with watch_assets(instance, run_id, progress):
+            if config.orchestration.executor == "in_process":
+                result = defs.resolve_job_def("prism_round").execute_in_process(
+                    partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
+                    tags=tags)
+            else:  # step processes (multiprocess) or pods (k8s) load the job by reference: its code must be importable
+                run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id, run_config=QUIET,
+                                                  tags={**tags, "dagster/partition": key})
+                result = execute_run(reconstructable(prism_round_job), run, instance, raise_on_error=False)
+    if not result.success:
+        failure = next((entry.dagster_event for entry in instance.all_logs(result.run_id, of_type=FAILURES)), None)
+        error = failure.event_specific_data.error if failure else None
+        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
+            error = error.cause
+        message = error.message.strip() if error else "see the Dagster run log"
+        raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
+    return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
+
+
+def prism_round_job():
+    """The `prism_round` job of `$PRISM_HOME`'s definitions, for `reconstructable` (other processes
+    load the job through this function)."""
+    from prism_assets.definitions import build_definitions
+
+    return build_definitions().resolve_job_def("prism_round")
+
+
+def fail_dead_runs(instance: DagsterInstance, key: str, store: Store) -> list[str]:
+    """Mark failed the unfinished `run_round` runs of round `key` on `store`; returns their run ids.
+
+    Call it holding the round's lock: such a run held that lock for its whole life, so if it is
+    still STARTED now, its process died (e.g. SIGKILL) without reporting the end.
+    """
+    dead = instance.get_runs(RunsFilter(job_name="prism_round", tags={"dagster/partition": key,
+                                                                       STORE_TAG: store.uri},
+                                        statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+                                                  DagsterRunStatus.STARTED]))
+    for run in dead:
+        instance.report_run_failed(run, message=f"the process running round {key} ended without finishing the "
+                                                "run (killed?); a later run of the round found its lock free")
+    return [run.run_id for run in dead]
+
+
+@contextmanager
+def watch_assets(instance: DagsterInstance, run_id: str, progress: Callable[[str, float], None] | None,
+                 interval_s: float = 0.5) -> Iterator[None]:
+    """While the body runs, report each asset of run `run_id` that finishes: `progress(asset, seconds)`,
+    seconds from its first step's start to its last step's success (a graph asset's steps are
+    `asset.op`; it is reported once its last step is done). Polls the instance's event log; every
+    asset is reported, in order, by the time the body returns."""
+    if progress is None:
+        yield
+        return
+    reported: set[str] = set()
+    stop = threading.Event()
+
+    def report() -> None:
+        done = asset_seconds(instance, run_id)
+        for asset, seconds in done.items():
+            if asset not in reported:
+                reported.add(asset)
+                progress(asset, seconds)
+
+    def poll() -> None:
+        while not stop.wait(interval_s):
+            try:
+                report()
+            except Exception:  # a transient storage error: try again at the next tick
+                log.debug("event poll failed", exc_info=True)
+
+    thread = threading.Thread(target=poll, name="prism-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
+
+
+FINAL_STEPS = {"gradient_features": "gradient_features.merge_feature_shards"}
+"""The step that ends a multi-op asset (other assets are one step named like the asset)."""
+
+
+def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds per finished asset of a run (`ROUND_ASSETS`; asset checks are left out), in finishing
+    order: from the first STEP_START of the asset's steps to the STEP_SUCCESS of its final step
+    (`FINAL_STEPS`, else the step named like the asset)."""
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        asset = event.step_key.split(".", 1)[0]
+        if asset not in ROUND_ASSETS:  # an asset check's step
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            started.setdefault(asset, entry.timestamp)
+        elif event.step_key == FINAL_STEPS.get(asset, asset):
+            ended[asset] = entry.timestamp
+    return {a: round(ended[a] - started[a], 2) for a in sorted(ended, key=ended.get) if a in started}
+
+
+def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
+    starts, seconds = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type == DagsterEventType.STEP_SUCCESS and event.step_key in starts:
+            seconds[event.step_key] = round(entry.timestamp - starts[event.step_key], 2)
+    return seconds
+
+
+SCREENING_REASONS = (*FILTER_REASONS, *REASONS)
+"""Why parsed problems were dropped before solving (prismatic.data.filters, prismatic.data.quality)."""
+
+
+def round_summary(home: Path, keys: list[str]) -> list[dict]:
+    """Per round, what `prism demo` and `prism run` show:
+
+    problems: problems parsed from the generator's answers; dropped: of those, removed before solving
+    (filters, proxy-NLL outliers, duplicates, contamination), with `dropped_by` counting each reason
+    (plus `unparseable`: answers with no problem at all); solved: problems sent to solving; verified:
+    verified samples (solutions in a problem's winning answer group); kept: candidates the selection
+    kept; pool: pool size; gvendi: the pool's G-Vendi; gain: its change from the previous round;
+    control_gain: the change had the same number of candidates been kept at random
+    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws).
+    """
+    store = open_store(load_config(home))
+    rows = []
+    previous = None
+    for key in keys:
+        gens = store.read("generations", key)
+        rejections = store.read("rejections", key)
+        counts = rejections.group_by("reason").len().sort("len", descending=True)
+        dropped_by = {r: n for r, n in counts.iter_rows() if r in SCREENING_REASONS}
+        scores = dict(store.read("diversity_scores", key).select("metric", "value").iter_rows())
+        if previous is None and key != SEED_ROUND:
+            previous = pool_gvendi(store, previous_round(key))
+        rows.append({
+            "round": key,
+            "problems": gens.filter(kind="problem").height,
+            "unparseable": rejections.filter(reason="unparseable_problems").height,
+            "dropped": sum(dropped_by.values()),
+            "dropped_by": dropped_by,
+            "solved": gens.filter(kind="solution")["parent_ids"].list.first().n_unique(),
+            "verified": store.read("verified_samples", key).height,
+            "kept": int(store.read("selection", key)["kept"].sum()),
+            "pool": store.read("pool", key).height,
+            "gvendi": round(scores["gvendi"], 3),
+            "gain": None if previous is None else round(scores["gvendi"] - previous, 3),
+            "control_gain": (round(scores["gvendi_control"] - previous, 3)
+                             if previous is not None and "gvendi_control" in scores else None),
+        })
+        previous = scores["gvendi"]
+    return rows
+
+
+def format_summary(rows: list[dict]) -> list[str]:
+    """`round_summary` rows as a fixed-width table, then one line per round naming why problems were dropped."""
+    columns = ("round", "problems", "dropped", "solved", "verified", "kept", "pool", "gvendi", "gain",
+               "control_gain")
+    def cell(column: str, value) -> str:
+        if value is None:
+            return "—"
+        return f"{value:+.3f}" if column.endswith("gain") else f"{value:.3f}" if column == "gvendi" else str(value)
+
+    cells = [[cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(cell[i]) for cell in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(cell_row, widths)) for cell_row in cells]
+    for row in rows:
+        reasons = dict(row["dropped_by"], **({"unparseable": row["unparseable"]} if row["unparseable"] else {}))
+        if reasons:
+            lines.append(f"{row['round']} dropped: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+    return lines

@@ -1,0 +1,109 @@
+"""Gradient features of a data set under the configured proxy, in either mode.
+
+One entry point for the CLI and the Dagster asset: load the proxy, check every chat against its
+context (`features.overlong`), pick the path (`fast`: batched factored projection, `faithful`: the
+paper code's one backward per sample), return a FeatureSet.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from prismatic.config import DataFields, FeaturesConfig
+from prismatic.data.samples import LINE_COLUMN
+from prismatic.errors import InputError, PrismError
+from prismatic.faults import fault_point
+from prismatic.gradients.faithful import FeatureSet, Shard, faithful_features
+from prismatic.gradients.fast import FastFeaturizer
+from prismatic.models import load_causal_lm, resolve_model
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_proxy(config: FeaturesConfig, models_dir: Path):
+    """(model, tokenizer, resolved name) of the configured proxy."""
+    proxy = resolve_model(config.proxy, models_dir)
+    device = pick_device(config.device)
+    print(f"loading proxy {proxy} on {device}", file=sys.stderr)
+    model, tokenizer = load_causal_lm(proxy, getattr(torch, config.model_dtype), device)
+    return model, tokenizer, proxy
+
+
+def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: Path, *, proxy_model=None,
+                     progress: bool = True, source: Path | None = None, fields: DataFields | None = None,
+                     shard: Shard | None = None) -> tuple[FeatureSet, str]:
+    """Features of `samples` (id, prompt, response); `proxy_model` = (model, tokenizer, name) to reuse one.
+
+    `source` (the file the samples came from, with `LINE_COLUMN` in `samples`) and `fields` (its
+    field names) make an overlong sample an `InputError` naming file, line and field.
+    `shard` = (index, count): only that shard's rows (every shard reads all of `samples` to plan the
+    batches; `merge_feature_sets` of all shards equals the unsharded result).
+    """
+    model, tokenizer, proxy = proxy_model or load_proxy(config, models_dir)
+    max_tokens = fit_context(samples, tokenizer, context_length(model), config, source=source, fields=fields)
+    fault_point("features")
+    if config.mode == "fast":
+        featurizer = FastFeaturizer(model, tokenizer, dim=config.dim, seed=config.seed,
+                                    block_in=config.block_in, block_out=config.block_out,
+                                    batch_tokens=config.batch_tokens, max_tokens=max_tokens)
+        return featurizer.features(samples, progress=progress, shard=shard), proxy
+    result = faithful_features(model, tokenizer, samples, dim=config.dim, seed=config.seed,
+                               max_tokens=max_tokens,
+                               projection_dtype=getattr(torch, config.projection_dtype),
+                               buffer_bytes=config.gradient_buffer_gb * 1e9, progress=progress, shard=shard)
+    return result, proxy
+
+
+def context_length(model) -> int | None:
+    """The proxy's context (`max_position_embeddings`), or None when its config does not say."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def fit_context(samples: pl.DataFrame, tokenizer, context: int | None, config: FeaturesConfig, *,
+                source: Path | None = None, fields: DataFields | None = None) -> int | None:
+    """The `max_tokens` to featurize with, once every chat was checked against the proxy's context.
+
+    A chat within `config.max_tokens` (when that is within the context) or within the context
+    passes. A longer one is refused (`overlong: refuse`) or cut to the context (`overlong:
+    truncate`, recorded per row as `truncated`); a prompt that alone fills the context is refused
+    either way (no response token would be left to score).
+    """
+    if context is None or (config.max_tokens is not None and config.max_tokens <= context):
+        return config.max_tokens
+    fields = fields or DataFields()
+    for row in samples.iter_rows(named=True):
+        prompt, response = row["prompt"], row["response"]
+        if len(prompt.encode()) + len(response.encode()) < context // 2:
+            continue  # a token covers at least one byte; the template adds far fewer than context/2 tokens
+        n_chat = _n_tokens(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+        if n_chat <= context:
+            continue
+        n_prompt = _n_tokens(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
+        if n_prompt >= context:
+            field, message = fields.prompt_field, (f"the prompt of sample {row['id']!r} alone is {n_prompt} tokens; "
+                                                   f"the proxy's context is {context}, so no response token is left "
+                                                   "to score")
+        elif config.overlong == "refuse":
+            field, message = fields.response_field, (f"sample {row['id']!r} is {n_chat} tokens as a chat, more than "
+                                                     f"the proxy's context of {context} (features.overlong: truncate "
+                                                     "cuts such samples and records it)")
+        else:
+            continue
+        if source is not None:
+            raise InputError(source, message, line=row.get(LINE_COLUMN), field=field)
+        raise PrismError(f"field '{field}': {message}")
+    return context if config.overlong == "truncate" else config.max_tokens
+
+
+def _n_tokens(tokenizer, messages: list[dict], generation_prompt: bool = False) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])

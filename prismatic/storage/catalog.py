@@ -1,0 +1,186 @@
+"""The DuckDB catalog: one VIEW per store table over its Parquet files, queried read-only.
+
+`$PRISM_HOME/catalog.duckdb` holds, for every table with at least one round in the store,
+
+    CREATE OR REPLACE VIEW <table> AS SELECT * FROM read_parquet('<root>/<table>/round=*/*.parquet',
+        hive_partitioning = true, union_by_name = true, hive_types = {'round': VARCHAR})
+
+so `select round, count(*) from verified_samples group by 1` works, `round` being the VARCHAR of
+the partition directory ('r001'). The views hold globs, not data: a round written after `refresh()`
+shows up in the next query without another refresh; `refresh()` is needed only when a table gets its
+first round (or loses its last). DuckDB reads the fixed-size `feature` arrays as `FLOAT[]` lists.
+
+Concurrency. DuckDB locks the database file: one read-write process at a time, or any number of
+read-only ones, never both. So:
+- `refresh()` (the writer: an asset after it writes, `prism run`) opens the file read-write only for
+  the few DDL statements in one transaction, then closes it;
+- `query()` (the reader: `prism query`) opens it `read_only=True`, runs the statement, closes it;
+- both wait up to `lock_timeout` seconds for the other side's lock before giving up with a
+  `PrismError`. Parquet files are replaced atomically by the store, so a query that runs while a
+  round is being written sees the old partition or the new one.
+Readers cannot write: the connection is read-only and `query` accepts only SELECT/EXPLAIN
+statements (a read-only DuckDB connection would still let `COPY ... TO` write files).
+
+S3 stores. The views hold `s3://bucket/prefix/<table>/round=*/*.parquet` globs, and every connection
+to a catalog of an S3 store (or with a view over s3://, whatever the store given) registers an
+fsspec `s3fs.S3FileSystem` (the `s3:` settings, credentials from the standard AWS chain) that DuckDB
+reads them through. DuckDB's own httpfs extension is never used: its automatic install and load are
+switched off, so nothing is downloaded at run time and a catalog works offline against any
+S3-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from prismatic.config import S3Config
+from prismatic.errors import PrismError
+from prismatic.storage.store import PARTITION_COLUMN, TABLES, S3Store, Store
+
+CATALOG_FILE = "catalog.duckdb"
+READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+def one_line(exc: BaseException) -> str:
+    """DuckDB's message without the caret picture under it, on one line."""
+    head = str(exc).strip().split("\n\n", 1)[0]
+    return " ".join(part.strip() for part in head.splitlines() if part.strip())
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Catalog:
+    """Views over a `Store`, in a DuckDB file that readers open read-only."""
+
+    def __init__(self, db_path: str | Path, store: Store | str | Path, *, lock_timeout: float = 10.0,
+                 s3: S3Config | None = None):
+        self.db_path = Path(db_path).expanduser().absolute()
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.lock_timeout = lock_timeout
+        self.s3 = self.store.settings if isinstance(self.store, S3Store) else (s3 or S3Config())
+        self._filesystem = None
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.db_path)!r}, {self.store.uri!r})"
+
+    def view_sql(self, table: str) -> str:
+        """The statement that (re)creates the view of `table`."""
+        return (f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM read_parquet('
+                f"{_sql_string(self.store.glob(table))}, hive_partitioning = true, union_by_name = true, "
+                f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}})")
+
+    def write_partition(self, table: str, round_key: str, frame, metadata: dict) -> None:
+        """`store.write(table, round_key, frame, metadata)`, then rebuild the catalog if the table needs
+        a view. Views read a file pattern, so new rounds of a table appear in queries by themselves;
+        the catalog is rebuilt only when a table gets its first partition (or the catalog file is
+        missing). A rewrite of a table's only partition rebuilds it too: a run killed between its
+        first write and the rebuild leaves a table without a view, and its rerun writes that
+        partition again."""
+        first_partition = self.store.rounds(table) in ([], [round_key])
+        self.store.write(table, round_key, frame, metadata=metadata)
+        if first_partition or not self.db_path.exists():
+            self.refresh()
+
+    def refresh(self) -> list[str]:
+        """(Re)create the view of every table with data, drop the others; returns the viewed tables.
+
+        One short read-write transaction: readers wait at most that long.
+        """
+        present = self.store.tables()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        current = ""
+        with self._connect(read_only=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in TABLES:
+                    current = table
+                    if table in present:
+                        con.execute(self.view_sql(table))
+                    else:
+                        con.execute(f'DROP VIEW IF EXISTS "{table}"')
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                con.execute("ROLLBACK")
+                raise PrismError(f"catalog {self.db_path}: view '{current}': {one_line(exc)}") from None
+        return present
+
+    def views(self) -> list[str]:
+        """Names of the views in the catalog (empty when it does not exist yet)."""
+        if not self.db_path.exists():
+            return []
+        _, rows = self.query("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+        return [row[0] for row in rows]
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run read-only SQL; returns (column names, rows) of the last statement."""
+        if not self.db_path.exists():
+            raise PrismError(f"no catalog at {self.db_path}: run a round first (prism demo, or prism run "
+                             f"--round r000), then query")
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise PrismError(one_line(exc)) from None
+        if not statements:
+            raise PrismError("empty query")
+        for statement in statements:
+            if statement.type not in READ_STATEMENTS:
+                raise PrismError(f"queries are read-only: only SELECT statements run here, got "
+                                 f"{statement.type.name}")
+        with self._connect(read_only=True) as con:
+            try:
+                cursor = con.execute(sql)
+                if cursor.description is None:
+                    return [], []
+                columns = [column[0] for column in cursor.description]
+                return columns, cursor.fetchall()
+            except duckdb.Error as exc:
+                raise PrismError(one_line(exc)) from None
+
+    def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the catalog, waiting up to `lock_timeout` s while another process holds the lock."""
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=read_only,
+                                     config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+                if time.monotonic() >= deadline:
+                    raise PrismError(f"catalog {self.db_path} is locked by another process "
+                                     f"(waited {self.lock_timeout:g} s); try again") from None
+            except duckdb.Error as exc:
+                raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+            else:
+                try:
+                    if isinstance(self.store, S3Store) or con.execute(
+                            "SELECT count(*) FROM duckdb_views() WHERE sql LIKE '%''s3://%'").fetchone()[0]:
+                        con.register_filesystem(self._s3_filesystem())
+                except duckdb.Error as exc:
+                    con.close()
+                    raise PrismError(f"catalog {self.db_path}: {one_line(exc)}") from None
+                return con
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+
+    def _s3_filesystem(self):
+        """The fsspec filesystem DuckDB reads an S3 store through (one per catalog). It caches no
+        listing: a partition rewritten since the last query must be read as it is now."""
+        if self._filesystem is None:
+            import s3fs
+
+            settings = self.s3
+            self._filesystem = s3fs.S3FileSystem(
+                endpoint_url=settings.endpoint_url, profile=settings.profile_name,
+                client_kwargs={"region_name": settings.region_name} if settings.region_name else {},
+                skip_instance_cache=True, use_listings_cache=False)
+        self._filesystem.invalidate_cache()
+        return self._filesystem

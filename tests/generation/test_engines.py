@@ -1,0 +1,482 @@
+"""Engines and the journal (prismatic.generation.engines): resume, OpenAI-compatible failover, real vLLM on CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import vllm_engine_for
+
+from prismatic.errors import InputError, PrismError
+from prismatic.generation.engines import Journal, OpenAIEngine, generate_journaled
+from prismatic.generation.prompts import (
+    NLI_LABELS,
+    PROBLEM_SAMPLING,
+    SOLUTION_SAMPLING,
+    GenerationRequest,
+    nli_prompt,
+    solution_prompt,
+)
+
+API_KEY = "sk-test-SECRET-4f9a1c"
+
+
+def make_requests(n: int, model: str = "m", **kwargs) -> list[GenerationRequest]:
+    return [GenerationRequest.build(model, solution_prompt(f"What is {i} + {i}?", "math"), SOLUTION_SAMPLING, 0,
+                                    **kwargs) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ journal
+
+
+class FakeEngine:
+    """Answers `text:<key prefix>` and reports each answer at once; crashes after `fail_after` answers."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.fail_after = fail_after
+        self.sent: list[str] = []
+        self.output_tokens = 0
+
+    def generate(self, requests, on_results=None):
+        texts = []
+        for position, request in enumerate(requests):
+            if self.fail_after is not None and len(self.sent) >= self.fail_after:
+                raise RuntimeError("engine crashed")
+            self.sent.append(request.key)
+            text = f"text:{request.key[:10]}"
+            texts.append(text)
+            if on_results is not None:
+                on_results([(position, text)])
+        return texts
+
+
+def test_interrupted_run_resends_only_missing_keys(tmp_path):
+    requests = make_requests(10)
+    path = tmp_path / "journal.jsonl"
+    crashing = FakeEngine(fail_after=4)
+    with pytest.raises(RuntimeError, match="crashed"):
+        generate_journaled(crashing, requests, Journal(path))
+    assert len(crashing.sent) == 4
+    assert len(path.read_text().splitlines()) == 4
+
+    retry = FakeEngine()
+    texts = generate_journaled(retry, requests, Journal(path))
+    assert sorted(retry.sent) == sorted(r.key for r in requests[4:])
+    assert texts == [f"text:{r.key[:10]}" for r in requests]
+
+    again = FakeEngine()
+    assert generate_journaled(again, requests, Journal(path)) == texts
+    assert again.sent == []
+
+
+def test_duplicate_keys_are_sent_once(tmp_path):
+    requests = make_requests(3)
+    engine = FakeEngine()
+    texts = generate_journaled(engine, requests + requests[:2], Journal(tmp_path / "j.jsonl"))
+    assert len(engine.sent) == 3 and texts[3:] == texts[:2]
+
+
+def test_engine_without_callbacks_is_still_journaled(tmp_path):
+    class Silent(FakeEngine):
+        def generate(self, requests, on_results=None):
+            return super().generate(requests, None)
+
+    journal = Journal(tmp_path / "j.jsonl")
+    texts = generate_journaled(Silent(), make_requests(2), journal)
+    assert len(Journal(tmp_path / "j.jsonl")) == 2 and journal.texts == {r.key: t for r, t in
+                                                                         zip(make_requests(2), texts)}
+
+
+def test_torn_last_line_is_ignored_and_repaired(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.append_many([("k1", "one"), ("k2", "two\nlines ✓")])
+    with path.open("a") as handle:
+        handle.write('{"key": "k3", "te')  # crash mid-write
+    reopened = Journal(path)
+    assert reopened.texts == {"k1": "one", "k2": "two\nlines ✓"}
+    reopened.append("k3", "three")
+    assert Journal(path).texts == {"k1": "one", "k2": "two\nlines ✓", "k3": "three"}
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_complete_last_record_without_newline_is_kept(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a", "text": "x"}\n{"key": "b", "text": "y"}')
+    journal = Journal(path)
+    journal.append("c", "z")
+    assert Journal(path).texts == {"a": "x", "b": "y", "c": "z"}
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a", "text": "x"}\nnot json\n{"key": "b", "text": "y"}\n')
+    with pytest.raises(InputError, match=r"j.jsonl:2"):
+        Journal(path)
+
+
+def test_appends_keep_the_first_text_of_a_key(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.append("a", "first")
+    journal.append("a", "second")
+    assert Journal(path)["a"] == "first" and len(path.read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ OpenAI
+
+
+FAULTS = ("500", "garbage", "empty_body", "null_content", "abort", "drop", "hang")
+"""What a misbehaving server does instead of answering: an HTTP 500, a 200 whose body is HTML, an
+empty 200, a completion with `content: null`, one with `finish_reason: "abort"` (vLLM aborting on
+shutdown), closing the connection without a response, answering after the client's timeout."""
+
+
+class FakeServer:
+    """An OpenAI-compatible chat completions endpoint on 127.0.0.1.
+
+    mode: "ok" answers; "500" fails with a body that echoes the Authorization header (a careless
+    server), "400" refuses. `poison`: requests whose last message contains it get `poison_fault`
+    (default "500"). `faults`: the next requests get these (one of FAULTS each), then answers again.
+    """
+
+    def __init__(self, mode: str = "ok", delay: float = 0.0, port: int = 0):
+        self.mode = mode
+        self.delay = delay
+        self.poison: str | None = None
+        self.poison_fault = "500"
+        self.faults: list[str] = []
+        self.hang = 3.0
+        self.connections: list[socket.socket] = []
+        self.bodies: list[dict] = []
+        self.auth: list[str | None] = []
+        self.hits = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server.connections.append(self.connection)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.hits += 1
+                    server.bodies.append(body)
+                    server.auth.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fault = server.faults.pop(0) if server.faults else None
+                try:
+                    time.sleep(server.delay)
+                    content = body["messages"][-1]["content"]
+                    if server.poison and server.poison in content:
+                        fault = server.poison_fault
+                    if self.path != "/v1/chat/completions":
+                        self.reply(404, {"error": "no such route"})
+                    elif fault is not None:
+                        self.misbehave(fault)
+                    elif server.mode == "500":
+                        self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
+                    elif server.mode == "400":
+                        self.reply(400, {"error": f"bad request from {self.headers.get('Authorization')}"})
+                    else:
+                        text = body["structured_outputs"]["choice"][0] if "structured_outputs" in body \
+                            else f"echo:{content[-12:]}|seed={body.get('seed')}"
+                        self.reply(200, {"id": "x", "object": "chat.completion", "model": body["model"],
+                                         "choices": [{"index": 0, "finish_reason": "stop",
+                                                      "message": {"role": "assistant", "content": text}}],
+                                         "usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                                   "total_tokens": 13}})
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def reply(self, status, payload, raw: bytes | None = None):
+                data = json.dumps(payload).encode() if raw is None else raw
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def misbehave(self, fault):
+                completion = {"choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": None}}]}
+                if fault == "500":
+                    self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
+                elif fault == "garbage":
+                    self.reply(200, {}, raw=b"<html><body>502 Bad Gateway</body></html>")
+                elif fault == "empty_body":
+                    self.reply(200, {}, raw=b"")
+                elif fault == "null_content":
+                    self.reply(200, completion)
+                elif fault in ("abort", "empty_stop"):
+                    completion["choices"][0].update(finish_reason=fault.removeprefix("empty_"),
+                                                    message={"role": "assistant", "content": ""})
+                    self.reply(200, completion)
+                elif fault == "drop":
+                    self.close_connection = True
+                elif fault == "hang":
+                    time.sleep(server.hang)
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        """Stop as a killed server process would: listening socket and open connections closed."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def servers():
+    started: list[FakeServer] = []
+
+    def start(mode: str = "ok", delay: float = 0.0, port: int = 0) -> FakeServer:
+        started.append(FakeServer(mode, delay, port))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def unused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_openai_engine_answers_in_order_with_bounded_concurrency(servers):
+    a, b = servers(delay=0.05), servers(delay=0.05)
+    requests = make_requests(12)
+    with OpenAIEngine([a.url, b.url + "/"], "served-model", api_key=API_KEY, max_concurrency=3) as engine:
+        texts = engine.generate(requests)
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    assert a.hits == b.hits == 6  # round-robin
+    assert a.max_in_flight + b.max_in_flight <= 3 * 2 and max(a.max_in_flight, b.max_in_flight) <= 3
+    stats = engine.endpoint_stats
+    assert stats[a.url].ok == stats[b.url].ok == 6 and stats[a.url].failed == 0
+    assert engine.output_tokens == 12 * 3 and engine.completed == 12
+    body = a.bodies[0]
+    assert body["model"] == "served-model" and body["temperature"] == 0.75 and body["top_p"] == 0.95
+    assert body["max_tokens"] == SOLUTION_SAMPLING.max_tokens and "structured_outputs" not in body
+    assert set(a.auth) == {f"Bearer {API_KEY}"}
+
+
+def test_openai_engine_sends_structured_outputs(servers):
+    server = servers()
+    schema = {"type": "object", "properties": {"label": {"enum": list(NLI_LABELS)}}, "required": ["label"]}
+    engine = OpenAIEngine([server.url], "m")
+    texts = engine.generate([
+        GenerationRequest.build("m", solution_prompt(nli_prompt("a", "b"), "nli", reasoning=False),
+                                SOLUTION_SAMPLING, choices=list(NLI_LABELS)),
+        GenerationRequest.build("m", solution_prompt("1+1?", "math"), SOLUTION_SAMPLING, json_schema=schema),
+    ])
+    assert texts[0] == "entailment"
+    by_kind = {("choice" if "structured_outputs" in b else "json"): b for b in server.bodies}
+    assert by_kind["choice"]["structured_outputs"] == {"choice": list(NLI_LABELS)}
+    assert by_kind["json"]["response_format"] == {"type": "json_schema",
+                                                  "json_schema": {"name": "output", "schema": schema}}
+    assert server.auth == [None, None]
+
+
+def test_failing_url_moves_its_requests_to_the_others(servers, caplog):
+    good, bad = servers(), servers("500")
+    dead = unused_url()
+    requests = make_requests(12)
+    engine = OpenAIEngine([good.url, bad.url, dead], "m", api_key=API_KEY, max_concurrency=4, backoff=0.01)
+    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines"):
+        texts = engine.generate(requests)
+    assert len(texts) == 12 and all(t.startswith("echo:") for t in texts)
+    stats = engine.endpoint_stats
+    assert stats[good.url].ok == 12 and stats[good.url].failed == 0 and stats[good.url].sent == good.hits == 12
+    assert stats[bad.url].ok == 0 and stats[bad.url].failed == stats[bad.url].sent == bad.hits >= 1
+    assert stats[dead].ok == 0 and stats[dead].failed >= 1
+    assert "HTTP 500" in caplog.text and API_KEY not in caplog.text
+
+
+def test_exhausted_retries_raise_without_the_key(servers, caplog):
+    bad = servers("500")
+    engine = OpenAIEngine([bad.url, unused_url()], "m", api_key=API_KEY, max_concurrency=2, max_retries=3,
+                          backoff=0.001)
+    with caplog.at_level(logging.DEBUG), pytest.raises(PrismError, match="failed after 4 attempts") as info:
+        engine.generate(make_requests(3))
+    assert API_KEY not in str(info.value) and API_KEY not in repr(info.value) and API_KEY not in caplog.text
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert API_KEY not in repr(engine)
+    assert bad.auth[0] == f"Bearer {API_KEY}"  # the key was sent, just never shown
+
+
+def test_client_errors_fail_at_once_without_the_key(servers):
+    refusing = servers("400")
+    engine = OpenAIEngine([refusing.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=4, backoff=0.001)
+    with pytest.raises(PrismError, match="HTTP 400") as info:
+        engine.generate(make_requests(3))
+    assert API_KEY not in str(info.value) and "***" in str(info.value)
+    assert refusing.hits == 1  # no retry, and the remaining requests were not sent
+
+
+@pytest.mark.parametrize("fault", ["500", "garbage", "hang"])
+def test_openai_resume_journals_each_response_as_it_completes(servers, tmp_path, fault):
+    server = servers()
+    requests = make_requests(5)
+    server.poison = requests[-1].messages[-1]["content"][-12:]
+    server.poison_fault = fault
+    journal_path = tmp_path / "j.jsonl"
+    engine = OpenAIEngine([server.url], "m", max_concurrency=1, max_retries=1, timeout=0.3, backoff=0.001)
+    with pytest.raises(PrismError) as info:
+        generate_journaled(engine, requests, Journal(journal_path))
+    assert "failed after 2 attempts" in str(info.value)
+    assert f"4 of the 5 requests sent finished and are kept in the journal {journal_path}" in str(info.value)
+    assert "a rerun sends only the other 1" in str(info.value)
+    assert set(Journal(journal_path).texts) == {r.key for r in requests[:4]}
+    server.poison = None
+    hits_before = server.hits
+    texts = generate_journaled(engine, requests, Journal(journal_path))
+    assert server.hits - hits_before == 1 and len(texts) == 5
+    assert texts[-1].startswith("echo:")
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_kind_of_server_fault_is_retried_with_backoff(servers, fault, caplog):
+    server = servers()
+    server.faults = [fault, fault]  # the first request fails twice, then succeeds
+    server.hang = 1.0
+    requests = make_requests(3)
+    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, timeout=0.3,
+                          backoff=0.01)
+    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines"):
+        texts = engine.generate(requests)
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    stats = engine.endpoint_stats[server.url]
+    assert (stats.failed, stats.ok, stats.sent) == (2, 3, 5)
+    assert caplog.text.count("retrying") == 2 and API_KEY not in caplog.text
+
+
+def test_faults_beyond_the_retry_budget_fail_clearly(servers):
+    server = servers()
+    server.faults = ["garbage", "abort", "empty_body"]
+    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, backoff=0.001)
+    with pytest.raises(PrismError, match=r"failed after 3 attempts; last error: .*not a chat completion response"):
+        engine.generate(make_requests(2))
+    assert server.hits == 3  # bounded: the second request was never sent
+
+
+def test_an_empty_answer_that_ran_to_its_end_is_the_models_answer(servers):
+    server = servers()
+    server.faults = ["empty_stop"]  # content "", finish_reason "stop": a seeded retry would repeat it
+    assert OpenAIEngine([server.url], "m", max_retries=3).generate(make_requests(1)) == [""]
+    assert server.hits == 1
+
+
+def test_a_server_restart_is_ridden_out(servers):
+    first = servers()
+    port = int(first.url.rsplit(":", 1)[1].split("/")[0])
+    engine = OpenAIEngine([first.url], "m", max_concurrency=2, max_retries=8, backoff=0.05, max_backoff=0.4)
+    assert len(engine.generate(make_requests(4))) == 4  # keep-alive connections to the old process are open
+    first.close()
+    restarted = []
+    threading.Timer(0.5, lambda: restarted.append(servers(port=port))).start()
+    requests = make_requests(6, model="after-restart")
+    texts = engine.generate(requests)
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    assert restarted[0].hits >= 6 and engine.endpoint_stats[first.url].failed >= 1
+
+
+def test_orphaned_vllm_engine_processes_are_found():
+    """An engine core whose owner died (re-parented away from Python) is reported; a live one is not."""
+    import signal
+    import subprocess
+
+    from prismatic.generation.engines import orphaned_vllm_engines
+
+    started = subprocess.run(["bash", "-c", "(exec -a VLLM::EngineCore sleep 60) >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+    orphan = int(started.stdout)
+    owned = subprocess.Popen(["bash", "-c", "exec -a VLLM::EngineCore sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while orphan not in orphaned_vllm_engines():
+            assert time.monotonic() < deadline, "the orphan was not found"
+            time.sleep(0.05)
+        assert owned.pid not in orphaned_vllm_engines()  # its parent is this Python process
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+        owned.kill()
+        owned.wait()
+
+
+def test_openai_engine_arguments_are_checked():
+    with pytest.raises(PrismError):
+        OpenAIEngine([], "m")
+    with pytest.raises(PrismError):
+        OpenAIEngine(["http://a/v1", "http://a/v1/"], "m")
+    assert OpenAIEngine("http://a/v1", "m").base_urls == ["http://a/v1"]
+    assert OpenAIEngine(["http://a/v1"], "m").generate([]) == []
+
+
+# ------------------------------------------------------------------------------------------ vLLM
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir, tmp_path_factory):
+    """One vLLM engine (tiny random Qwen2, CPU) for the whole module: it takes ~1 min to start."""
+    yield from vllm_engine_for(tiny_model_dir, tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.slow
+def test_vllm_engine_plain_choices_json_and_seed(vllm_engine, tmp_path):
+    short = PROBLEM_SAMPLING.model_copy(update={"max_tokens": 16})
+    messages = [{"role": "user", "content": "Write a problem."}]
+    plain = [GenerationRequest.build("tiny", messages, short, i) for i in range(4)]
+    texts = vllm_engine.generate(plain)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    assert len(set(texts)) > 1  # different indices, different seeds
+    assert 0 < vllm_engine.output_tokens <= 4 * 16
+    assert vllm_engine.generate(plain) == texts  # a fixed seed gives the same outputs
+
+    labels = [GenerationRequest.build("tiny", solution_prompt(nli_prompt("A dog runs.", f"It moves {i}."), "nli",
+                                                              reasoning=False),
+                                      SOLUTION_SAMPLING.model_copy(update={"max_tokens": 8}), i,
+                                      choices=list(NLI_LABELS)) for i in range(6)]
+    assert set(vllm_engine.generate(labels)) <= set(NLI_LABELS)
+
+    schema = {"type": "object", "properties": {"label": {"enum": list(NLI_LABELS)}}, "required": ["label"],
+              "additionalProperties": False}
+    structured = [GenerationRequest.build("tiny", messages, SOLUTION_SAMPLING.model_copy(update={"max_tokens": 32}),
+                                          i, json_schema=schema) for i in range(2)]
+    for text in vllm_engine.generate(structured):
+        assert json.loads(text)["label"] in NLI_LABELS
+
+    journal = Journal(tmp_path / "j.jsonl")
+    assert generate_journaled(vllm_engine, plain, journal) == texts
+    tokens = vllm_engine.output_tokens
+    assert generate_journaled(vllm_engine, plain, Journal(tmp_path / "j.jsonl")) == texts
+    assert vllm_engine.output_tokens == tokens  # nothing was generated the second time

@@ -1,0 +1,348 @@
+"""The real services: `dagster-webserver` and `dagster-daemon` on 127.0.0.1 with a temporary
+DAGSTER_HOME, a 2-round backfill launched through GraphQL (tiny random model, real vLLM), the round
+checks on a good and on a crafted bad round, staleness after a rematerialization, and the UI in
+headless Chromium (screenshots under tests/artifacts/ui/).
+
+The services are started once for the module; every test reads what they produced.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, DagsterInstance, materialize
+from test_pipeline import CONFIG as TINY_CONFIG
+
+from prism_assets.checks import ROUND_CHECKS
+from prism_assets.clustering import pool
+from prism_assets.definitions import build_definitions
+from prism_assets.instance import ensure_instance_settings
+from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.seeds import seeds
+from prismatic.storage.catalog import Catalog
+from prismatic.storage.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "tests" / "artifacts"
+BIN = REPO / ".venv" / "bin"
+ROUNDS = ["r000", "r001"]
+CONFIG = TINY_CONFIG + """
+rounds:
+  max_rounds: 1
+metrics:
+  names: [gvendi]
+"""
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+
+class Services:
+    """The webserver and the daemon of one DAGSTER_HOME, and a GraphQL client of the webserver."""
+
+    def __init__(self, home: Path, logs: Path):
+        self.home, self.logs = home, logs
+        self.dagster_home = home / "dagster"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, DAGSTER_HOME=str(self.dagster_home), PRISM_HOME=str(home),
+                        VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> None:
+        """Start a service in its own process group (so its code servers and runs stop with it)."""
+        log = (self.logs / f"{name}.log").open("w")
+        self.processes.append(subprocess.Popen([str(BIN / name), *args, "-w", "workspace.yaml"], cwd=REPO,
+                                               env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def graphql(self, query: str, **variables) -> dict:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+        response.raise_for_status()
+        payload = response.json()
+        assert "errors" not in payload, payload["errors"]
+        return payload["data"]
+
+    def wait_until_loaded(self, timeout: float = 180) -> str:
+        """Wait for the webserver and the code location; returns the location name."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in self.processes), self.tail("dagster-webserver")
+            try:
+                entries = self.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]
+            except (httpx.HTTPError, AssertionError):
+                entries = []
+            for entry in entries:
+                located = entry["locationOrLoadError"] or {}
+                assert located.get("__typename") != "PythonError", located.get("message")
+                if entry["loadStatus"] == "LOADED" and located.get("__typename") == "RepositoryLocation":
+                    return entry["name"]
+            time.sleep(1)
+        raise TimeoutError(f"webserver not ready after {timeout}s\n{self.tail('dagster-webserver')}")
+
+    def tail(self, name: str, lines: int = 60) -> str:
+        return "\n".join((self.logs / f"{name}.log").read_text().splitlines()[-lines:])
+
+    def backfill_runs(self, backfill_id: str) -> list[dict]:
+        data = self.graphql(RUNS, tags=[{"key": "dagster/backfill", "value": backfill_id}])
+        return data["runsOrError"]["results"]
+
+
+WORKSPACE = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+ADD_PARTITION = """mutation($selector: RepositorySelector!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: "rounds", partitionKey: $key) {
+    __typename ... on Error { message } } }"""
+LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename ... on PartitionBackfill { status } ... on Error { message } } }"""
+RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results {
+  runId status startTime endTime tags { key value } } } } }"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """Seeds materialized, then the webserver; rounds r000 and r001 added and backfilled through GraphQL,
+    then the daemon, which runs the backfill. Yields once the backfill is done."""
+    from prismatic.models import init_model
+
+    home = tmp_path_factory.mktemp("services")
+    init_model("tiny", home / "models" / "tiny")
+    (home / "prism.yaml").write_text(CONFIG)
+    ensure_instance_settings(home / "dagster")
+    logs = ARTIFACTS / "services"
+    logs.mkdir(parents=True, exist_ok=True)
+    running = Services(home, logs)
+    with DagsterInstance.from_config(str(running.dagster_home)) as instance:
+        assert materialize([seeds], instance=instance, resources=build_definitions(str(home)).resources).success
+    try:
+        running.start("dagster-webserver", "-h", "127.0.0.1", "-p", str(running.port))
+        location = running.wait_until_loaded()
+        selector = {"repositoryLocationName": location, "repositoryName": "__repository__"}
+        for key in ROUNDS:
+            added = running.graphql(ADD_PARTITION, selector=selector, key=key)["addDynamicPartition"]
+            assert added["__typename"] == "AddDynamicPartitionSuccess", added
+        launched = running.graphql(LAUNCH_BACKFILL, params={
+            "partitionNames": ROUNDS, "assetSelection": [{"path": [name]} for name in ROUND_ASSETS],
+            "title": "rounds r000-r001"})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        running.backfill_id = launched["backfillId"]
+        # The backfill daemon looks at backfills every 30 s; started now, its first look finds this one.
+        running.start("dagster-daemon", "run")
+        deadline = time.monotonic() + 900
+        while True:
+            status = running.graphql(BACKFILL, id=running.backfill_id)["partitionBackfillOrError"]["status"]
+            failed = [run for run in running.backfill_runs(running.backfill_id) if run["status"] == "FAILURE"]
+            assert not failed, f"run {failed[0]['runId']} failed; daemon log:\n{running.tail('dagster-daemon')}"
+            if status not in ("REQUESTED", "CANCELING"):
+                break
+            assert time.monotonic() < deadline, f"backfill still {status}\n{running.tail('dagster-daemon')}"
+            assert all(p.poll() is None for p in running.processes), running.tail("dagster-daemon")
+            time.sleep(3)
+        running.backfill_status = status
+        yield running
+    finally:
+        running.stop()
+
+
+def test_backfill_runs_round_by_round_and_fills_the_catalog(services):
+    assert services.backfill_status == "COMPLETED_SUCCESS"
+    runs = sorted(services.backfill_runs(services.backfill_id), key=lambda run: run["startTime"])
+    # One run per round (BackfillPolicy.multi_run(1)), in round order, never two at once (pool prism_rounds).
+    assert [tag(run, "dagster/asset_partition_range_start") for run in runs] == ROUNDS
+    assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
+    assert runs[0]["endTime"] <= runs[1]["startTime"]
+
+    store = Store(services.home / "store")
+    catalog = Catalog(services.home / "catalog.duckdb", services.home / "store")
+    _, verified = catalog.query("select round, count(*) from verified_samples group by 1 order by 1")
+    assert [row[0] for row in verified] == ROUNDS and all(n > 0 for _, n in verified)
+    _, pools = catalog.query("select round, count(*) from pool group by 1 order by 1")
+    kept = store.read("selection", "r001").filter("kept").height
+    assert dict(pools) == {"r000": 84, "r001": 84 + kept}
+    _, scores = catalog.query("select round, value from diversity_scores where metric = 'gvendi' order by 1")
+    assert [row[0] for row in scores] == ROUNDS and all(value > 1.0 for _, value in scores)
+    # r001 was built on the pool that r000's run wrote.
+    used = store.read_metadata("generations", "r001")["previous_pool"]
+    assert used["round"] == "r000" and used["run_id"] == runs[0]["runId"]
+
+
+def check_results(instance: DagsterInstance, key: str) -> dict[str, tuple[bool, AssetCheckSeverity, str]]:
+    """`asset.check` → (passed, severity, run id) of the latest evaluation of every round check about round `key`
+    (each result names its round in its metadata)."""
+    results = {}
+    for check in ROUND_CHECKS:
+        check_key = check.check_key
+        for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=50):
+            evaluation = record.event.dagster_event.event_specific_data if record.event else None
+            if isinstance(evaluation, AssetCheckEvaluation) and evaluation.metadata["round"].value == key:
+                results[f"{check_key.asset_key.to_user_string()}.{check_key.name}"] = (
+                    evaluation.passed, evaluation.severity, record.run_id)
+                break
+    return results
+
+
+def test_every_round_check_ran_in_the_backfill_and_passed(services):
+    with DagsterInstance.from_config(str(services.dagster_home)) as instance:
+        for key in ROUNDS:
+            results = check_results(instance, key)
+            assert len(results) == len(ROUND_CHECKS), (key, sorted(results))
+            failed = {name for name, (passed, severity, _) in results.items()
+                      if not passed and severity == AssetCheckSeverity.ERROR}
+            assert not failed, (key, failed)
+
+
+def run_round_checks(home: Path, key: str) -> dict[str, bool]:
+    """Run the `round_checks` job for one round on an ephemeral instance: `asset.check` → passed."""
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("rounds", ROUNDS)
+    result = build_definitions(str(home)).resolve_job_def("round_checks").execute_in_process(
+        instance=instance, tags={"dagster/partition": key}, raise_on_error=False)
+    return {f"{e.asset_key.to_user_string()}.{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_checks_pass_on_the_good_round_and_fail_on_a_crafted_bad_one(services, tmp_path):
+    (tmp_path / "prism.yaml").write_text(CONFIG)
+    shutil.copytree(services.home / "store", tmp_path / "store")
+    good = run_round_checks(tmp_path, "r001")
+    assert len(good) == len(ROUND_CHECKS) and all(
+        passed for name, passed in good.items() if name != "diversity_scores.gvendi_non_decreasing"), good
+
+    store = Store(tmp_path / "store")
+
+    def rewrite(table: str, key: str, frame: pl.DataFrame, **metadata_changes) -> None:
+        """Replace a file as a faulty writer would (no validation), keeping its provenance unless changed."""
+        metadata = {**store.read_metadata(table, key), **metadata_changes}
+        arrow = frame.to_arrow().replace_schema_metadata({b"prismatic.provenance": json.dumps(metadata).encode()})
+        pq.write_table(arrow, store.path(table, key))
+
+    gens = store.read("generations", "r001")
+    rewrite("generations", "r001", pl.concat([gens, gens.head(1)]))  # a repeated id
+    rewrite("verified_samples", "r001", store.read("verified_samples", "r001").head(0))  # pass rate 0
+    meta = store.read_metadata("gradient_features", "r001")
+    rewrite("gradient_features", "r001", store.read("gradient_features", "r001"),
+            projection={**meta["projection"], "seed": meta["projection"]["seed"] + 1})
+    rewrite("selection", "r001", store.read("selection", "r001").with_columns(note=pl.lit("extra")))
+    centroids = store.read("centroids", "r001")
+    rewrite("centroids", "r001", pl.concat([centroids, centroids.tail(1).with_columns(
+        cluster=pl.lit(len(centroids), dtype=pl.Int64), size=pl.lit(0, dtype=pl.Int64))]))
+    scores = store.read("diversity_scores", "r001")
+    rewrite("diversity_scores", "r001", scores.with_columns(value=pl.when(pl.col("metric") == "gvendi")
+                                                            .then(pl.lit(1.0)).otherwise("value")))
+    store.write("pool", "r000", store.read("pool", "r000"), metadata={"round": "r000", "run_id": "a-later-run"})
+
+    bad = run_round_checks(tmp_path, "r001")
+    failing = {name for name, passed in bad.items() if not passed}
+    assert failing == {
+        "generations.unique_ids", "verified_samples.verified_pass_rate", "gradient_features.projection_consistent",
+        "selection.schema", "clusters.no_empty_clusters", "diversity_scores.gvendi_non_decreasing",
+        "generations.built_on_latest_previous_round", "pool.built_on_latest_previous_round",
+    }, failing
+
+
+def test_rematerializing_one_step_makes_its_downstream_stale_and_fails_the_next_rounds_provenance(services):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    defs = build_definitions(str(services.home))
+    with DagsterInstance.from_config(str(services.dagster_home)) as instance:
+        rematerialized = materialize([pool], partition_key="r000", instance=instance, resources=defs.resources,
+                                     selection=[AssetKey("pool")])
+        assert rematerialized.success
+        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+        assert resolver.get_status(AssetKey("clusters"), "r000") == StaleStatus.STALE
+        # provenance_sensor (every 30 s) sees the new pool r000 and re-runs r001's provenance checks.
+        deadline = time.monotonic() + 240
+        while True:
+            passed, _, run_id = check_results(instance, "r001")["generations.built_on_latest_previous_round"]
+            if run_id not in {run["runId"] for run in services.backfill_runs(services.backfill_id)}:
+                break
+            assert time.monotonic() < deadline, services.tail("dagster-daemon")
+            time.sleep(3)
+    assert not passed
+    runs = services.graphql(RUNS, tags=[{"key": "prism/trigger", "value": "provenance_sensor"}])["runsOrError"]
+    assert [(run["runId"], tag(run, "dagster/partition")) for run in runs["results"]] == [(run_id, "r001")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make browser` (Debian package chromium)"
+    profile = ARTIFACTS / "chromium-profile"
+    shutil.rmtree(profile, ignore_errors=True)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def open_page(browser, url: str, expect: str, screenshot: str):
+    """Open `url`, wait for the text `expect` and for the page to settle, save a screenshot."""
+    page = browser.new_page()
+    page.goto(url, wait_until="domcontentloaded", timeout=90_000)
+    page.get_by_text(expect, exact=False).first.wait_for(timeout=90_000)
+    page.wait_for_load_state("networkidle", timeout=60_000)
+    out = ARTIFACTS / "ui"
+    out.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out / screenshot), full_page=True)
+    return page
+
+
+def test_ui_shows_the_round_assets_and_their_partitions(services, browser):
+    services.graphql("mutation { setNuxSeen }")  # what "Skip" on the first-visit community dialog does
+    graph = open_page(browser, f"{services.url}/asset-groups", "diversity_scores", "asset_graph.png")
+    nodes = " ".join(graph.locator("svg foreignObject").all_text_contents())  # the graph's nodes, not the list
+    for name in ["seeds", *ROUND_ASSETS]:
+        assert name in nodes, name
+
+    clusters = open_page(browser, f"{services.url}/assets/clusters?view=partitions&partition=r001", "cluster_sizes",
+                         "clusters_r001.png")
+    for key in ROUNDS:
+        assert clusters.get_by_text(key, exact=True).first.is_visible(), key
+    assert "cluster_size_histogram" in clusters.inner_text("body")
+
+    pool_page = open_page(browser, f"{services.url}/assets/pool?view=partitions", "r001", "pool_partitions.png")
+    assert all(pool_page.get_by_text(key, exact=True).first.is_visible() for key in ROUNDS)
+
+    checks = open_page(browser, f"{services.url}/assets/generations?view=checks", "built_on_latest_previous_round",
+                       "generations_checks.png")
+    text = checks.inner_text("body")
+    assert "schema" in text and "unique_ids" in text
