@@ -170,7 +170,7 @@ class DirectRound:
         from prismatic.gradients.faithful import feature_table, merge_feature_sets
         from prismatic.gradients.proxy import compute_features
         from prismatic.metrics.registry import compute_metrics, inputs_from_config
-        from prismatic.storage.store import schema
+        from prismatic.storage.schema import schema
         from prismatic.synthesis.steps import cluster_pool, diversity_table, pool_features, pool_rows, seeds_as_verified
 
         config, store = self.config, self.store

@@ -32,7 +32,8 @@ from dagster import (
 )
 
 from prismatic.rounds import SEED_ROUND, previous_round, round_sort_key
-from prismatic.storage.store import Store, schema
+from prismatic.storage.schema import schema
+from prismatic.storage.store import Store
 from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
 from resources.store import StoreResource

@@ -18,6 +18,19 @@ from prismatic.errors import InputError
 
 CONFIG_FILE = "prism.yaml"
 
+METRIC_NAMES = ("gvendi", "cluster_agent", "distinct_n", "ngram_vendi", "embedding_vendi", "compression_ratio",
+                "self_repetition", "proxy_nll")
+"""Every diversity metric by name, in the order of `prismatic.metrics.registry.METRICS`, which implements them
+(a test keeps the two equal). Listed here so that validating prism.yaml imports no metric code."""
+
+
+def check_metric_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """`names` without repeats, in order; an unknown name is a ValueError listing the known ones."""
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRIC_NAMES)}")
+    return list(dict.fromkeys(names))
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -301,7 +314,7 @@ class MetricsConfig(_Section):
     """Diversity metrics (DESIGN §9–10): the `diversity_scores` asset computes `names` on every round's
     pool, and `prism diversity` computes them unless `--metrics` says otherwise.
 
-    names: metric names (see `prismatic.metrics.registry.METRICS`); the default set is cheap on CPU:
+    names: metric names (`METRIC_NAMES`; see `prismatic.metrics.registry.METRICS`); the default set is cheap on CPU:
       `cluster_agent` (LLM calls) and `proxy_nll` (a forward pass over the whole pool) are opt-in.
     text: what n-gram, compression, embedding and cluster-agent metrics read of a sample:
       `prompt_response` (prompt, blank line, response), `prompt` or `response`.
@@ -325,9 +338,7 @@ class MetricsConfig(_Section):
     @field_validator("names")
     @classmethod
     def _known_metrics(cls, names: list[str]) -> list[str]:
-        from prismatic.metrics.registry import check_names
-
-        return check_names(names)
+        return check_metric_names(names)
 
 
 class S3Config(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+PRISM = shutil.which("prism", path=str(Path(sys.executable).parent)) or "prism"
+"""The installed `prism` console script of this environment."""
+
+
+def run_prism(*args, home, timeout=900) -> subprocess.CompletedProcess:
+    """`prism ARGS` as a user runs it: a subprocess of the console script, with `PRISM_HOME=home`."""
+    env = dict(os.environ, PRISM_HOME=str(home), TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([PRISM, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 

@@ -4,7 +4,7 @@ A metric is a function of `MetricInputs` that returns a `MetricResult` (value, d
 adding one is one function and one line in `METRICS`. Heavy things a metric needs (gradient features,
 the proxy LM, the sentence encoder, the judge LLM) come from loaders in `MetricInputs`, each called
 at most once and only when a metric asks for it, so the cheap metrics stay cheap. Imports of
-numerical code happen inside the metric functions: prism.yaml validation imports this module.
+numerical code happen inside the metric functions, so that listing the metrics stays cheap.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from prismatic.config import check_metric_names
 from prismatic.errors import PrismError
 
 
@@ -142,14 +143,6 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in [
 ]}
 
 
-def check_names(names: Sequence[str]) -> list[str]:
-    """`names` without repeats, in order; an unknown name is a ValueError listing the known ones."""
-    unknown = [name for name in names if name not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
-    return list(dict.fromkeys(names))
-
-
 def parse_metric_names(option: str) -> list[str]:
     """`a,b` or `all` (every metric) as a list of names."""
     if option.strip() == "all":
@@ -158,7 +151,7 @@ def parse_metric_names(option: str) -> list[str]:
     if not names:
         raise PrismError("option --metrics: give metric names separated by commas, or `all`")
     try:
-        return check_names(names)
+        return check_metric_names(names)
     except ValueError as exc:
         raise PrismError(f"option --metrics: {exc}") from None
 
@@ -168,7 +161,7 @@ def compute_metrics(names: Sequence[str], inputs: MetricInputs,
     """Each named metric of `inputs`, in order; `details["seconds"]` is its wall time, loading the
     models it was the first to need included."""
     results = {}
-    for name in check_names(names):
+    for name in check_metric_names(names):
         started = time.perf_counter()
         result = METRICS[name].compute(inputs)
         result.details["seconds"] = round(time.perf_counter() - started, 3)

@@ -39,7 +39,8 @@ import duckdb
 
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
-from prismatic.storage.store import PARTITION_COLUMN, TABLES, S3Store, Store
+from prismatic.storage.schema import PARTITION_COLUMN, TABLES
+from prismatic.storage.store import S3Store, Store
 
 CATALOG_FILE = "catalog.duckdb"
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})

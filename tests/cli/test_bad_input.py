@@ -27,8 +27,8 @@ from prismatic.config import DataFields
 from prismatic.data.quality import read_benchmark_texts
 from prismatic.data.samples import load_samples, load_seeds
 from prismatic.errors import InputError, PrismError
-from prismatic.storage.store import conform
-from prismatic.storage.store import schema as store_schema
+from prismatic.storage.schema import conform
+from prismatic.storage.schema import schema as store_schema
 
 NOT_LOADED = "proxy not loaded in this test"
 

@@ -1,23 +1,12 @@
 """The `prism` command run as a user runs it: a subprocess of the installed console script."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_prism
 
 from prismatic.data.samples import bundled_seeds_path
-
-PRISM = shutil.which("prism", path=str(Path(sys.executable).parent)) or "prism"
-
-
-def run_prism(*args, home, timeout=900):
-    env = dict(os.environ, PRISM_HOME=str(home), TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([PRISM, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("mode", ["fast", "faithful"])

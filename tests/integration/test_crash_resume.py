@@ -33,7 +33,7 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 
 from prism_assets import io
 from prism_assets.partitions import rounds
-from prismatic.storage.store import TABLES as TABLE_SCHEMAS
+from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
 from prismatic.storage.store import Store
 from resources.store import StoreResource
 
@@ -300,7 +300,7 @@ def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from prismatic.storage.store import TABLES as TABLE_SCHEMAS
+from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
 from prismatic.storage.store import Store
 Store(sys.argv[1]).lock_round("r001", "prism run --round r001").acquire()
 print("locked", flush=True)

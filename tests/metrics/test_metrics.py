@@ -300,7 +300,7 @@ def test_metric_plot_is_a_png():
 
 
 def test_prism_diversity_command(tmp_path, tiny_model_dir):
-    from test_cli import run_prism
+    from conftest import run_prism
 
     data = tmp_path / "few.jsonl"
     data.write_text("".join(bundled_seeds_path().read_text().splitlines(keepends=True)[:10]))
@@ -450,3 +450,10 @@ def test_cluster_agent_with_smollm2_on_20_samples(smollm2_judge, record_property
               f"repairs {details['repairs']}; calls {details['calls']}")
     assert 0.1 <= value <= 10 and details["scored_trials"] >= 1
     assert details["criteria_source"] == "judge"
+
+
+def test_config_lists_every_registered_metric_in_order():
+    """prism.yaml is validated against `config.METRIC_NAMES` without importing metric code; the two lists agree."""
+    from prismatic.config import METRIC_NAMES
+
+    assert tuple(METRICS) == METRIC_NAMES

@@ -12,7 +12,8 @@ from test_store import sample_frame
 from prismatic.errors import PrismError
 from prismatic.storage import catalog as catalog_module
 from prismatic.storage.catalog import Catalog
-from prismatic.storage.store import TABLES, Store
+from prismatic.storage.schema import TABLES
+from prismatic.storage.store import Store
 
 ROUND_SIZES = {"r000": 4, "r001": 7, "r002": 2}
 

@@ -26,7 +26,8 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
 from prismatic.storage.catalog import Catalog
-from prismatic.storage.store import TABLES, RoundLockedError, S3Store, Store
+from prismatic.storage.schema import TABLES
+from prismatic.storage.store import RoundLockedError, S3Store, Store
 
 BUCKET = "prism-test"
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prismatic.errors import PrismError
-from prismatic.storage.store import KEYS, TABLES, Store, schema
+from prismatic.storage.schema import KEYS, TABLES, schema
+from prismatic.storage.store import Store
 
 
 def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.DataFrame:

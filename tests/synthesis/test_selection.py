@@ -456,7 +456,8 @@ def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
     from dagster import DagsterInstance, materialize
 
     from prism_assets.clustering import selection
-    from prismatic.storage.store import TABLES, Store, schema
+    from prismatic.storage.schema import TABLES, schema
+    from prismatic.storage.store import Store
     from resources.home import PrismHome
     from resources.store import StoreResource
 
