@@ -278,7 +278,8 @@ def main() -> None:
         child(args.child, n, d, k, args.iterations)
         return
 
-    from prismatic.synthesis.kmeans import AUTO_BF16_MIN_WORK, fast_bf16_matmul, resolve_backend  # not in the children
+    from prismatic.synthesis.kmeans import AUTO_BF16_MIN_WORK, resolve_backend  # not in the children
+    from prismatic.synthesis.kmeans_bf16 import fast_bf16_matmul
 
     started = time.perf_counter()
     auto = resolve_backend("auto", n, k, d)

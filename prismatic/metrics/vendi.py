@@ -41,7 +41,8 @@ def vendi_from_gram(gram: np.ndarray) -> float:
 
 
 def normalize_rows(features: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (float64 input stays float64, anything else becomes float32).
+    """Rows scaled to unit L2 norm, x_i / ‖x_i‖₂, in torch (float64 input stays float64, anything else
+    becomes float32); `prismatic.synthesis.kmeans.unit_rows` is the numpy twin.
 
     A zero row has no direction and is refused. A read-only array (e.g. a zero-copy view of Parquet
     data) is wrapped without a copy: it is only read, the result is a new tensor.

@@ -21,8 +21,8 @@ Two backends train the centroids (`backend=`):
     cluster during training is re-seeded by faiss by splitting a large one; every row is used (no
     subsampling), faiss stops early once an iteration leaves J unchanged, and prints nothing. All
     three inits.
-  bf16: this module's Lloyd iterations in torch (torch's default threads), `init="random"` only: k
-    distinct row indices drawn by `numpy.random.default_rng(seed mod 2³¹).choice(n, k,
+  bf16: Lloyd iterations in torch (`prismatic.synthesis.kmeans_bf16`; torch's default threads),
+    `init="random"` only: k distinct row indices drawn by `numpy.random.default_rng(seed mod 2³¹).choice(n, k,
     replace=False)`, one draw per restart from the one generator (not faiss's draw: the two backends
     start differently for the same seed); "kmeans++" and "afk-mc2" raise ValueError (use faiss).
     A cluster left empty by an assignment keeps its previous centroid; an assignment step that
@@ -86,13 +86,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch  # imported where used: the faiss backend and `assign` never load it
+from prismatic.synthesis.kmeans_bf16 import fast_bf16_matmul, train_bf16
 
 INIT_METHODS = {
     "random": faiss.ClusteringInitMethod_RANDOM,
@@ -104,13 +102,7 @@ BACKENDS = ("auto", "faiss", "bf16")
 AUTO_BF16_MIN_WORK = 10**10
 # Rows × centroids entries of one similarity block in `assign` (float32: 64 MiB).
 _BLOCK_ENTRIES = 1 << 24
-# Entries of one block in the bf16 backend (a bf16 block 8 MiB, a float32 gather 16 MiB). Measured
-# 0.3–1 s faster than 2²⁴ at 20,000 × 1024, k = 2,000, likely because blocks under glibc's 32 MiB mmap
-# ceiling are reused from the heap instead of mapped and page-faulted anew.
-_BF16_BLOCK_ENTRIES = 1 << 22
 _ONE = 1.0 - 1e-6  # cosine at or above this counts as "identical to its centroid" when re-seeding
-_MOVERS = 128  # the centroids that moved most, scored in bf16 after each update (bf16 step 2)
-_CANDIDATES = 32  # at most this many near-tie centroids a row are re-scored pairwise (bf16 step 1)
 
 
 @dataclass(frozen=True)
@@ -155,7 +147,7 @@ def spherical_kmeans(features: np.ndarray, k: int, iterations: int = 20, seed: i
     The result is a function of (features, k, iterations, seed, init, restarts, the backend taken);
     both backends take the seed modulo 2³¹. k must satisfy 1 ≤ k ≤ n (`num_clusters` clips).
     """
-    x = _unit_rows(features, "features")
+    x = unit_rows(features, "features", allow_empty=False)
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
@@ -176,7 +168,7 @@ def spherical_kmeans(features: np.ndarray, k: int, iterations: int = 20, seed: i
         labels, sim = assign(x, centroids)
         reassign = functools.partial(assign, x)
     else:
-        centroids, labels, sim, reassign = _train_bf16(x, int(k), int(iterations), seed, int(restarts))
+        centroids, labels, sim, reassign = train_bf16(x, int(k), int(iterations), seed, int(restarts))
     centroids, labels, sim = _reseed_empty(x, centroids, labels, sim, reassign)
     centroids, labels = _drop_empty(centroids, labels)
     sizes = np.bincount(labels, minlength=centroids.shape[0]).astype(np.int64)
@@ -195,16 +187,6 @@ def resolve_backend(backend: str, n: int, k: int, d: int, init: str = "random") 
     return "bf16" if init == "random" and large and fast_bf16_matmul() else "faiss"
 
 
-def fast_bf16_matmul() -> bool:
-    """Whether torch multiplies bfloat16 matrices natively here: oneDNN enabled and an AVX512-BF16 or
-    AMX-BF16 CPU (elsewhere bf16 is emulated and slower than float32)."""
-    import torch
-
-    capabilities = torch.cpu.get_capabilities()
-    native = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-    return native and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
-
-
 def assign(features: np.ndarray, centroids: np.ndarray, chunk_rows: int | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid by cosine: labels[i] = argmax_j cos(x_i, c_j) (ties: lowest j), and that cosine.
@@ -213,8 +195,8 @@ def assign(features: np.ndarray, centroids: np.ndarray, chunk_rows: int | None =
     (default: about 16 M entries a block), so the n × k matrix is never held. float64 input is
     computed in float64, anything else in float32. Returns (labels int64 (n,), cosine (n,)).
     """
-    x = _unit_rows(features, "features")
-    c = _unit_rows(centroids, "centroids")
+    x = unit_rows(features, "features", allow_empty=False)
+    c = unit_rows(centroids, "centroids", allow_empty=False)
     if x.shape[1] != c.shape[1]:
         raise ValueError(f"features have dimension {x.shape[1]} but centroids have {c.shape[1]}")
     dtype = np.float64 if np.float64 in (x.dtype, c.dtype) else np.float32
@@ -235,11 +217,6 @@ def assign(features: np.ndarray, centroids: np.ndarray, chunk_rows: int | None =
     return labels, cosine
 
 
-def bf16_margin(d: int) -> float:
-    """M(d) = max(2⁻⁶, 3·2⁻⁸ + d·2⁻²²) ≥ |bf16 block entry − ⟨x, c⟩| for unit x, c ∈ R^d (module docstring)."""
-    return max(2.0**-6, 3 * 2.0**-8 + d * 2.0**-22)
-
-
 def _train_faiss(x: np.ndarray, k: int, iterations: int, seed: int, init_method: int, restarts: int
                  ) -> np.ndarray:
     n, d = x.shape
@@ -250,232 +227,7 @@ def _train_faiss(x: np.ndarray, k: int, iterations: int, seed: int, init_method:
         max_points_per_centroid=-(-n // k),  # ≥ n / k: faiss never subsamples the rows
     )
     km.train(x)
-    return _normalize(np.array(km.centroids, dtype=np.float32).reshape(k, d))
-
-
-def _train_bf16(x: np.ndarray, k: int, iterations: int, seed: int, restarts: int) -> tuple:
-    """Best of `restarts` bf16 Lloyd runs from random distinct rows. Returns (centroids, labels,
-    cosine) of its final assignment step as numpy arrays, and the re-assignment `_reseed_empty` uses."""
-    import torch
-
-    rows = torch.from_numpy(x)
-    rows_bf16 = rows.bfloat16()
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(restarts):
-        start = torch.from_numpy(rng.choice(x.shape[0], size=k, replace=False))
-        run = _lloyd_bf16(rows, rows_bf16, rows.index_select(0, start), iterations)
-        if best is None or run.objective > best.objective:
-            best = run
-
-    def reassign(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels, cosine = _assign_all_bf16(rows, rows_bf16, torch.from_numpy(centroids))
-        return labels.numpy(), cosine.numpy()
-
-    return best.centroids.numpy(), best.labels.numpy(), best.cosine.numpy(), reassign
-
-
-@dataclass(frozen=True)
-class _Bf16Run:
-    """One bf16 Lloyd run (torch tensors): final centroids, the final step's labels and float32 own
-    cosines, J = their mean, and the rows scored against all k centroids at each assignment step."""
-
-    centroids: torch.Tensor
-    labels: torch.Tensor
-    cosine: torch.Tensor
-    objective: float
-    scored: list[int]
-
-
-def _lloyd_bf16(rows, rows_bf16, centroids, iterations: int, *, bounds: bool = True) -> _Bf16Run:
-    """`iterations` Lloyd iterations from `centroids` and a final assignment step (bf16 blocks with
-    the exact labels; with `bounds`, rows whose label provably stays are not scored)."""
-    import torch
-
-    n, d = rows.shape
-    k = centroids.shape[0]
-    labels = torch.zeros(n, dtype=torch.long)
-    lower = torch.full((n,), -float("inf"), dtype=torch.float64)
-    upper = torch.full((n,), float("inf"), dtype=torch.float64)
-    # ≥ what recomputing a row's own cosine can add to lower: 2M after scoring (lower may be v₀ − M),
-    # plus 2δ_a(i) per update; rows that cannot pass the bound even then go straight to scoring.
-    gain = torch.zeros(n, dtype=torch.float64)
-    slack, margin = d * 2.0**-22, bf16_margin(d)
-    scored = []
-    for step in range(iterations + 1):
-        if bounds and step > 0:
-            stale = lower < upper + slack
-            recheck = torch.nonzero(stale & (lower + gain >= upper + slack)).squeeze(1)
-            lower[recheck] = _own_cosine(rows, centroids, labels, recheck).double()
-            gain[recheck] = 0
-            active = torch.nonzero(stale & (lower < upper + slack)).squeeze(1)
-        else:
-            active = torch.arange(n)
-        scored.append(int(active.numel()))
-        changed = _score_rows(rows, rows_bf16, centroids, active, labels, lower, upper)
-        if step == iterations or (step > 0 and changed == 0):
-            break  # no label changed: a fixed point, later iterations would change nothing
-        gain[active] = 2 * margin
-        previous = centroids
-        centroids = _update_centroids(rows, labels, centroids)
-        shift = torch.linalg.vector_norm(centroids.double() - previous.double(), dim=1)
-        own_shift = shift.index_select(0, labels)
-        lower -= own_shift
-        gain += 2 * own_shift
-        if bounds and k > 1:
-            upper = _raise_upper(rows_bf16, centroids, labels, upper, shift, margin)
-    cosine = _own_cosine(rows, centroids, labels, torch.arange(n))
-    return _Bf16Run(centroids=centroids, labels=labels, cosine=cosine,
-                    objective=float(cosine.sum(dtype=torch.float64)) / n, scored=scored)
-
-
-def _raise_upper(rows_bf16, centroids, labels, upper, shift, margin: float):
-    """upper_i after an update (bf16 step 2): + the (m+1)-th largest shift, and at least bf16 entry + M
-    against each of the m centroids that moved most (other than the row's own)."""
-    import torch
-
-    k = centroids.shape[0]
-    movers = min(_MOVERS, k // 16)  # ≤ 1/16 of the centroids: the block costs ≤ 1/16 of a step
-    largest, moved = shift.topk(movers + 1)
-    upper = upper + largest[movers]
-    if float(largest[0]) <= float(largest[movers]):  # none moved more than the rest: nothing to score
-        return upper
-    moved = moved[:movers]
-    movers_bf16_t = centroids.index_select(0, moved).bfloat16().T
-    step = max(1, _BF16_BLOCK_ENTRIES // max(movers, rows_bf16.shape[1]))
-    for start in range(0, rows_bf16.shape[0], step):
-        block = (rows_bf16[start:start + step] @ movers_bf16_t).float()
-        own = labels[start:start + step].unsqueeze(1) == moved.unsqueeze(0)
-        nearest = block.masked_fill(own, -float("inf")).amax(dim=1).double() + margin
-        upper[start:start + step] = torch.maximum(upper[start:start + step], nearest)
-    return upper
-
-
-def _assign_all_bf16(rows, rows_bf16, centroids) -> tuple:
-    """Labels (the exact argmax, as `assign`) and float32 own cosines of all rows, by bf16 blocks."""
-    import torch
-
-    n = rows.shape[0]
-    labels = torch.zeros(n, dtype=torch.long)
-    bound = torch.empty(n, dtype=torch.float64)
-    everything = torch.arange(n)
-    _score_rows(rows, rows_bf16, centroids, everything, labels, bound, bound.clone())
-    return labels, _own_cosine(rows, centroids, labels, everything)
-
-
-def _update_centroids(rows, labels, centroids):
-    """c_j = normalized sum of its rows; a cluster with no rows (or a zero sum) keeps its centroid."""
-    import torch
-
-    n, k = rows.shape[0], centroids.shape[0]
-    membership = torch.sparse_coo_tensor(torch.stack([labels, torch.arange(n)]), torch.ones(n, dtype=rows.dtype),
-                                         (k, n), check_invariants=False)  # far faster than index_add_ here
-    sums = torch.sparse.mm(membership, rows)
-    norms = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
-    return torch.where(norms > 0, sums / norms.clamp_min(torch.finfo(sums.dtype).tiny), centroids)
-
-
-def _own_cosine(rows, centroids, labels, which):
-    """float32 ⟨x_i, c_labels[i]⟩ for the rows `which`."""
-    return _dots(rows, which, centroids, labels.index_select(0, which))
-
-
-def _dots(rows, row_index, centroids, centroid_index):
-    """float32 ⟨rows[row_index[p]], centroids[centroid_index[p]]⟩ for each pair p, a block of pairs at a time."""
-    import torch
-
-    out = torch.empty(row_index.numel(), dtype=rows.dtype)
-    step = max(1, _BF16_BLOCK_ENTRIES // rows.shape[1])
-    for start in range(0, row_index.numel(), step):
-        left = rows.index_select(0, row_index[start:start + step]).unsqueeze(1)
-        right = centroids.index_select(0, centroid_index[start:start + step]).unsqueeze(2)
-        out[start:start + step] = torch.bmm(left, right).view(-1)
-    return out
-
-
-def _score_rows(rows, rows_bf16, centroids, active, labels, lower, upper) -> int:
-    """Score the rows `active` against all centroids: write their exact labels, lower bounds on their
-    own cosines and upper bounds on their cosines to every other centroid (float64), in place.
-    Returns how many of their labels changed."""
-    k, d = centroids.shape
-    step = max(1, _BF16_BLOCK_ENTRIES // max(k, d))
-    centroids_bf16_t = centroids.bfloat16().T
-    margin = bf16_margin(d)
-    changed = 0
-    everything = active.numel() == rows.shape[0]  # then `active` is 0 … n−1: slices, no copies
-    for start in range(0, active.numel(), step):
-        idx = active[start:start + step]
-        block_bf16 = rows_bf16[start:start + step] if everything else rows_bf16.index_select(0, idx)
-        new, lower[idx], upper[idx] = _bf16_block(rows, block_bf16, idx, centroids, centroids_bf16_t, margin)
-        changed += int((new != labels.index_select(0, idx)).sum())
-        labels[idx] = new
-    return changed
-
-
-def _bf16_block(rows, block_bf16, idx, centroids, centroids_bf16_t, margin: float) -> tuple:
-    """(labels, lower, upper) of rows `idx` (`block_bf16`: those rows in bf16) from one bf16 block,
-    candidates of near-ties re-scored in float32 (module docstring, bf16 step 1)."""
-    import torch
-
-    k = centroids.shape[0]
-    block = block_bf16 @ centroids_bf16_t
-    if k == 1:
-        lower = block[:, 0].double() - margin
-        return torch.zeros(idx.numel(), dtype=torch.long), lower, torch.full_like(lower, -float("inf"))
-    values, best = block.topk(2, dim=1)
-    values = values.double()
-    labels = best[:, 0].clone()
-    lower = values[:, 0] - margin
-    upper = values[:, 1] + margin
-    close = torch.nonzero(values[:, 0] - values[:, 1] <= 2 * margin).squeeze(1)
-    if close.numel() == 0:
-        return labels, lower, upper
-    scores = block.index_select(0, close).float()
-    # Centroids that can be the exact argmax: entry ≥ v₀ − 2M (2⁻²⁰ lower: a superset despite rounding).
-    threshold = (values.index_select(0, close)[:, 0] - 2 * margin - 2.0**-20).float()
-    candidate = scores >= threshold.unsqueeze(1)
-    outside = scores.masked_fill(candidate, -float("inf")).amax(dim=1).double() + margin  # ≥ any non-candidate
-    members = idx.index_select(0, close)
-    few = candidate.sum(dim=1) <= _CANDIDATES
-    at = torch.nonzero(few).squeeze(1)
-    if at.numel():  # re-score the candidates in float32
-        pair_row, pair_col = torch.nonzero(candidate.index_select(0, at), as_tuple=True)  # by row, then column
-        exact = _dots(rows, members.index_select(0, at).index_select(0, pair_row), centroids, pair_col)
-        m = at.numel()
-        top = torch.full((m,), -float("inf")).scatter_reduce(0, pair_row, exact, "amax")
-        is_top = exact == top.index_select(0, pair_row)
-        label = torch.full((m,), k).scatter_reduce(0, pair_row[is_top], pair_col[is_top], "amin")  # ties: lowest
-        others = ~(is_top & (pair_col == label.index_select(0, pair_row)))
-        second = torch.full((m,), -float("inf")).scatter_reduce(0, pair_row[others], exact[others], "amax")
-        labels[close[at]], lower[close[at]] = label, top.double()
-        upper[close[at]] = torch.maximum(second.double(), outside.index_select(0, at))
-    at = torch.nonzero(~few).squeeze(1)
-    if at.numel():  # too many candidates: the row against all centroids in float32
-        exact = rows.index_select(0, members.index_select(0, at)) @ centroids.T
-        top, which = exact.max(dim=1)
-        labels[close[at]], lower[close[at]] = which, top.double()
-        upper[close[at]] = exact.topk(2, dim=1).values[:, 1].double()
-    return labels, lower, upper
-
-
-def _unit_rows(a: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        a = a.astype(np.float64)
-    elif a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return _normalize(a, name)
-
-
-def _normalize(a: np.ndarray, name: str = "centroids") -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    return a / norms
+    return unit_rows(np.array(km.centroids, dtype=np.float32).reshape(k, d), "centroids")
 
 
 def _reseed_empty(x, centroids, labels, sim,
@@ -506,3 +258,28 @@ def _drop_empty(centroids, labels):
     relabel = np.full(centroids.shape[0], -1, dtype=np.int64)
     relabel[keep] = np.arange(keep.size)
     return np.ascontiguousarray(centroids[keep]), relabel[labels]
+
+
+def unit_rows(features, name: str = "features", *, dtype: type | None = None, allow_empty: bool = True) -> np.ndarray:
+    """Rows of a 2-D array scaled to unit L2 norm, x_i / ‖x_i‖₂, in numpy (no torch import; the torch twin is
+    `prismatic.metrics.vendi.normalize_rows`).
+
+    dtype: the result's dtype; None keeps float32 and float64, turns other floats into float32 and
+    integers into float64. A row of zeros (no direction), NaN or ±inf is refused with a `ValueError`
+    naming `name`; `allow_empty=False` refuses an array without rows or columns too.
+    """
+    x = np.asarray(features)
+    if x.ndim != 2 or (not allow_empty and (x.shape[0] == 0 or x.shape[1] == 0)):
+        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}2-D array, got shape {x.shape}")
+    if dtype is not None:
+        x = x.astype(dtype, copy=False)
+    elif not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    elif x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    return x / norms

@@ -9,7 +9,7 @@ and the sparsity threshold is the median pool cluster size
 
     m = median(s_0, …, s_{k−1})                 (numpy: mean of the two middle values when k is even).
 
-Rules (Jung et al., 2025; DESIGN §8):
+Rules (Jung et al., 2025; docs/formulas.md#selection-rules):
   paper     kept(i) ⇔ s_{c(i)} < m (strict). Every candidate is judged against the pool alone, so any
             number of candidates may pile into one sparse cluster. With k = 1, or all sizes equal,
             nothing is kept. The number it keeps, K_paper, is the default budget of the other rules.
@@ -83,10 +83,9 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from prismatic.synthesis.kmeans import Clustering, assign
+from prismatic.storage.schema import schema
+from prismatic.synthesis.kmeans import Clustering, assign, unit_rows
 
-SCHEMA = {"id": pl.Utf8, "cluster": pl.Int64, "cluster_size_at_decision": pl.Int64, "gain": pl.Float64,
-          "kept": pl.Boolean, "rule": pl.Utf8}
 RULES = ("paper", "balanced", "logdet", "novelty")
 BUDGETED_RULES = ("balanced", "logdet", "novelty")
 POOL_FEATURE_RULES = ("logdet", "novelty")
@@ -216,7 +215,7 @@ class GreedyLogDet:
     def __init__(self, pool_features: np.ndarray | None, candidate_features: np.ndarray, epsilon: float):
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
-        self.candidates = _unit_rows64(candidate_features, "candidate features")
+        self.candidates = unit_rows(candidate_features, "candidate features", dtype=np.float64)
         d = self.candidates.shape[1]
         gram = np.eye(d) * float(epsilon)
         if pool_features is not None and len(pool_features):
@@ -224,7 +223,7 @@ class GreedyLogDet:
             if pool.ndim != 2 or pool.shape[1] != d:
                 raise ValueError(f"pool features must be an n × {d} matrix, got shape {pool.shape}")
             for start in range(0, pool.shape[0], _GRAM_ROWS):
-                block = _unit_rows64(pool[start:start + _GRAM_ROWS], "pool features")
+                block = unit_rows(pool[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
                 gram += block.T @ block
         self.epsilon = float(epsilon)
         self.pool = pool_features
@@ -265,7 +264,7 @@ class GreedyLogDet:
             return np.zeros(0)
         parts = []
         for start in range(0, len(self.pool), _GRAM_ROWS):
-            block = _unit_rows64(self.pool[start:start + _GRAM_ROWS], "pool features")
+            block = unit_rows(self.pool[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
             parts.append(np.sum((block @ self.inverse) * block, axis=1))
         return np.concatenate(parts)
 
@@ -367,7 +366,7 @@ def _max_cosine(candidates: np.ndarray, pool_features: np.ndarray | None) -> np.
     if pool_features is None:
         return best
     for start in range(0, len(pool_features), _GRAM_ROWS):
-        block = _unit_rows64(pool_features[start:start + _GRAM_ROWS], "pool features")
+        block = unit_rows(pool_features[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
         best = np.maximum(best, (candidates @ block.T).max(axis=1))
     return best
 
@@ -449,17 +448,6 @@ def _prepare(candidate_ids, candidate_features, clustering):
     return ids, labels, cosine
 
 
-def _unit_rows64(features, name: str) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{name}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    return x / norms
-
 
 def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix via its Cholesky factor L: A⁻¹ = L⁻ᵀ L⁻¹."""
@@ -470,4 +458,4 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
 def _frame(ids, labels, sizes, kept, rule, gains=None) -> pl.DataFrame:
     gain = [None] * len(ids) if gains is None else [None if np.isnan(g) else float(g) for g in gains]
     return pl.DataFrame({"id": ids, "cluster": labels, "cluster_size_at_decision": sizes, "gain": gain,
-                         "kept": kept, "rule": [rule] * len(ids)}, schema=SCHEMA)
+                         "kept": kept, "rule": [rule] * len(ids)}, schema=schema("selection"))

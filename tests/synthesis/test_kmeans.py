@@ -6,14 +6,12 @@ import prismatic.synthesis.kmeans as kmeans
 from prismatic.synthesis.kmeans import (
     AUTO_BF16_MIN_WORK,
     Clustering,
-    _assign_all_bf16,
-    _lloyd_bf16,
     assign,
-    bf16_margin,
     num_clusters,
     resolve_backend,
     spherical_kmeans,
 )
+from prismatic.synthesis.kmeans_bf16 import _assign_all_bf16, _lloyd_bf16, bf16_margin
 
 
 def _unit(a):
