@@ -19,7 +19,8 @@ import torch
 from benchmarks.common import emit, machine, peak_rss_gb
 from prismatic.config import load_config
 from prismatic.data.samples import bundled_seeds_path, load_samples
-from prismatic.gradients.faithful import assistant_loss, encode_chat, faithful_features
+from prismatic.gradients.chat import encode_chat
+from prismatic.gradients.faithful import assistant_loss, faithful_features
 from prismatic.models import SMOLLM2_DIR, install_smollm2, load_causal_lm
 
 

@@ -52,7 +52,8 @@ KV_CACHE_GB = 4  # vLLM KV cache: all N sequences of the full size fit at once
 
 
 def build_requests(model: str, texts: list[str], max_tokens: int) -> list:
-    from prismatic.generation.prompts import GenerationRequest, Sampling, solution_prompt
+    from prismatic.generation.prompts import solution_prompt
+    from prismatic.generation.requests import GenerationRequest, Sampling
 
     sampling = Sampling(max_tokens=max_tokens, seed=SEED, **SAMPLING)
     return [GenerationRequest.build(model, solution_prompt(text, "math"), sampling) for text in texts]
@@ -140,7 +141,7 @@ def vllm_direct(llm, requests: list) -> tuple[list[str], int]:
 
 def project_path(engine, requests: list, journal_path: Path) -> tuple[list[str], int]:
     """What the `generations` asset does: journaled generation through the project's engine."""
-    from prismatic.generation.engines import Journal, generate_journaled
+    from prismatic.generation.journal import Journal, generate_journaled
 
     before = engine.output_tokens
     texts = generate_journaled(engine, requests, Journal(journal_path))
@@ -149,7 +150,7 @@ def project_path(engine, requests: list, journal_path: Path) -> tuple[list[str],
 
 def vllm_columns(model_dir: Path, texts: list[str], max_tokens: int, repeats: int, models_dir: Path) -> dict:
     from prismatic.config import GeneratorConfig
-    from prismatic.generation.engines import engine_from_config
+    from prismatic.generation.engines.factory import engine_from_config
 
     engine = engine_from_config(GeneratorConfig(model=str(model_dir), kv_cache_gb=KV_CACHE_GB), models_dir)
     started = time.perf_counter()

@@ -39,7 +39,8 @@ import torch
 
 from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, timed
 from prismatic.config import FeaturesConfig, load_config
-from prismatic.gradients.faithful import encode_chat, flat_parameters, per_sample_gradient
+from prismatic.gradients.chat import encode_chat
+from prismatic.gradients.faithful import flat_parameters, per_sample_gradient
 from prismatic.gradients.fast import FastFeaturizer
 from prismatic.gradients.projection import RademacherProjection
 from prismatic.metrics.vendi import vendi_from_gram

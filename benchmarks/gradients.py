@@ -38,7 +38,8 @@ import torch
 
 from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, matmul_peak, peak_rss_gb, timed
 from prismatic.config import FeaturesConfig, load_config
-from prismatic.gradients.faithful import encode_chat, faithful_features, per_sample_gradient
+from prismatic.gradients.chat import encode_chat
+from prismatic.gradients.faithful import faithful_features, per_sample_gradient
 from prismatic.gradients.fast import FastFeaturizer
 from prismatic.models import build_random_model, install_smollm2, load_causal_lm
 

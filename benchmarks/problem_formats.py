@@ -37,10 +37,11 @@ from prismatic.config import load_config
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, build_filter
 from prismatic.data.samples import load_seeds
-from prismatic.generation.engines import Journal
+from prismatic.generation.journal import Journal
 from prismatic.gradients.proxy import compute_features, load_proxy
 from prismatic.metrics.vendi import gvendi
-from prismatic.synthesis.steps import generate_round, problem_nll, verify_round
+from prismatic.synthesis.generate import generate_round, problem_nll
+from prismatic.synthesis.steps import verify_round
 from resources.generator import build_engine, close_engines
 
 FORMATS = ("fewshot", "delimited", "json")

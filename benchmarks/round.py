@@ -27,10 +27,10 @@ pool, clustering and diversity costs at size N are measured (on the N seeds):
   the `prism_round` job (7 assets, the feature graph's 3 ops and 17 asset-check steps), reading the
   step events back. Per-asset seconds are Dagster's STEP_START → STEP_SUCCESS times (`step_seconds`);
   the asset-check steps are summed as "asset checks".
-- direct: `direct_round` below: the `prismatic` functions the r000 assets call, in the same order,
-  with the same config, reading and writing the same tables through a `prismatic.storage.store.Store` of its
-  own (same provenance dicts) and refreshing a DuckDB `Catalog` by the rule of `prism_assets.io.write`
-  (so store and catalog I/O are on both sides). The proxy is loaded once beforehand, as
+- direct: `DirectRound` below: the round steps of `prismatic.synthesis.steps` that the r000 assets
+  call, in the same order, with the same config and inputs, their outputs written by the assets' write
+  rule (`StepOutput.write`: same tables, same provenance) into a `prismatic.storage.base.Store` and
+  DuckDB `Catalog` of its own (so store and catalog I/O are on both sides). The proxy is loaded once beforehand, as
   `ProxyResource` keeps it per process. Not in direct: what exists only for Dagster (events, runs,
   data versions, asset checks, resources, materialization metadata); the UI metadata images the
   assets render (cluster-size histogram, G-Vendi-by-round plot) are timed apart as `ui_metadata_s`.
@@ -84,8 +84,6 @@ from benchmarks.common import GSM8K, emit, gsm8k, machine, save_plot, stdout_to_
 
 SEED_ROUND = "r000"
 GENERATED_ROUND = "r001"
-ASSETS = ("generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",
-          "diversity_scores")
 CHECKS = "asset checks"
 FEATURE_DIM = 256
 PROBLEMS_PER_PROMPT = 2
@@ -137,41 +135,50 @@ def make_home(root: Path, n: int, model_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------ the direct path
 
 
+def round_assets() -> list[str]:
+    """The round's assets in job order (`prism_assets.jobs.ROUND_ASSETS`), imported only when needed:
+    `main` times the first import of dagster and prism_assets."""
+    from prism_assets.jobs import ROUND_ASSETS
+
+    return ROUND_ASSETS
+
+
 class DirectRound:
-    """Round r000 without Dagster: the `prismatic` calls of the r000 assets, in the job's order, on a
-    store and catalog of its own under `<home>/direct`."""
+    """Round r000 without Dagster: the round step of each r000 asset (`prismatic.synthesis.steps`), in
+    the job's order, on a store and catalog of its own under `<home>/direct`."""
 
     def __init__(self, home: Path):
         from prismatic.config import load_config
         from prismatic.gradients.proxy import load_proxy
         from prismatic.storage.catalog import Catalog
-        from prismatic.storage.store import Store
+        from prismatic.storage.factory import open_store
 
         self.config = load_config(home)
-        self.store = Store(home / "direct" / "store")
+        self.store = open_store(home / "direct" / "store")
         self.catalog = Catalog(home / "direct" / "catalog.duckdb", self.store)
         self.proxy = load_proxy(self.config.features, self.config.models_dir)
         self.ui_metadata_s = 0.0
 
-    def write(self, table: str, frame: pl.DataFrame, asset: str, **provenance) -> None:
-        """`prism_assets.io.write` minus the Dagster data version (the same `Catalog.write_partition`)."""
-        self.catalog.write_partition(table, SEED_ROUND, frame, {"round": SEED_ROUND, "run_id": "direct",
-                                                                "asset": asset, **provenance})
+    def write(self, output, asset: str) -> None:
+        """`prism_assets.io.write_step` minus the Dagster data version: the same `StepOutput.write`."""
+        output.write(self.catalog, SEED_ROUND, run_id="direct", asset=asset)
+
+    def featurize(self, samples: pl.DataFrame, shard: tuple[int, int]):
+        """`resources.proxy.ProxyResource.featurize` with the proxy loaded once."""
+        from prismatic.gradients.proxy import compute_features
+
+        return compute_features(samples, self.config.features, self.config.models_dir, proxy_model=self.proxy,
+                                progress=False, shard=shard)
 
     def load_seeds(self) -> None:
         """What `seed_job` does (not part of the timed round: the Dagster reruns skip it too)."""
-        from prismatic.data.samples import load_seeds
+        from prismatic.synthesis.steps import seeds_step
 
-        source = self.config.synthesis.seeds
-        self.write("seeds", load_seeds(source), "seeds", source=source)
+        self.write(seeds_step(self.config.synthesis.seeds), "seeds")
 
     def run(self) -> dict:
         """Seconds per asset (and G-Vendi) of one direct r000."""
-        from prismatic.gradients.faithful import feature_table, merge_feature_sets
-        from prismatic.gradients.proxy import compute_features
-        from prismatic.metrics.registry import compute_metrics, inputs_from_config
-        from prismatic.storage.schema import schema
-        from prismatic.synthesis.steps import cluster_pool, diversity_table, pool_features, pool_rows, seeds_as_verified
+        from prismatic.synthesis import steps
 
         config, store = self.config, self.store
         seconds, started = {}, time.perf_counter()
@@ -182,51 +189,43 @@ class DirectRound:
             seconds[asset] = now - started
             started = now
 
-        self.write("generations", pl.DataFrame(schema=schema("generations")), "generations")
-        self.write("rejections", pl.DataFrame(schema=schema("rejections")), "generations")
+        self.write(steps.generations_step(SEED_ROUND, config.synthesis), "generations")
         lap("generations")
 
-        verified = seeds_as_verified(store.read("seeds", SEED_ROUND))
-        self.write("verified_samples", verified, "verified_samples")
+        self.write(steps.verified_samples_step(SEED_ROUND, config.synthesis.min_agree,
+                                               seeds=store.read("seeds", SEED_ROUND)), "verified_samples")
         lap("verified_samples")
 
         samples = store.read("verified_samples", SEED_ROUND)
-        shard, proxy_name = compute_features(samples, config.features, config.models_dir, proxy_model=self.proxy,
-                                             progress=False, shard=(0, config.features.shards))
-        shard.meta = {**shard.meta, "proxy": proxy_name}
-        frame, projection = feature_table(merge_feature_sets([shard], samples["id"].to_list()))
-        self.write("gradient_features", frame, "gradient_features", projection=projection, proxy=proxy_name,
-                   shards=1)
+        count = config.features.shards
+        shards = [steps.feature_shard_step(samples, (index, count), self.featurize) for index in range(count)]
+        self.write(steps.gradient_features_step(samples, shards), "gradient_features")
         lap("gradient_features")
 
-        ids = store.read("seeds", SEED_ROUND)["id"]
-        selection = pl.DataFrame({"id": ids, "cluster": -1, "cluster_size_at_decision": 0, "gain": None, "kept": True,
-                                  "rule": "seed"}, schema=schema("selection"))
-        self.write("selection", selection, "selection")
+        self.write(steps.selection_step(SEED_ROUND, config.synthesis, seeds=store.read("seeds", SEED_ROUND)),
+                   "selection")
         lap("selection")
 
-        self.write("pool", pool_rows(seeds_as_verified(store.read("seeds", SEED_ROUND)), "seed", SEED_ROUND), "pool")
+        self.write(steps.pool_step(SEED_ROUND, seeds=store.read("seeds", SEED_ROUND)), "pool")
         lap("pool")
 
         members = store.read("pool", SEED_ROUND)
-        features, projection = pool_features(store, members)
-        clustering, clusters, centroids = cluster_pool(members["id"], features, config.synthesis)
-        self.write("centroids", centroids, "clusters", projection=projection)
-        self.write("clusters", clusters, "clusters", k=clustering.k)
+        features, projection = steps.pool_features(store, members)
+        clusters = steps.clusters_step(members, features, projection, config.synthesis)
+        self.write(clusters, "clusters")
         lap("clusters")
-        sizes = clustering.sizes
 
         members = store.read("pool", SEED_ROUND)
-        pool_x, projection = pool_features(store, members)
-        about = {"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection}
-        inputs = inputs_from_config(members, config, features=lambda: (pool_x, about), proxy=lambda: self.proxy)
-        results = compute_metrics(["gvendi", *config.metrics.names], inputs)
+        features, projection = steps.pool_features(store, members)
         candidates = store.read("gradient_features", SEED_ROUND)["feature"].to_numpy()
-        self.write("diversity_scores", diversity_table(results, len(members), candidates, about), "diversity_scores")
+        scores = steps.diversity_scores_step(config, members, features, projection, candidates,
+                                             proxy=lambda: self.proxy)
+        self.write(scores, "diversity_scores")
         lap("diversity_scores")
 
-        self.ui_metadata_s = ui_metadata_seconds(sizes, results["gvendi"].value)
-        return {"seconds": seconds, "gvendi": results["gvendi"].value}
+        gvendi = scores.facts["gvendi"]
+        self.ui_metadata_s = ui_metadata_seconds(clusters.tables["centroids"]["size"].to_numpy(), gvendi)
+        return {"seconds": seconds, "gvendi": gvendi}
 
 
 def ui_metadata_seconds(sizes: np.ndarray, score: float) -> float:
@@ -245,10 +244,11 @@ def ui_metadata_seconds(sizes: np.ndarray, score: float) -> float:
 
 def group_steps(steps: dict[str, float]) -> dict[str, float]:
     """Dagster step seconds per asset (the feature graph's ops summed) and all asset-check steps summed."""
-    grouped = dict.fromkeys([*ASSETS, CHECKS], 0.0)
+    assets = round_assets()
+    grouped = dict.fromkeys([*assets, CHECKS], 0.0)
     for key, seconds in steps.items():
         name = key.split(".")[0]
-        grouped[name if name in ASSETS else CHECKS] += seconds
+        grouped[name if name in assets else CHECKS] += seconds
     return {name: round(seconds, 3) for name, seconds in grouped.items()}
 
 
@@ -270,7 +270,7 @@ def materialization_metadata(home: Path, run_id: str) -> dict[str, dict]:
 def measure_seed_round(home: Path, repeats: int, warm_direct: bool) -> dict:
     """Round r000 in `home`: the first run, then Dagster and direct runs alternating."""
     from prism_cli.runner import run_round
-    from prismatic.storage.store import Store
+    from prismatic.storage.factory import open_store
     from prismatic.synthesis.steps import pool_gvendi
 
     first, first_s = timed(lambda: run_round(home, SEED_ROUND))
@@ -291,7 +291,7 @@ def measure_seed_round(home: Path, repeats: int, warm_direct: bool) -> dict:
                                     "ui_metadata_s": direct.ui_metadata_s})
         print(f"  r000 repeat {repeat + 1}: Dagster {dagster_runs[-1]['wall_s']:.2f} s, "
               f"direct {direct_runs[-1]['wall_s']:.2f} s", file=sys.stderr)
-    dagster_store = Store(home / "store")
+    dagster_store = open_store(home / "store")
     dagster_gvendi = pool_gvendi(dagster_store, SEED_ROUND)
     ours = dagster_store.read("gradient_features", SEED_ROUND).select("id", "feature")
     theirs = direct.store.read("gradient_features", SEED_ROUND).select("id", "feature")
@@ -302,9 +302,10 @@ def measure_seed_round(home: Path, repeats: int, warm_direct: bool) -> dict:
     direct_s = statistics.median(run["wall_s"] for run in direct_runs)
     dagster_best_s = min(run["wall_s"] for run in dagster_runs)
     direct_best_s = min(run["wall_s"] for run in direct_runs)
-    steps = {name: statistics.median(run["steps"][name] for run in dagster_runs) for name in [*ASSETS, CHECKS]}
-    steps_min = {name: min(run["steps"][name] for run in dagster_runs) for name in [*ASSETS, CHECKS]}
-    direct_steps = {name: statistics.median(run["steps"][name] for run in direct_runs) for name in ASSETS}
+    assets = round_assets()
+    steps = {name: statistics.median(run["steps"][name] for run in dagster_runs) for name in [*assets, CHECKS]}
+    steps_min = {name: min(run["steps"][name] for run in dagster_runs) for name in [*assets, CHECKS]}
+    direct_steps = {name: statistics.median(run["steps"][name] for run in direct_runs) for name in assets}
     return {
         "first_run_s": round(first_s, 3), "first_run_steps": group_steps(first["seconds"]),
         "dagster_s": round(dagster_s, 3), "direct_s": round(direct_s, 3),
@@ -377,7 +378,7 @@ def growth_rows(sizes: list[int], seed_rounds: list[dict], generated: list[dict]
     if generated:
         seconds = [g["steps_s"]["generations"] for g in generated]
         series["generations"] = (GENERATED_ROUND, seconds, seconds)
-    for name in [*(ASSETS[1:] if generated else ASSETS), CHECKS]:
+    for name in [*(round_assets()[1:] if generated else round_assets()), CHECKS]:
         series[name] = (SEED_ROUND, [r["dagster_steps_s"][name] for r in seed_rounds],
                         [r["dagster_steps_min_s"][name] for r in seed_rounds])
     series["r000 run (Dagster)"] = (SEED_ROUND, [r["dagster_s"] for r in seed_rounds],
@@ -413,7 +414,7 @@ def plot(sizes: list[int], growth: dict[str, dict], seed_rounds: list[dict], tit
         left.plot(grid, row["a"] * grid ** row["b"], "--", color=color, lw=1)
     left.set_title("seconds per asset (Dagster step times) and fits a·N^b")
     right.plot(sizes, [r["dagster_s"] for r in seed_rounds], "o-", label="r000 through Dagster (run_round)")
-    right.plot(sizes, [r["direct_s"] for r in seed_rounds], "s-", label="r000 direct (same prismatic calls)")
+    right.plot(sizes, [r["direct_s"] for r in seed_rounds], "s-", label="r000 direct (same round steps)")
     right.plot(sizes, [max(r["overhead_s"], 1e-3) for r in seed_rounds], "^:", label="overhead (Dagster − direct)")
     right.set_title("round r000 wall time, medians")
     for ax in (left, right):
@@ -460,7 +461,7 @@ def markdown(command: str, result: dict) -> str:
         "", "Step times are resolved to 0.01 s; an asset that stays near 0.01–0.2 s at every size has b ≈ 0: "
         "its cost is fixed (I/O, Dagster step setup), not data-bound at these sizes.", "",
         "## Dagster overhead (round r000)", "",
-        f"`run_round(home, 'r000')` (a rerun: seeds stored) against `direct_round` — the same prismatic calls, "
+        f"`run_round(home, 'r000')` (a rerun: seeds stored) against `DirectRound` — the same round steps, "
         f"same config, same tables and catalog refreshes — alternating, medians of {d['repeats']}.", "",
         "| N | Dagster s | direct s | overhead s | overhead % | direct ÷ Dagster | Dagster runs s | direct runs s "
         "| fastest runs: direct ÷ Dagster | steps sum s | outside steps s | checks s | UI images s | first run s |",
@@ -482,7 +483,7 @@ def markdown(command: str, result: dict) -> str:
         "| asset | Dagster step s | direct s |", "|---|---|---|",
     ]
     last = seed_rounds[-1]
-    for name in ASSETS:
+    for name in round_assets():
         lines.append(f"| {name} | {last['dagster_steps_s'][name]:.3f} | {last['direct_steps_s'][name]:.3f} |")
     lines.append(f"| {CHECKS} | {last['dagster_steps_s'][CHECKS]:.3f} | — |")
     lines += ["", "G-Vendi of the r000 pool, Dagster's stored `diversity_scores` vs direct: " + "; ".join(

@@ -31,27 +31,13 @@ from dagster import (
     asset_check,
 )
 
+from prism_assets.jobs import PROVENANCE_CHECK, READS_PREVIOUS, ROUND_ASSET_TABLES
 from prismatic.rounds import SEED_ROUND, previous_round, round_sort_key
+from prismatic.storage.base import Store
 from prismatic.storage.schema import schema
-from prismatic.storage.store import Store
 from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
 from resources.store import StoreResource
-
-TABLES_OF_ASSET = {
-    "generations": ("generations",),
-    "verified_samples": ("verified_samples", "rejections"),
-    "gradient_features": ("gradient_features",),
-    "selection": ("selection",),
-    "pool": ("pool",),
-    "clusters": ("clusters", "centroids"),
-    "diversity_scores": ("diversity_scores",),
-}
-"""The tables each round asset writes (the last writer of a table owns its schema check)."""
-
-READS_PREVIOUS = {"generations": ("pool", "previous_pool"), "selection": ("centroids", "previous_centroids"),
-                  "pool": ("pool", "previous_pool")}
-"""Assets that read the previous round: (table read, provenance key in the file they write)."""
 
 
 def result(key: str, failures: list[str], note: str | None = None,
@@ -63,7 +49,7 @@ def result(key: str, failures: list[str], note: str | None = None,
 
 
 def schema_problems(store: Store, table: str, key: str) -> list[str]:
-    """How the columns of `table`'s file for round `key` differ from DESIGN §4 (names, order, dtypes)."""
+    """How the columns of `table`'s file for round `key` differ from its schema (docs/data-model.md#tables)."""
     if not store.exists(table, key):
         return [f"{table}: no file at {store.location(table, key)}"]
     have = store.read_schema(table, key)
@@ -83,11 +69,11 @@ def _ids(store: Store, table: str, key: str) -> pl.Series:
 
 
 def _schema_check(asset: str) -> AssetChecksDefinition:
-    tables = TABLES_OF_ASSET[asset]
+    tables = ROUND_ASSET_TABLES[asset]
 
     @asset_check(asset=AssetKey(asset), name="schema", blocking=True,
                  description=f"The round's {', '.join(tables)} file(s) have exactly the columns and dtypes of "
-                             "DESIGN §4, in order.")
+                             "docs/data-model.md#tables, in order.")
     def check(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
         key = context.partition_key
         problems = [p for table in tables for p in schema_problems(store.store(), table, key)]
@@ -122,7 +108,7 @@ def _already_pooled(store: Store, key: str, ids: pl.Series) -> list[str]:
 def _provenance_check(asset: str) -> AssetChecksDefinition:
     table, provenance_key = READS_PREVIOUS[asset]
 
-    @asset_check(asset=AssetKey(asset), name="built_on_latest_previous_round",
+    @asset_check(asset=AssetKey(asset), name=PROVENANCE_CHECK,
                  description=f"The {table} of the previous round that this round read (round, run, data version "
                              f"in the file's provenance) is still the latest one; fails after r(N-1)'s {table} "
                              "was rematerialized, until this round is rebuilt on it.")
@@ -236,7 +222,7 @@ def gvendi_non_decreasing(context: AssetCheckExecutionContext, store: StoreResou
 PROVENANCE_CHECKS = [_provenance_check(asset) for asset in READS_PREVIOUS]
 
 ROUND_CHECKS = [
-    *(_schema_check(asset) for asset in TABLES_OF_ASSET),
+    *(_schema_check(asset) for asset in ROUND_ASSET_TABLES),
     _unique_ids_check("generations", "No id occurs twice among the round's generations."),
     _unique_ids_check("verified_samples", "No id occurs twice among the round's verified samples, and none is "
                                           "already in the previous round's pool.", across=_already_pooled),

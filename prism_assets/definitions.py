@@ -9,7 +9,7 @@ gradient-feature shards run side by side (k8s: one GPU pod per shard, values bet
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, EnvVar
 
 from prism_assets.checks import ROUND_CHECKS
 from prism_assets.clustering import clusters, pool, selection
@@ -22,17 +22,33 @@ from prism_assets.schedules import build_round_schedule
 from prism_assets.seeds import seeds
 from prism_assets.sensors import next_round_sensor, provenance_sensor
 from prism_assets.verification import verified_samples
-from prismatic.config import load_config
 from resources.generator import GeneratorResource
-from resources.home import PrismHome
+from resources.home import PrismHome, home_config
 from resources.proxy import ProxyResource
-from resources.store import StoreResource
+from resources.store import StoreResource, s3_resource
 
 
-def build_definitions(home: str | None = None) -> Definitions:
-    """Definitions bound to one Prism home (default `$PRISM_HOME`, else `./.prism`)."""
-    home = home or os.environ.get("PRISM_HOME", ".prism")
-    config = load_config(home)
+def build_definitions(home: str | None = None, store: str | None = None) -> Definitions:
+    """Definitions bound to one Prism home and store.
+
+    home: the home folder; None: `$PRISM_HOME` (the resource reads it as an `EnvVar`, so every step
+      process and pod resolves its own), else `./.prism`.
+    store: the store location (`prism run --store`); None: the home's `store_uri` (prism.yaml's
+      `store`, `$PRISM_STORE` over it, else `<home>/store`). Step processes rebuild these definitions
+      without it: `prism_cli.runner` ships it to them in the run's resource config.
+
+    prism.yaml is loaded once per process (`home_config`); every resource shares that configuration.
+    """
+    config = home_config(home)
+    if store:
+        config = config.model_copy(update={"store": store})
+    if home:
+        prism_home = PrismHome(home=home)
+    elif "PRISM_HOME" in os.environ:
+        prism_home = PrismHome(home=EnvVar("PRISM_HOME"))
+    else:
+        prism_home = PrismHome()
+    s3 = s3_resource(config)
     return Definitions(
         assets=[seeds, generations, verified_samples, build_gradient_features(config), selection, pool, clusters,
                 diversity_scores],
@@ -41,9 +57,9 @@ def build_definitions(home: str | None = None) -> Definitions:
         sensors=[next_round_sensor, provenance_sensor],
         schedules=[build_round_schedule(config.rounds.schedule_cron, config.rounds.schedule_timezone)],
         executor=executor_for(config),
-        resources={"prism_home": PrismHome(home=home), "store": StoreResource(home=home),
-                   "generator": GeneratorResource(home=home), "proxy": ProxyResource(home=home),
-                   **io_manager_for(config)},
+        resources={"prism_home": prism_home, "store": StoreResource(prism_home=prism_home, s3=s3, uri=store),
+                   "generator": GeneratorResource(prism_home=prism_home), "proxy": ProxyResource(prism_home=prism_home),
+                   **io_manager_for(config, s3)},
     )
 
 

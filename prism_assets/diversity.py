@@ -9,10 +9,10 @@ from prism_assets import io
 from prism_assets.clustering import clusters, pool
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.metrics.plots import metric_plot_png
-from prismatic.metrics.registry import METRICS, compute_metrics, inputs_from_config
+from prismatic.metrics.registry import METRICS
 from prismatic.rounds import SEED_ROUND, previous_round, round_number
-from prismatic.synthesis.steps import diversity_table, pool_features, pool_gvendi
-from resources.generator import build_engine
+from prismatic.synthesis.steps import diversity_scores_step, pool_features, pool_gvendi
+from resources.generator import GeneratorResource
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
 from resources.store import StoreResource
@@ -27,28 +27,21 @@ from resources.store import StoreResource
                    "pool G-Vendi had as many candidates been kept at random. Metadata: every value, the gain "
                    "beside the control's gain, and a plot of each metric across rounds.")
 def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
-                     proxy: ProxyResource) -> MaterializeResult:
+                     proxy: ProxyResource, generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
-    config = prism_home.config()
     members = io.read(store, "pool", key)
     pool_x, projection = pool_features(store.store(), members)
-    about = {"proxy": projection.get("proxy"), "dim": pool_x.shape[1], "projection": projection}
-    judge = config.metrics.cluster_agent.judge or config.generator
-    inputs = inputs_from_config(members, config, features=lambda: (pool_x, about), proxy=proxy.model,
-                                judge=lambda: (build_engine(judge, config.models_dir), judge.model))
-    results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=context.log.info)
     candidates = io.read(store, "gradient_features", key)["feature"].to_numpy()
     outcome = store.store().read_metadata("selection", key).get("outcome") if key != SEED_ROUND else None
-    frame = diversity_table(results, len(members), candidates, about, outcome)
-    metadata = {"dagster/row_count": len(frame), "pool_size": len(members),
-                **{row["metric"]: MetadataValue.float(row["value"]) for row in frame.iter_rows(named=True)}}
-    if key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key)):
-        before = pool_gvendi(store.store(), previous_round(key))
-        metadata["gvendi_gain"] = results["gvendi"].value - before
-        if outcome is not None:
-            metadata["gvendi_control_gain"] = outcome["control"]["gvendi"] - before
+    scored_before = key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key))
+    output = diversity_scores_step(
+        prism_home.config(), members, pool_x, projection, candidates, outcome=outcome,
+        previous_gvendi=pool_gvendi(store.store(), previous_round(key)) if scored_before else None,
+        proxy=proxy.model, judge=generator.judge, log=context.log.info)
+    frame = output.tables["diversity_scores"]
+    plots = {}
     history = _history(store, key, frame)
-    for name in results:
+    for name in [metric for metric in frame["metric"] if metric in METRICS]:  # the pool's metrics
         series = history.filter(metric=name)
         direction = METRICS[name].more_diverse
         control = None
@@ -58,10 +51,10 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
         png = metric_plot_png(name, series["round"].to_list(), series["value"].to_list(),
                               note=f"{direction} = more diverse" if direction else "not a diversity metric",
                               control=control)
-        metadata[f"{name} by round"] = MetadataValue.md(
+        plots[f"{name} by round"] = MetadataValue.md(
             f"![{name} by round](data:image/png;base64,{base64.b64encode(png).decode()})")
-    version = io.write(context, store, "diversity_scores", frame)
-    return MaterializeResult(data_version=version, metadata=metadata)
+    version, metadata = io.write_step(context, store, output)
+    return MaterializeResult(data_version=version, metadata={**metadata, **plots})
 
 
 def _history(store: StoreResource, key: str, current: pl.DataFrame) -> pl.DataFrame:

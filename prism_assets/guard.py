@@ -1,9 +1,9 @@
 """The guard of the one undeclared edge: round rN refuses to start unless r(N-1) is complete.
 
-Dagster cannot see that rN reads r(N-1) (DESIGN §3), so nothing in the graph stops rN from running
-after a failed or missing r(N-1). The assets that read the previous round (generations, selection,
-pool) call `require_previous_round` first; it raises a `Failure` that names the round, what is wrong
-with it and what to run, and nothing of rN is written.
+Dagster cannot see that rN reads r(N-1) (docs/architecture.md#the-undeclared-edge), so nothing in
+the graph stops rN from running after a failed or missing r(N-1). The assets that read the previous
+round (generations, selection, pool) call `require_previous_round` first; it raises a `Failure` that
+names the round, what is wrong with it and what to run, and nothing of rN is written.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from dagster import AssetExecutionContext, AssetKey, AssetPartitionStatus, Failu
 from prism_assets.jobs import ROUND_ASSETS
 from prism_assets.partitions import rounds
 from prismatic.rounds import SEED_ROUND, previous_round
+from prismatic.storage.schema import ROUND_TABLES
 from resources.store import StoreResource
-
-ROUND_TABLES = ("generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",
-                "centroids", "diversity_scores")
-"""Every table a finished round has in the store."""
 
 
 def previous_round_problem(context: AssetExecutionContext, store: StoreResource, key: str) -> str | None:

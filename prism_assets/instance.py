@@ -19,9 +19,9 @@ in that pool can all start together (tests/integration/test_services.py saw r000
 With the default queued run coordinator, queued runs start first in, first out, so the runs a
 backfill submits in round order also start in that order, each after the previous one finished.
 
-The `storage` key belongs to prism.yaml's `orchestration.storage` (DESIGN §5): `postgres` writes
-dagster-postgres's block from `orchestration.postgres`, with the password as a reference to the
-environment variable `password_env` (the password itself is never written):
+The `storage` key belongs to prism.yaml's `orchestration.storage` (docs/architecture.md "Executors"):
+`postgres` writes dagster-postgres's block from `orchestration.postgres`, with the password as a
+reference to the environment variable `password_env` (the password itself is never written):
 
     storage:
       postgres:

@@ -12,20 +12,39 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
+from prismatic.rounds import SEED_ROUND
+from prismatic.synthesis.steps import StepOutput
 from resources.store import StoreResource
+
+
+def _round(context: AssetExecutionContext) -> str:
+    # A round asset's run names its round by a partition tag, or (backfills: one run per round) by a
+    # one-round range; unpartitioned assets (the seeds) are stored as round r000.
+    return context.partition_key if context.assets_def.partitions_def is not None else SEED_ROUND
 
 
 def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
           **provenance: Any) -> DataVersion:
     """Write this partition of `table` (atomically) with provenance, and refresh the catalog when the
     table needs a view (`Catalog.write_partition`); returns the data version."""
-    # A round asset's run names its round by a partition tag, or (backfills: one run per round) by a
-    # one-round range; unpartitioned assets (the seeds) are stored as round r000.
-    key = context.partition_key if context.assets_def.partitions_def is not None else "r000"
+    key = _round(context)
     catalog = resource.catalog()
     catalog.write_partition(table, key, frame, {"round": key, "run_id": context.run_id,
                                                 "asset": context.asset_key.to_user_string(), **provenance})
     return DataVersion(catalog.store.data_version(table, key))
+
+
+def write_step(context: AssetExecutionContext, resource: StoreResource, output: StepOutput,
+               **read: Any) -> tuple[DataVersion, dict[str, Any]]:
+    """Write a round step's tables (`StepOutput.write`); `read` is what the asset read from the previous
+    round, recorded in its own table's provenance (None values are left out: the seed round reads
+    none). Returns that table's data version and the start of the asset's metadata: its
+    `dagster/row_count`, then the step's facts (Dagster shows dicts and lists as JSON)."""
+    asset, key, catalog = context.asset_key.to_user_string(), _round(context), resource.catalog()
+    output.write(catalog, key, run_id=context.run_id, asset=asset,
+                 **{name: value for name, value in read.items() if value is not None})
+    version = DataVersion(catalog.store.data_version(asset, key))
+    return version, {"dagster/row_count": len(output.tables[asset]), **output.facts}
 
 
 def read(resource: StoreResource, table: str, round_key: str) -> pl.DataFrame:

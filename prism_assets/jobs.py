@@ -1,14 +1,38 @@
-"""Jobs: `prism_round` materializes one round (one partition of every round asset) in order;
-`round_checks` and `round_provenance_checks` re-run a round's checks without materializing anything
-(launch them with the tag `dagster/partition=<round>`)."""
+"""The round's assets and jobs: `prism_round` materializes one round (one partition of every round asset)
+in order; `round_checks` and `round_provenance_checks` re-run a round's checks without materializing
+anything (launch them with the tag `dagster/partition=<round>`).
 
-from dagster import AssetSelection, define_asset_job
+`ROUND_ASSET_TABLES` is the one list of round assets; the guard, the checks, the sensors, the runner,
+`benchmarks/round.py` and the tests read it (or `ROUND_ASSETS`, `WRITER`, `READS_PREVIOUS`) from here.
+"""
 
-from prism_assets.checks import PROVENANCE_CHECKS
+from dagster import AssetCheckKey, AssetKey, AssetSelection, define_asset_job
+
 from prism_assets.partitions import rounds
 
-ROUND_ASSETS = ["generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",
-                "diversity_scores"]
+ROUND_ASSET_TABLES: dict[str, tuple[str, ...]] = {
+    "generations": ("generations",),
+    "verified_samples": ("verified_samples", "rejections"),
+    "gradient_features": ("gradient_features",),
+    "selection": ("selection",),
+    "pool": ("pool",),
+    "clusters": ("clusters", "centroids"),
+    "diversity_scores": ("diversity_scores",),
+}
+"""Every round asset, in the order of a round, and the tables it writes last in a round (generations
+writes `rejections` first, verified_samples adds its own to them): the tables whose schema it checks."""
+
+ROUND_ASSETS = list(ROUND_ASSET_TABLES)
+
+WRITER = {table: asset for asset, tables in ROUND_ASSET_TABLES.items() for table in tables}
+"""The round asset that writes each table last (`pool` → pool, `centroids` → clusters, ...)."""
+
+READS_PREVIOUS = {"generations": ("pool", "previous_pool"), "selection": ("centroids", "previous_centroids"),
+                  "pool": ("pool", "previous_pool")}
+"""Assets that read the previous round: (table read, provenance key in the file they write)."""
+
+PROVENANCE_CHECK = "built_on_latest_previous_round"
+"""The name of the check, on each asset of `READS_PREVIOUS`, that what it read is still the latest."""
 
 prism_round = define_asset_job(
     "prism_round", selection=AssetSelection.assets(*ROUND_ASSETS), partitions_def=rounds,
@@ -23,5 +47,6 @@ round_checks = define_asset_job(
     description="Every asset check of one round, on the stored tables.")
 
 round_provenance_checks = define_asset_job(
-    "round_provenance_checks", selection=AssetSelection.checks(*(check.check_key for check in PROVENANCE_CHECKS)),
+    "round_provenance_checks",
+    selection=AssetSelection.checks(*(AssetCheckKey(AssetKey(asset), PROVENANCE_CHECK) for asset in READS_PREVIOUS)),
     description="The `built_on_latest_previous_round` checks of one round (launched by `provenance_sensor`).")

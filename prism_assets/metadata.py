@@ -8,17 +8,19 @@ import io
 import numpy as np
 from dagster import AssetKey, MetadataValue, TableColumn, TableRecord, TableSchema
 
-TABLE_ASSETS = {"pool": "pool", "centroids": "clusters"}
-"""Asset that writes each table a round reads from the previous round."""
+from prism_assets.jobs import WRITER
 
 MAX_TABLE_ROWS = 100
 
 
-def previous_round_links(table: str, used: dict[str, str]) -> dict[str, MetadataValue]:
-    """Links to what this round read from the previous one (`io.read_previous`'s `used`): the asset
-    that wrote `table`, and the run that wrote the partition read."""
-    links = {"previous_round": MetadataValue.text(used["round"]),
-             f"previous_{table}_asset": MetadataValue.asset(AssetKey(TABLE_ASSETS[table]))}
+def previous_round_links(table: str, used: dict[str, str] | None) -> dict[str, MetadataValue]:
+    """What this round read from the previous one (`io.read_previous`'s `used`; None in the seed round:
+    nothing): `previous_<table>` (round, run id, data version), links to the asset that wrote `table`
+    and to the run that wrote the partition read."""
+    if used is None:
+        return {}
+    links = {f"previous_{table}": MetadataValue.json(used), "previous_round": MetadataValue.text(used["round"]),
+             f"previous_{table}_asset": MetadataValue.asset(AssetKey(WRITER[table]))}
     if used.get("run_id"):
         links[f"previous_{table}_run"] = MetadataValue.dagster_run(used["run_id"])
     return links

@@ -1,5 +1,5 @@
-"""The executor and IO manager of prism.yaml's `orchestration` section (DESIGN §5), and the op tags of
-a gradient-feature shard.
+"""The executor and IO manager of prism.yaml's `orchestration` section (docs/architecture.md
+"Executors"), and the op tags of a gradient-feature shard.
 
 - `in_process` (default): `in_process_executor`, every step in the run's process.
 - `multiprocess`: `multiprocess_executor` with `max_concurrent` steps at once (0: `os.cpu_count()`).
@@ -19,10 +19,11 @@ import os
 from typing import Any
 
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
 from prismatic.config import CONFIG_FILE, OrchestrationConfig, PrismConfig
 from prismatic.errors import InputError
-from prismatic.storage.store import parse_s3_uri
+from prismatic.storage.s3 import parse_s3_uri
 
 IO_PREFIX = "_dagster_io"
 """Under the store's prefix: the values passed between ops when steps run in separate pods."""
@@ -62,17 +63,14 @@ def executor_for(config: PrismConfig) -> ExecutorDefinition:
     return in_process_executor
 
 
-def io_manager_for(config: PrismConfig) -> dict[str, Any]:
-    """`{"io_manager": S3PickleIOManager}` under `<store>/_dagster_io` for the k8s executor; else `{}`
-    (Dagster's default IO manager, files under the instance's storage directory)."""
+def io_manager_for(config: PrismConfig, s3: S3Resource) -> dict[str, Any]:
+    """`{"io_manager": S3PickleIOManager}` under `<store>/_dagster_io`, through `s3` (the store's S3
+    resource), for the k8s executor; else `{}` (Dagster's default IO manager, files under the instance's
+    storage directory)."""
     if config.orchestration.executor != "k8s":
         return {}
-    from dagster_aws.s3 import S3PickleIOManager
-
-    from resources.store import s3_resource
-
     bucket, prefix = _require_s3_store(config)
-    return {"io_manager": S3PickleIOManager(s3_resource=s3_resource(config), s3_bucket=bucket,
+    return {"io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=bucket,
                                             s3_prefix=f"{prefix}/{IO_PREFIX}" if prefix else IO_PREFIX)}
 
 

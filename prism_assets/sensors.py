@@ -21,13 +21,11 @@ from dagster import (
     sensor,
 )
 
-from prism_assets.checks import READS_PREVIOUS
-from prism_assets.jobs import prism_round, round_provenance_checks
-from prism_assets.metadata import TABLE_ASSETS
+from prism_assets.jobs import READS_PREVIOUS, WRITER, prism_round, round_provenance_checks
 from prism_assets.partitions import rounds
 from prismatic.config import RoundsConfig
 from prismatic.rounds import SEED_ROUND, previous_round, round_key, round_number
-from prismatic.storage.store import Store
+from prismatic.storage.base import Store
 from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
 from resources.store import StoreResource
@@ -99,7 +97,7 @@ def stale_next_round(store: Store, asset: str, key: str, run_id: str) -> str | N
     """The round after `key` when it was built on another run of `asset`'s tables of `key` than `run_id`."""
     following = round_key(round_number(key) + 1)
     for reader, (table, provenance_key) in READS_PREVIOUS.items():
-        if TABLE_ASSETS[table] != asset or not store.exists(reader, following):
+        if WRITER[table] != asset or not store.exists(reader, following):
             continue
         used = store.read_metadata(reader, following).get(provenance_key) or {}
         if used.get("run_id") != run_id:
@@ -114,7 +112,7 @@ def provenance_sensor(context: SensorEvaluationContext, store: StoreResource) ->
     after = int(context.cursor) if context.cursor else None
     batches = [context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(asset), after_storage_id=after), limit=BATCH, ascending=True).records
-        for asset in sorted(set(TABLE_ASSETS.values()))]
+        for asset in sorted({WRITER[table] for table, _ in READS_PREVIOUS.values()})]
     # A full batch may have more after it: read no further than its last record this tick.
     until = min((batch[-1].storage_id for batch in batches if len(batch) == BATCH), default=None)
     records = sorted((record for batch in batches for record in batch if until is None or record.storage_id <= until),

@@ -1,13 +1,12 @@
 """Verified samples: solutions whose final answer is the problem's majority answer."""
 
-import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from prism_assets import io
 from prism_assets.generations import generations
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.rounds import SEED_ROUND
-from prismatic.synthesis.steps import seeds_as_verified, verify_round
+from prismatic.synthesis.steps import verified_samples_step
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -20,22 +19,9 @@ from resources.store import StoreResource
 def verified_samples(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     if key == SEED_ROUND:
-        frame = seeds_as_verified(io.read(store, "seeds", SEED_ROUND))
-        version = io.write(context, store, "verified_samples", frame)
-        return MaterializeResult(data_version=version, metadata={"dagster/row_count": len(frame),
-                                                                 "source": "seeds"})
-    gens = io.read(store, "generations", key)
-    frame, rejected = verify_round(gens, prism_home.config().synthesis.min_agree)
-    version = io.write(context, store, "verified_samples", frame)
-    earlier = io.read(store, "rejections", key).filter(pl.col("reason") != "no_majority")
-    io.write(context, store, "rejections", pl.concat([earlier, rejected]))
-    problems = gens.filter(kind="problem").height
-    solutions = gens.filter(kind="solution").height
-    verified_problems = frame["problem_id"].n_unique()
-    return MaterializeResult(data_version=version, metadata={
-        "dagster/row_count": len(frame),
-        "problems": problems,
-        "problems_verified": verified_problems,
-        "problem_pass_rate": round(verified_problems / problems, 4) if problems else 0.0,
-        "solution_pass_rate": round(len(frame) / solutions, 4) if solutions else 0.0,
-    })
+        inputs = {"seeds": io.read(store, "seeds", SEED_ROUND)}
+    else:
+        inputs = {"generations": io.read(store, "generations", key), "rejections": io.read(store, "rejections", key)}
+    output = verified_samples_step(key, prism_home.config().synthesis.min_agree, **inputs)
+    version, metadata = io.write_step(context, store, output)
+    return MaterializeResult(data_version=version, metadata=metadata)

@@ -1,4 +1,4 @@
-"""`prism`: the command line (DESIGN §11).
+"""`prism`: the command line (docs/architecture.md "A round from the command line").
 
 `--json` prints exactly one JSON object on stdout; progress and logs go to stderr. Errors a user
 can fix print one line `prism: error: …` and exit with code 2.
@@ -153,13 +153,13 @@ def vendi(files: Annotated[list[Path], typer.Argument(help="Feature Parquet file
 Store = Annotated[str | None, typer.Option("--store", help="Store URI (overrides prism.yaml and $PRISM_STORE).")]
 
 
-def _round_home(home: Path | None, store: str | None) -> Path:
-    from prismatic.config import load_config, resolve_home
+def _round_home(home: Path | None) -> Path:
+    """The home, resolved to an absolute path, with its prism.yaml validated before anything starts."""
+    from prismatic.config import resolve_home
+    from resources.home import home_config
 
-    if store:
-        os.environ["PRISM_STORE"] = store
     resolved = resolve_home(home).resolve()
-    load_config(resolved)  # validate before starting anything
+    home_config(resolved)
     return resolved
 
 
@@ -175,7 +175,7 @@ def demo(rounds: Annotated[int, typer.Option("--rounds", help="Rounds after the 
     from prismatic.rounds import round_key
     from resources.generator import close_engines
 
-    resolved = _round_home(home, store)
+    resolved = _round_home(home)
     log_path = resolved / "logs" / time.strftime("demo-%Y%m%d-%H%M%S.log")
     keys = [round_key(i) for i in range(rounds + 1)]
     runs = []
@@ -185,11 +185,12 @@ def demo(rounds: Annotated[int, typer.Option("--rounds", help="Rounds after the 
         instance = instance_for(resolved)
         try:
             for key in keys:
-                runs.append(run_round(resolved, key, instance, progress=lambda asset, seconds, key=key: print(
-                    f"  {key} {asset:<18} {seconds:7.1f} s", file=console)))
+                runs.append(run_round(resolved, key, instance, store_uri=store,
+                                      progress=lambda asset, seconds, key=key: print(
+                                          f"  {key} {asset:<18} {seconds:7.1f} s", file=console)))
         finally:
             close_engines()
-    table = round_summary(resolved, keys)
+    table = round_summary(resolved, keys, store)
     if as_json:
         print(json.dumps({"rounds": table, "runs": runs, "log": str(log_path),
                           "seconds": round(time.perf_counter() - started, 1)}))
@@ -238,12 +239,12 @@ def run(round_: Annotated[str, typer.Option("--round", help="Round key, e.g. r00
     if not is_round(round_):
         raise PrismError(f"option --round: expected a key like r001, got {round_!r}")
 
-    resolved = _round_home(home, store)
+    resolved = _round_home(home)
     try:
-        result = run_round(resolved, round_)
+        result = run_round(resolved, round_, store_uri=store)
     finally:
         close_engines()
-    summary = round_summary(resolved, [round_])[0]
+    summary = round_summary(resolved, [round_], store)[0]
     _emit({**summary, "run_id": result["run_id"], "seconds": result["seconds"]}, as_json)
 
 
@@ -253,10 +254,10 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB v
     """Run SQL over every table of every round; the catalog is opened read-only."""
     from prismatic.config import load_config
     from prismatic.storage.catalog import Catalog
-    from prismatic.storage.store import open_store
+    from prismatic.storage.factory import open_store
 
     config = load_config(home)
-    columns, rows = Catalog(config.catalog_path, open_store(config), s3=config.s3).query(sql)
+    columns, rows = Catalog(config.catalog_path, open_store(config.store_uri, s3=config.s3), s3=config.s3).query(sql)
     if as_json:
         print(json.dumps({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]}, default=str))
     else:

@@ -31,15 +31,16 @@ from dagster._core.execution.api import execute_run
 
 from prism_assets.instance import ensure_instance_settings
 from prism_assets.jobs import ROUND_ASSETS
-from prismatic.config import load_config
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, read_benchmark_texts
 from prismatic.data.samples import load_seeds
 from prismatic.errors import PrismError
-from prismatic.generation.engines import orphaned_vllm_engines
+from prismatic.generation.engines.vllm import orphaned_vllm_engines
 from prismatic.rounds import SEED_ROUND, previous_round
-from prismatic.storage.store import Store, open_store
+from prismatic.storage.base import Store
+from prismatic.storage.factory import open_store
 from prismatic.synthesis.steps import pool_gvendi
+from resources.home import home_config
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +54,24 @@ STORE_TAG = "prism/store"
 
 def instance_for(home: Path) -> DagsterInstance:
     """The persistent Dagster instance under `<home>/dagster` (storage: prism.yaml's `orchestration`)."""
-    dagster_home = ensure_instance_settings(home / "dagster", load_config(home).orchestration).parent
+    dagster_home = ensure_instance_settings(home / "dagster", home_config(home).orchestration).parent
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
 
 
 def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
-              progress: Callable[[str, float], None] | None = None) -> dict:
+              progress: Callable[[str, float], None] | None = None, store_uri: str | None = None) -> dict:
     """Materialize every asset of round `key` in one in-process run; returns per-asset seconds.
 
     progress: called with (asset, seconds) as each asset of the round finishes (`watch_assets`).
+    store_uri: the store (`--store`); None: the home's `store_uri`. It reaches every step, in this
+      process or another, through the run's resource config (`store_config`).
     """
     from prism_assets.definitions import build_definitions
 
-    os.environ["PRISM_HOME"] = str(home)
-    config = load_config(home)
-    store = open_store(config)
+    os.environ["PRISM_HOME"] = str(home)  # step processes and pods build the definitions of this home
+    config = home_config(home)
+    store = open_store(store_uri or config.store_uri, s3=config.s3)
     if key != SEED_ROUND and not store.exists("diversity_scores", previous_round(key)):
         raise PrismError(f"round {key} needs round {previous_round(key)} first: it is missing or did not finish "
                          f"(run `prism run --round {previous_round(key)}`)")
@@ -86,19 +89,20 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
                         ", ".join(map(str, orphans)), " ".join(map(str, orphans)))
         instance = instance or instance_for(home)
         fail_dead_runs(instance, key, store)
-        defs = build_definitions(str(home))
+        defs = build_definitions(str(home), store_uri)
+        run_config = {**QUIET, **store_config(store.uri)}
         if not store.exists("seeds", SEED_ROUND):
-            defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=QUIET)
+            defs.resolve_job_def("seed_job").execute_in_process(instance=instance, run_config=run_config)
         instance.add_dynamic_partitions("rounds", [key])
         tags = {STORE_TAG: store.uri}
         with watch_assets(instance, run_id, progress):
             if config.orchestration.executor == "in_process":
                 result = defs.resolve_job_def("prism_round").execute_in_process(
-                    partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False, run_id=run_id,
-                    tags=tags)
+                    partition_key=key, instance=instance, run_config=run_config, raise_on_error=False,
+                    run_id=run_id, tags=tags)
             else:  # step processes (multiprocess) or pods (k8s) load the job by reference: its code must be importable
-                run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id, run_config=QUIET,
-                                                  tags={**tags, "dagster/partition": key})
+                run = instance.create_run_for_job(defs.resolve_job_def("prism_round"), run_id=run_id,
+                                                  run_config=run_config, tags={**tags, "dagster/partition": key})
                 result = execute_run(reconstructable(prism_round_job), run, instance, raise_on_error=False)
     if not result.success:
         failure = next((entry.dagster_event for entry in instance.all_logs(result.run_id, of_type=FAILURES)), None)
@@ -108,6 +112,13 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
         message = error.message.strip() if error else "see the Dagster run log"
         raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
     return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
+
+
+def store_config(uri: str) -> dict:
+    """Run config that points the `store` resource at `uri`. Dagster ships a run's config to every
+    step, so step processes and pods (which build the definitions again, without `--store`) write
+    the same store as the run."""
+    return {"resources": {"store": {"config": {"uri": uri}}}}
 
 
 def prism_round_job():
@@ -212,7 +223,7 @@ SCREENING_REASONS = (*FILTER_REASONS, *REASONS)
 """Why parsed problems were dropped before solving (prismatic.data.filters, prismatic.data.quality)."""
 
 
-def round_summary(home: Path, keys: list[str]) -> list[dict]:
+def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> list[dict]:
     """Per round, what `prism demo` and `prism run` show:
 
     problems: problems parsed from the generator's answers; dropped: of those, removed before solving
@@ -221,9 +232,10 @@ def round_summary(home: Path, keys: list[str]) -> list[dict]:
     verified samples (solutions in a problem's winning answer group); kept: candidates the selection
     kept; pool: pool size; gvendi: the pool's G-Vendi; gain: its change from the previous round;
     control_gain: the change had the same number of candidates been kept at random
-    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws).
+    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws). store_uri: as in `run_round`.
     """
-    store = open_store(load_config(home))
+    config = home_config(home)
+    store = open_store(store_uri or config.store_uri, s3=config.s3)
     rows = []
     previous = None
     for key in keys:

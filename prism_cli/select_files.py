@@ -18,9 +18,7 @@ written as `{"id": …}`.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from prismatic.errors import InputError, PrismError
 from prismatic.gradients.files import check_compatible, read_features
 from prismatic.gradients.proxy import compute_features, load_proxy
 from prismatic.metrics.vendi import gvendi
+from prismatic.storage.atomic import write_atomically
 from prismatic.synthesis.kmeans import num_clusters, spherical_kmeans
 from prismatic.synthesis.selection import BUDGETED_RULES, POOL_FEATURE_RULES, RULES, paper_count, select
 
@@ -129,12 +128,4 @@ def _featurize(inputs: list[_Input], config: PrismConfig) -> None:
 
 
 def _write_jsonl(path: Path, rows: pl.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        rows.write_ndjson(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, rows.write_ndjson().encode())

@@ -20,8 +20,7 @@ CONFIG_FILE = "prism.yaml"
 
 METRIC_NAMES = ("gvendi", "cluster_agent", "distinct_n", "ngram_vendi", "embedding_vendi", "compression_ratio",
                 "self_repetition", "proxy_nll")
-"""Every diversity metric by name, in the order of `prismatic.metrics.registry.METRICS`, which implements them
-(a test keeps the two equal). Listed here so that validating prism.yaml imports no metric code."""
+"""The metrics `prismatic.metrics.registry.METRICS` implements, in its order (a test keeps them equal)."""
 
 
 def check_metric_names(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -49,10 +48,10 @@ class DataFields(_Section):
 
 
 class FeaturesConfig(_Section):
-    """Gradient features of the proxy model (DESIGN §7).
+    """Gradient features of the proxy model (docs/formulas.md#g-vendi).
 
     proxy: a folder under `$PRISM_HOME/models`, a path, or a Hugging Face id.
-    mode: `fast` (batched, factored per-layer projection; see fast_gradients) or `faithful` (the
+    mode: `fast` (batched, factored per-layer projection; prismatic.gradients.fast) or `faithful` (the
       paper code's method: one backward per sample, dense projection of the full gradient).
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
     seed: seed of the Rademacher projection; features of different seeds are never mixed.
@@ -202,7 +201,7 @@ class ProblemFiltersConfig(_Section):
 
 
 class SynthesisConfig(_Section):
-    """One Prismatic Synthesis round (DESIGN §8).
+    """One Prismatic Synthesis round (docs/architecture.md#the-round-graph).
 
     seeds: `bundled` or a JSONL/Parquet path with id, prompt, response, answer, task, level.
     tasks: seed tasks to grow (`math`, `nli`); problem prompts are spread over them evenly.
@@ -283,8 +282,8 @@ class RoundsConfig(_Section):
 
 
 class ClusterAgentConfig(_Section):
-    """The LLM cluster-agent metric (DESIGN §9). Paper: k=10, j=5, m=100, n=5000; the defaults are
-    small so a CPU run takes minutes.
+    """The LLM cluster-agent metric (docs/formulas.md#cluster-agent-score). Paper: k=10, j=5, m=100,
+    n=5000; the defaults are small so a CPU run takes minutes.
 
     k: samples per clustering trial (score of a trial: C²/k for C clusters after verification).
     j: samples shown per criteria call; m: criteria calls; n: clustering trials.
@@ -311,7 +310,7 @@ class ClusterAgentConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """Diversity metrics (DESIGN §9–10): the `diversity_scores` asset computes `names` on every round's
+    """Diversity metrics (docs/formulas.md): the `diversity_scores` asset computes `names` on every round's
     pool, and `prism diversity` computes them unless `--metrics` says otherwise.
 
     names: metric names (`METRIC_NAMES`; see `prismatic.metrics.registry.METRICS`); the default set is cheap on CPU:
@@ -342,7 +341,7 @@ class MetricsConfig(_Section):
 
 
 class S3Config(_Section):
-    """How an `s3://bucket/prefix` store is reached (DESIGN §5). Credentials always come from the
+    """How an `s3://bucket/prefix` store is reached (docs/data-model.md#store-layout). Credentials always come from the
     standard AWS chain (environment, profile, instance role), through dagster-aws's S3Resource.
 
     endpoint_url: an S3-compatible endpoint (MinIO, moto, ...); None: `AWS_ENDPOINT_URL` or AWS itself.
@@ -432,7 +431,8 @@ class PrismConfig(_Section):
 
     @property
     def store_uri(self) -> str:
-        return os.environ.get("PRISM_STORE") or self.store or str(self.home / "store")
+        """`store` (after `$PRISM_STORE`, applied by `load_config`), else `<home>/store`."""
+        return self.store or str(self.home / "store")
 
     @property
     def catalog_path(self) -> Path:
@@ -449,7 +449,11 @@ def resolve_home(home: str | Path | None = None) -> Path:
 
 
 def load_config(home: str | Path | None = None) -> PrismConfig:
-    """Read and validate `<home>/prism.yaml`; a missing file means all defaults."""
+    """Read and validate `<home>/prism.yaml` (`resolve_home`); a missing file means all defaults.
+
+    `$PRISM_STORE`, when set, replaces the file's `store`: this is the one place the variable is read.
+    A process reads the file once through `resources.home.home_config`, which caches this result.
+    """
     home_path = resolve_home(home)
     path = home_path / CONFIG_FILE
     raw: dict[str, Any] = {}
@@ -475,6 +479,8 @@ def load_config(home: str | Path | None = None) -> PrismConfig:
         loc = [str(part) for part in err["loc"]]
         raise InputError(path, err["msg"], line=_line_of(root_node, loc), field=".".join(loc)) from None
     config.home = home_path
+    if store := os.environ.get("PRISM_STORE"):
+        config.store = store
     return config
 
 

@@ -6,9 +6,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dagster import ConfigurableResource
 
-from prismatic.config import GeneratorConfig, load_config
-from prismatic.generation.engines import Engine, engine_from_config
+from prismatic.config import GeneratorConfig
+from prismatic.generation.engines.base import Engine
+from prismatic.generation.engines.factory import engine_from_config
 from prismatic.models import resolve_model
+from resources.home import PrismHome
 
 _ENGINES: dict[str, Engine] = {}
 
@@ -57,13 +59,20 @@ def close_engines() -> None:
 
 
 class GeneratorResource(ConfigurableResource):
-    """Builds the engine named by `generator:` in prism.yaml."""
+    """Builds the engine named by `generator:` in prism.yaml, and the cluster-agent metric's judge."""
 
-    home: str = ".prism"
+    prism_home: PrismHome
 
     def engine(self) -> Engine:
-        config = load_config(self.home)
+        config = self.prism_home.config()
         return build_engine(config.generator, config.models_dir)
 
     def model_name(self) -> str:
-        return load_config(self.home).generator.model
+        return self.prism_home.config().generator.model
+
+    def judge(self) -> tuple[Engine, str]:
+        """(engine, model name) of the cluster-agent metric's judge: `metrics.cluster_agent.judge`, or
+        `generator` when that is null."""
+        config = self.prism_home.config()
+        judge = config.metrics.cluster_agent.judge or config.generator
+        return build_engine(judge, config.models_dir), judge.model

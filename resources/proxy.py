@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 from dagster import ConfigurableResource
 
-from prismatic.config import load_config
-from prismatic.gradients.faithful import FeatureSet, Shard
+from prismatic.gradients.featureset import FeatureSet, Shard
 from prismatic.gradients.proxy import compute_features, load_proxy
+from resources.home import PrismHome
 
 _PROXIES: dict[str, tuple] = {}
 
@@ -15,11 +15,11 @@ _PROXIES: dict[str, tuple] = {}
 class ProxyResource(ConfigurableResource):
     """Gradient features of samples under `features:` of prism.yaml."""
 
-    home: str = ".prism"
+    prism_home: PrismHome
 
     def model(self) -> tuple:
         """(model, tokenizer, name) of the configured proxy, loaded once per process."""
-        config = load_config(self.home)
+        config = self.prism_home.config()
         key = f"{config.features.proxy}|{config.features.model_dtype}|{config.features.device}"
         if key not in _PROXIES:
             _PROXIES[key] = load_proxy(config.features, config.models_dir)
@@ -27,6 +27,6 @@ class ProxyResource(ConfigurableResource):
 
     def featurize(self, samples: pl.DataFrame, shard: Shard | None = None) -> tuple[FeatureSet, str]:
         """Features of `samples` (`shard` = (index, count): only that shard's rows) and the proxy's name."""
-        config = load_config(self.home)
+        config = self.prism_home.config()
         return compute_features(samples, config.features, config.models_dir, proxy_model=self.model(),
                                 progress=False, shard=shard)

@@ -1,13 +1,17 @@
 """Store and catalog bound to the home's configuration: a local directory or an S3 prefix."""
 
+from __future__ import annotations
+
 from dagster import ConfigurableResource, InitResourceContext
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from prismatic.config import PrismConfig, load_config
+from prismatic.config import PrismConfig
 from prismatic.rounds import ROUND_RE
+from prismatic.storage.base import Store
 from prismatic.storage.catalog import Catalog
-from prismatic.storage.store import Store, open_store
+from prismatic.storage.factory import open_store
+from resources.home import PrismHome
 
 
 def s3_resource(config: PrismConfig) -> S3Resource:
@@ -17,10 +21,17 @@ def s3_resource(config: PrismConfig) -> S3Resource:
 
 
 class StoreResource(ConfigurableResource):
-    """Parquet tables per round under `store` (default `$PRISM_HOME/store`; `s3://bucket/prefix`
-    through dagster-aws's S3Resource), DuckDB views over them."""
+    """Parquet tables per round at `uri`, DuckDB views over them.
 
-    home: str = ".prism"
+    uri: a directory or `s3://bucket/prefix` (`prism run --store`, shipped to every step in the run's
+      resource config); None: the home's `store_uri` (prism.yaml's `store`, `$PRISM_STORE` over it,
+      else `<home>/store`).
+    s3: the S3 client's settings for an `s3://` store; None: built from the home's `s3:` section on use.
+    """
+
+    prism_home: PrismHome
+    s3: S3Resource | None = None
+    uri: str | None = None
     _lock: object | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -42,10 +53,10 @@ class StoreResource(ConfigurableResource):
             self._lock = None
 
     def store(self) -> Store:
-        config = load_config(self.home)
-        client = s3_resource(config).get_client() if config.store_uri.startswith("s3://") else None
-        return open_store(config, s3_client=client)
+        config = self.prism_home.config()
+        uri = self.uri or config.store_uri
+        client = (self.s3 or s3_resource(config)).get_client() if uri.startswith("s3://") else None
+        return open_store(uri, s3=config.s3, client=client)
 
     def catalog(self) -> Catalog:
-        config = load_config(self.home)
-        return Catalog(config.catalog_path, self.store())
+        return Catalog(self.prism_home.config().catalog_path, self.store())

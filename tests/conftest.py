@@ -62,7 +62,7 @@ def vllm_engine_for(model_dir, models_dir):
     the generator resource and `prism diversity` build theirs (`engine_from_config`, 1 GiB KV cache);
     the KV-cache variable it sets is removed again afterwards."""
     from prismatic.config import GeneratorConfig
-    from prismatic.generation.engines import engine_from_config
+    from prismatic.generation.engines.factory import engine_from_config
 
     saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
     engine = engine_from_config(GeneratorConfig(model=str(model_dir), max_model_len=2048, kv_cache_gb=1), models_dir)

@@ -48,3 +48,15 @@ def test_home_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("PRISM_HOME", str(tmp_path))
     assert resolve_home() == tmp_path
     assert resolve_home("elsewhere") == type(tmp_path)("elsewhere")
+
+
+def test_prism_store_overrides_the_files_store_when_the_file_is_loaded(monkeypatch, tmp_path):
+    (tmp_path / "prism.yaml").write_text("store: s3://bucket/prefix\n")
+    monkeypatch.delenv("PRISM_STORE", raising=False)
+    assert load_config(tmp_path).store_uri == "s3://bucket/prefix"
+    monkeypatch.setenv("PRISM_STORE", str(tmp_path / "elsewhere"))
+    config = load_config(tmp_path)
+    assert config.store_uri == str(tmp_path / "elsewhere")
+    monkeypatch.delenv("PRISM_STORE")
+    assert config.store_uri == str(tmp_path / "elsewhere")  # read once, at load: not a property of the environment
+    assert PrismConfig(home=tmp_path).store_uri == str(tmp_path / "store")

@@ -1,157 +1,43 @@
-"""Prompts and parsing for Prismatic Synthesis generation (DESIGN §8), and deterministic requests.
+"""Prompts and their parsers for Prismatic Synthesis generation (docs/architecture.md).
 
 Two kinds of generation happen in a round:
 
-- Problems: a few-shot prompt shows 5 problems from the pool, drawn without replacement with
-  probability ∝ `level` (`sample_few_shot`), in one of three formats (`synthesis.problem_format`):
+- Problems: a few-shot prompt shows `synthesis.few_shot` (default 5) problems from the pool, drawn
+  without replacement with probability ∝ `level` (`sample_few_shot`), in one of three formats
+  (`synthesis.problem_format`):
   - `fewshot` (default): a raw-text continuation, `Problem: …` blocks ending in `Problem:`, one
     new problem per completion (`continuation_prompt`, `parse_continuation`);
   - `delimited`: the paper's chat request for `n_new` (paper: 2) new problems that are similar to
     or harder than them, each under a `### Problem i` line and closed by `### End`
     (`problem_prompt`, `parse_problems`);
   - `json`: the same chat request, decoded under a JSON schema (structured output).
-  Paper sampling: T=1.0, top_p=0.95 (`PROBLEM_SAMPLING`).
+  Paper sampling: T=1.0, top_p=0.95 (the default `synthesis.problem_sampling`).
 - Solutions: several per problem, reasoning step by step and ending with the final answer in
-  `\\boxed{}` (`solution_prompt`). Paper sampling: T=0.75, top_p=0.95 (`SOLUTION_SAMPLING`).
+  `\\boxed{}` (`solution_prompt`). Paper sampling: T=0.75, top_p=0.95 (the default
+  `synthesis.solution_sampling`).
 
 An NLI "problem" is a premise/hypothesis pair. The model writes only the `Premise:` and
 `Hypothesis:` lines; `parse_problems(..., task="nli")` re-renders each pair in the seeds' exact prompt
 format (`nli_prompt`), so generated NLI prompts look like the bundled ones.
 
-Every request has a key (`request_key`): the SHA-256 of the canonical JSON of everything that
-determines its output (model, messages or raw prompt, sampling, index, structured-output constraint). The same
-request always has the same key, so finished responses can be journaled and a retried step sends
-only the missing ones. The prompts are this project's own wording of the paper's method.
+Requests, sampling and request keys are in `prismatic.generation.requests`. The prompts are this
+project's own wording of the paper's method.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
-import json
 import random
 import re
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from prismatic.errors import PrismError
+from prismatic.generation.requests import Message
 
 TASKS = ("math", "nli")
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 NLI_QUESTION = "Does the premise entail the hypothesis? Answer with one word: entailment, neutral, or contradiction."
-N_FEW_SHOT = 5
 N_NEW_PROBLEMS = 2
-
-Message = dict[str, str]
-
-
-# --------------------------------------------------------------------------------------- sampling
-
-
-class Sampling(BaseModel):
-    """Decoding settings of one request.
-
-    seed: the step's base seed (None: the engine's own randomness, not reproducible). A request's
-      effective seed is derived from its key (`GenerationRequest.seed`), so requests that differ only
-      by `index` (e.g. the 3 solutions of one problem) sample differently but reproducibly.
-    stop: generation ends before the first of these strings (not included in the text).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, gt=0)
-    seed: int | None = Field(0, ge=0)
-    stop: tuple[str, ...] | None = None
-
-
-PROBLEM_SAMPLING = Sampling(temperature=1.0, top_p=0.95, max_tokens=1024)
-SOLUTION_SAMPLING = Sampling(temperature=0.75, top_p=0.95, max_tokens=1024)
-
-
-# --------------------------------------------------------------------------------------- requests
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no insignificant whitespace: one text per value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def request_key(model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
-                choices: list[str] | None = None, json_schema: dict | None = None,
-                prompt: str | None = None) -> str:
-    """SHA-256 hex of the canonical JSON of everything that determines a request's output.
-
-    `index` tells apart requests that are otherwise identical (the i-th solution of a problem).
-    `prompt` and `sampling.stop` enter the payload only when set, so chat requests without stop
-    strings keep the keys (and journals) they had before these fields existed.
-    """
-    sampling_fields = sampling.model_dump()
-    if sampling.stop is None:
-        del sampling_fields["stop"]
-    else:
-        sampling_fields["stop"] = list(sampling.stop)
-    payload = {
-        "model": model,
-        "messages": [dict(m) for m in messages],
-        "sampling": sampling_fields,
-        "index": index,
-        "choices": list(choices) if choices is not None else None,
-        "json_schema": json_schema,
-    }
-    if prompt is not None:
-        payload["prompt"] = prompt
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
-
-
-class GenerationRequest(BaseModel):
-    """One completion to run: chat messages (or a raw text prompt), sampling, and an optional
-    structured-output constraint.
-
-    prompt: a raw text to continue, with no chat template (a completion, not a chat completion);
-      `messages` is then empty. Few-shot continuation prompts use it.
-    choices: the output must be exactly one of these strings.
-    json_schema: the output must be JSON valid under this schema.
-    Build requests with `GenerationRequest.build` (chat) or `GenerationRequest.text` (raw prompt) so
-    the key matches the content.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str
-    messages: list[Message]
-    sampling: Sampling
-    choices: list[str] | None = None
-    json_schema: dict[str, Any] | None = None
-    prompt: str | None = None
-
-    @classmethod
-    def build(cls, model: str, messages: list[Message], sampling: Sampling, index: int = 0, *,
-              choices: list[str] | None = None, json_schema: dict | None = None) -> GenerationRequest:
-        if choices is not None and json_schema is not None:
-            raise PrismError("a request takes either `choices` or `json_schema`, not both")
-        if choices is not None and not choices:
-            raise PrismError("`choices` must not be empty")
-        key = request_key(model, messages, sampling, index, choices=choices, json_schema=json_schema)
-        return cls(key=key, messages=messages, sampling=sampling, choices=choices, json_schema=json_schema)
-
-    @classmethod
-    def text(cls, model: str, prompt: str, sampling: Sampling, index: int = 0) -> GenerationRequest:
-        """A raw-text completion request: the model continues `prompt` as it is."""
-        if not prompt:
-            raise PrismError("a text completion request needs a non-empty prompt")
-        key = request_key(model, [], sampling, index, prompt=prompt)
-        return cls(key=key, messages=[], sampling=sampling, prompt=prompt)
-
-    @property
-    def seed(self) -> int | None:
-        """The seed an engine samples with: None when `sampling.seed` is None, else 31 bits of the key."""
-        if self.sampling.seed is None:
-            return None
-        return int(self.key[:8], 16) & 0x7FFFFFFF
 
 
 # --------------------------------------------------------------------------------------- few-shot

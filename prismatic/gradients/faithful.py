@@ -1,21 +1,24 @@
-"""Per-sample gradient features of a proxy LM (the faithful path of DESIGN §7).
+"""The faithful path: per-sample gradient features with one backward per sample, as in the paper's code.
 
-For a sample (prompt, response) the chat template renders user=prompt, assistant=response; the
-loss is the mean next-token cross-entropy over the assistant tokens only,
+For a sample (prompt, response), the loss is the mean next-token cross-entropy over its assistant
+tokens A (the response and the end-of-turn token that closes it; see chat.py),
 
-    L(θ) = −(1/|A|) Σ_{t∈A} log p_θ(x_t | x_<t),
+    L(θ) = −(1/|A|) Σ_{t∈A} log p_θ(x_t | x_<t)        (nats per token).
 
-where A is the response's tokens plus the end-of-turn token that closes it (everything before the
-assistant content is masked). Its gradient g = ∇_θ L over *all* parameters (a tied embedding
-counted once) is flattened in `named_parameters` order, projected with a seeded Rademacher matrix
-to d dims (÷√d) and L2-normalized: one backward per sample, as in the paper's code.
+Its gradient g = ∇_θ L over *all* trainable parameters (a tied embedding counted once) is flattened in
+`named_parameters` order (D numbers, D = the parameter count), projected with the seeded Rademacher
+matrix P ∈ {±1}^{d×D} of projection.py,
+
+    y = P g / √d,        feature = y / ‖y‖₂        (d numbers, unit L2 norm),
+
+so inner products of features estimate the gradients' cosines. See docs/formulas.md for the
+derivation; fast.py computes the same features up to projection noise without forming g.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -24,58 +27,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from prismatic.errors import PrismError
+from prismatic.gradients.chat import IGNORE, EncodedChat, encode_chat
+from prismatic.gradients.featureset import FeatureSet, Shard, shard_units
 from prismatic.gradients.projection import RademacherProjection
 from prismatic.metrics.vendi import normalize_rows
-
-IGNORE = -100
-
-
-@dataclass
-class EncodedChat:
-    """Token ids of the rendered chat and the next-token labels (IGNORE outside the assistant)."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    truncated: bool
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.input_ids.numel())
-
-    @property
-    def n_assistant(self) -> int:
-        return int((self.labels != IGNORE).sum())
-
-
-def encode_chat(tokenizer, prompt: str, response: str, max_tokens: int | None = None) -> EncodedChat:
-    """Render user=prompt, assistant=response and mark the assistant tokens.
-
-    The assistant span is found in characters (rendered text after the generation prompt, through
-    the end-of-turn token) and mapped to tokens with the tokenizer's offsets, so it is exact for
-    any template that copies the content verbatim. With `max_tokens`, the tail is cut and
-    `truncated` set; a sample with no assistant token left is refused.
-    """
-    user = [{"role": "user", "content": prompt}]
-    prefix = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(prefix) or full[len(prefix):len(prefix) + len(response)] != response:
-        raise PrismError("the chat template does not render the assistant content after the generation "
-                         "prompt; assistant-only loss needs a template that does")
-    start = len(prefix)
-    stop = start + len(response)
-    end_of_turn = tokenizer.eos_token or ""
-    if end_of_turn and full.startswith(end_of_turn, stop):
-        stop += len(end_of_turn)
-    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
-    in_span = torch.tensor([end > start and begin < stop for begin, end in encoding["offset_mapping"]])
-    labels = torch.where(in_span, ids, torch.full_like(ids, IGNORE))
-    truncated = max_tokens is not None and ids.numel() > max_tokens
-    if truncated:
-        ids, labels = ids[:max_tokens], labels[:max_tokens]
-    if not bool((labels[1:] != IGNORE).any()):
-        raise PrismError("no assistant token is left to score (empty response, or cut by max_tokens)")
-    return EncodedChat(ids, labels, truncated)
 
 
 def assistant_loss(model, chat: EncodedChat) -> torch.Tensor:
@@ -109,81 +64,6 @@ def per_sample_gradient(model, chat: EncodedChat, out: torch.Tensor | None = Non
         offset += n
     model.zero_grad(set_to_none=True)
     return out
-
-
-@dataclass
-class FeatureSet:
-    """Unit-row features beside their sample ids, with what produced them."""
-
-    ids: list[str]
-    features: np.ndarray  # n × d float32, unit rows
-    n_tokens: list[int]
-    truncated: list[bool]
-    meta: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-Shard = tuple[int, int]
-"""(index, count): the index-th of `count` parts of a data set's features (see `shard_units`)."""
-
-
-def shard_units(weights: list[int], shard: Shard | None) -> range:
-    """The units (batches) of one shard: a contiguous run of the data set's batch plan.
-
-    The plan is cut where the cumulative weight (packed tokens, samples) first reaches k/count of
-    the total, k = 1..count-1, so shards carry about equal work, every unit lands in exactly one
-    shard, and each shard computes its batches exactly as the unsharded run would (same members,
-    same packing), which is what makes merged features equal the unsharded ones. Shards beyond the
-    number of units are empty.
-    """
-    if shard is None:
-        return range(len(weights))
-    index, count = shard
-    if not 0 <= index < count:
-        raise PrismError(f"shard {index} of {count}: expected 0 <= index < count")
-    total, cuts, running = sum(weights), [0], 0
-    for position, weight in enumerate(weights):
-        running += weight
-        while len(cuts) < count and running * count >= total * len(cuts):
-            cuts.append(position + 1)
-    cuts += [len(weights)] * (count + 1 - len(cuts))
-    return range(cuts[index], cuts[index + 1])
-
-
-def feature_table(result: FeatureSet) -> tuple[pl.DataFrame, dict]:
-    """The `gradient_features` rows of a non-empty FeatureSet whose meta names its proxy, and the
-    projection recorded beside them (its meta's projection without the per-layer segments)."""
-    n, dim = len(result.ids), result.features.shape[1]
-    frame = pl.DataFrame({
-        "id": result.ids,
-        "feature": pl.Series("feature", result.features, dtype=pl.Array(pl.Float32, dim)),
-        "proxy": [result.meta["proxy"]] * n, "mode": [result.meta["mode"]] * n, "dim": [dim] * n,
-        "n_tokens": result.n_tokens, "truncated": result.truncated,
-    })
-    return frame, {k: v for k, v in result.meta["projection"].items() if k != "segments"}
-
-
-def merge_feature_sets(parts: list[FeatureSet], ids: list[str]) -> FeatureSet:
-    """The features of every shard of one data set, as one FeatureSet in the data set's order `ids`.
-
-    Every id must come from exactly one shard, and every shard must share one projection (meta).
-    `seconds` is the sum over shards (compute time, not wall time).
-    """
-    produced = [i for part in parts for i in part.ids]
-    if sorted(produced) != sorted(ids) or len(set(produced)) != len(produced):
-        raise PrismError(f"feature shards cover {len(produced)} rows ({len(set(produced))} distinct) for "
-                         f"{len(ids)} samples: a shard is missing or overlaps another")
-    metas = {repr(sorted(part.meta.items())) for part in parts if part.ids}
-    if len(metas) > 1:
-        raise PrismError("feature shards were computed with different settings; recompute every shard")
-    where = {i: (k, row) for k, part in enumerate(parts) for row, i in enumerate(part.ids)}
-    order = [where[i] for i in ids]
-    dim = next((part.features.shape[1] for part in parts if part.ids), parts[0].features.shape[1] if parts else 0)
-    features = np.stack([parts[k].features[row] for k, row in order]) if order else np.zeros((0, dim), np.float32)
-    return FeatureSet(ids=list(ids), features=features, n_tokens=[parts[k].n_tokens[row] for k, row in order],
-                      truncated=[parts[k].truncated[row] for k, row in order],
-                      meta=next((part.meta for part in parts if part.ids), parts[0].meta if parts else {}),
-                      seconds=sum(part.seconds for part in parts))
 
 
 def faithful_features(model, tokenizer, samples: pl.DataFrame, *, dim: int = 1024, seed: int = 0,

@@ -21,7 +21,8 @@ Covered, so the concatenation is the whole gradient up to projection:
 A layer side whose size is ≤ its block size is not projected (identity), so small layers are exact.
 The concatenated vector is projected densely to `dim` with a seeded Rademacher matrix (÷√dim) and
 each row is L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
-tokens), so per-sample gradients are exact up to the projections.
+tokens, chat.py), so per-sample gradients are exact up to the projections. See docs/formulas.md for
+the derivation.
 
 Against SmolLM2's exact per-sample gradients (64 GSM8K samples, means of 8 seeds,
 `benchmarks.gradient_agreement`): the concatenated 64×64 blocks alone give cosines with Pearson r 0.98
@@ -54,12 +55,12 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from prismatic.config import FeaturesConfig
 from prismatic.errors import PrismError
-from prismatic.gradients.faithful import IGNORE, EncodedChat, FeatureSet, Shard, encode_chat, shard_units
+from prismatic.gradients.chat import IGNORE, EncodedChat, encode_chat
+from prismatic.gradients.featureset import FeatureSet, Shard, shard_units
 from prismatic.gradients.projection import RademacherProjection
 from prismatic.metrics.vendi import normalize_rows
 
 PACKED_ATTENTION = "prism_packed_causal"
-_DEFAULTS = FeaturesConfig()  # the one place the fast path's default sizes are set
 SIGNS_CACHE_BYTES = 2 << 30
 """The final projection's bf16 signs are generated once and kept when they fit this (the default 64×64
 blocks at d = 1024: 1.84 GB for SmolLM2, about 1.6 GB for the Qwen2.5-0.5B shape); larger ones are
@@ -170,13 +171,16 @@ class _SideProjection:
 class FastFeaturizer:
     """Batched projected per-sample gradients of a causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, *, dim: int = _DEFAULTS.dim, seed: int = _DEFAULTS.seed,
-                 block_in: int = _DEFAULTS.block_in, block_out: int = _DEFAULTS.block_out,
-                 batch_tokens: int = _DEFAULTS.batch_tokens, max_tokens: int | None = None,
-                 compute_dtype: torch.dtype | None = None):
+    def __init__(self, model, tokenizer, *, dim: int | None = None, seed: int | None = None,
+                 block_in: int | None = None, block_out: int | None = None, batch_tokens: int | None = None,
+                 max_tokens: int | None = None, compute_dtype: torch.dtype | None = None):
+        """dim, seed, block_in, block_out, batch_tokens: as in `FeaturesConfig` (prism.yaml's `features:`),
+        whose default a setting left None takes; `compute_dtype`: the model's dtype when None."""
+        given = {"dim": dim, "seed": seed, "block_in": block_in, "block_out": block_out, "batch_tokens": batch_tokens}
+        settings = FeaturesConfig(**{name: value for name, value in given.items() if value is not None})
         self.model, self.tokenizer = model, tokenizer
-        self.dim, self.seed, self.max_tokens = dim, seed, max_tokens
-        self.block_in, self.block_out, self.batch_tokens = block_in, block_out, batch_tokens
+        self.dim, self.seed, self.max_tokens = settings.dim, settings.seed, max_tokens
+        self.block_in, self.block_out, self.batch_tokens = settings.block_in, settings.block_out, settings.batch_tokens
         self.device = next(model.parameters()).device
         self.dtype = compute_dtype or next(model.parameters()).dtype
         self.head = model.get_output_embeddings()
@@ -186,9 +190,9 @@ class FastFeaturizer:
         self._proj: dict[str, tuple[_SideProjection, _SideProjection]] = {}
         self._build_layout()
         self.concat_dim = sum(s.size for s in self.segments)
-        self.dense = RademacherProjection(self.concat_dim, dim, seed=seed)
+        self.dense = RademacherProjection(self.concat_dim, self.dim, seed=self.seed)
         self._dense_signs = None
-        if self.concat_dim * dim * 2 <= SIGNS_CACHE_BYTES:
+        if self.concat_dim * self.dim * 2 <= SIGNS_CACHE_BYTES:
             self._dense_signs = self.dense.signs(0, self.concat_dim, torch.bfloat16).to(self.device)
 
     # -- layout ---------------------------------------------------------------------------------

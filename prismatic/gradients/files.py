@@ -1,5 +1,7 @@
-"""Feature files: Parquet with `id`, `feature` (fixed-size float32 list), `proxy`, `mode`, `dim`,
-`n_tokens`, `truncated`, and the projection's identity in the file's key-value metadata.
+"""Feature files, what `prism features` writes and `prism vendi` / `prism select` read: Parquet with `id`,
+`feature` (fixed-size list of d float32, a unit row: the normalized projected gradient, see
+docs/formulas.md), `proxy`, `mode`, `dim`, `n_tokens` (tokens of the rendered chat), `truncated`, and
+the projection's identity in the file's key-value metadata.
 
 Files are written atomically (temporary file in the same folder, then rename). Feature sets made
 with different projections (seed, dims, proxy, mode) are never combined: `check_compatible` refuses.
@@ -7,9 +9,8 @@ with different projections (seed, dims, proxy, mode) are never combined: `check_
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prismatic.errors import InputError
-from prismatic.gradients.faithful import FeatureSet
+from prismatic.gradients.featureset import FeatureSet
+from prismatic.storage.atomic import write_atomically
 
 META_KEY = b"prismatic.gradients.files"
 
@@ -37,16 +39,9 @@ def write_features(path: str | Path, features: FeatureSet, proxy: str) -> Path:
     })
     meta = dict(features.meta, proxy=proxy)
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return write_atomically(path, buffer.getvalue())
 
 
 def read_features(path: str | Path) -> tuple[list[str], np.ndarray, dict]:

@@ -6,7 +6,7 @@ For any g, h: E[⟨y_g, y_h⟩] = ⟨g, h⟩ (Johnson–Lindenstrauss), and rela
 O(1/√d). The matrix is defined by (seed, D, d) alone: input coordinates come in fixed chunks of
 `CHUNK` = 4096; chunk c's signs are the bits of a PCG64 stream seeded with (seed, c), so any block
 size, device or batch gives the same projection. The full d × D matrix is never held: a block of
-`block_coords` × d signs at a time (bf16: 2 bytes a sign).
+`block_coords` × d signs at a time (bf16: 2 bytes a sign). See docs/formulas.md for the derivation.
 
 Signs are made from random bytes by writing each bit into a float's sign bit (no per-entry random
 draw, no multiply) in a reused buffer, chunks in parallel threads: about 3.5 G signs/s on this

@@ -1,8 +1,11 @@
 """Gradient features of a data set under the configured proxy, in either mode.
 
-One entry point for the CLI and the Dagster asset: load the proxy, check every chat against its
-context (`features.overlong`), pick the path (`fast`: batched factored projection, `faithful`: the
-paper code's one backward per sample), return a FeatureSet.
+One entry point for the CLI and the Dagster asset (`compute_features`): load the proxy
+(`load_proxy`), check every chat's length in tokens against the proxy's context
+(`features.overlong`), pick the path (`fast`: batched factored projection, fast.py; `faithful`: the
+paper code's one backward per sample, faithful.py), run one shard or all, and return a FeatureSet
+of n × d float32 unit rows (featureset.py). Either path's feature is the L2-normalized projection
+P g / √d of the gradient g of the sample's mean assistant-token loss; see docs/formulas.md.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from prismatic.config import DataFields, FeaturesConfig
 from prismatic.data.samples import LINE_COLUMN
 from prismatic.errors import InputError, PrismError
 from prismatic.faults import fault_point
-from prismatic.gradients.faithful import FeatureSet, Shard, faithful_features
+from prismatic.gradients.faithful import faithful_features
 from prismatic.gradients.fast import FastFeaturizer
+from prismatic.gradients.featureset import FeatureSet, Shard
 from prismatic.models import load_causal_lm, resolve_model
 
 

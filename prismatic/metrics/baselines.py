@@ -1,4 +1,4 @@
-"""Baseline diversity metrics of a list of texts (DESIGN §10): small pure functions.
+"""Baseline diversity metrics of a list of texts (docs/formulas.md#text-metrics): small pure functions.
 
 Words are `tokenize`'s tokens: lower-cased runs of letters/digits/underscore, and every other
 non-space character on its own (`"It's 3.5$"` → `it ' s 3 . 5 $`). An n-gram never crosses from one
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import sparse
 
-from prismatic.gradients.faithful import IGNORE, encode_chat
+from prismatic.gradients.chat import IGNORE, encode_chat
 from prismatic.metrics.vendi import gvendi, vendi_from_eigenvalues
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")

@@ -1,4 +1,4 @@
-"""The LLM cluster-agent diversity metric (DESIGN §9).
+"""The LLM cluster-agent diversity metric (docs/formulas.md#cluster-agent-score).
 
 1. Criteria: `m` times, show `j` random samples and ask for 3–5 metadata attributes and 3–5 scoring
    metrics (JSON). Proposals are merged by name (case, spaces, `_`/`-` ignored); the `max_criteria`
@@ -41,8 +41,8 @@ from typing import Any
 
 from prismatic.config import ClusterAgentConfig
 from prismatic.errors import PrismError
-from prismatic.generation.engines import Engine
-from prismatic.generation.prompts import GenerationRequest, Sampling
+from prismatic.generation.engines.base import Engine
+from prismatic.generation.requests import GenerationRequest, Sampling
 from prismatic.metrics import prompts
 
 REPAIRS = ("invalid_json", "invalid_cluster", "invalid_index", "out_of_range", "duplicate", "overlap",
@@ -180,8 +180,7 @@ def cluster_agent(texts: Sequence[str], ids: Sequence[str], engine: Engine, mode
     if len(texts) < 2:
         raise PrismError("cluster_agent needs at least 2 samples")
     k = min(config.k, len(texts))
-    sampling = Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                        seed=config.seed)
+    sampling = Sampling.from_config(config, seed=config.seed)
     chars = config.sample_chars
     repairs: Counter[str] = Counter()
     calls = Counter()

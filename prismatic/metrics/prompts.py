@@ -1,4 +1,4 @@
-"""Prompts and JSON schemas of the LLM cluster-agent (DESIGN §9), written for this project.
+"""Prompts and JSON schemas of the LLM cluster-agent (docs/formulas.md#cluster-agent-score), written for this project.
 
 Three kinds of call, each constrained to a JSON schema (structured outputs):
 - criteria: J samples → 3–5 metadata attributes and 3–5 scoring metrics that tell samples apart;

@@ -201,7 +201,7 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
     def load_judge():
         if judge is not None:
             return judge()
-        from prismatic.generation.engines import engine_from_config
+        from prismatic.generation.engines.factory import engine_from_config
 
         section = config.metrics.cluster_agent.judge or config.generator
         opened.append(engine_from_config(section, config.models_dir))

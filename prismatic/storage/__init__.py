@@ -1,2 +1,3 @@
-"""The table store: every table's columns (`schema`), Parquet partitions per round under a local
-directory or an S3 prefix, round locks, and the DuckDB catalog of views over them (`catalog`)."""
+"""The table store: every table's columns (`schema`), Parquet partitions per round (`base.Store`, opened with
+`factory.open_store`) under a local directory (`local`) or an S3 prefix (`s3`), round locks (`locks`), atomic
+file writes (`atomic`), and the DuckDB catalog of views over them (`catalog`). See docs/data-model.md."""

@@ -39,8 +39,10 @@ import duckdb
 
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
+from prismatic.storage.base import Store
+from prismatic.storage.factory import open_store
+from prismatic.storage.s3 import S3Store
 from prismatic.storage.schema import PARTITION_COLUMN, TABLES
-from prismatic.storage.store import S3Store, Store
 
 CATALOG_FILE = "catalog.duckdb"
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -62,7 +64,7 @@ class Catalog:
     def __init__(self, db_path: str | Path, store: Store | str | Path, *, lock_timeout: float = 10.0,
                  s3: S3Config | None = None):
         self.db_path = Path(db_path).expanduser().absolute()
-        self.store = store if isinstance(store, Store) else Store(store)
+        self.store = store if isinstance(store, Store) else open_store(store, s3=s3)
         self.lock_timeout = lock_timeout
         self.s3 = self.store.settings if isinstance(self.store, S3Store) else (s3 or S3Config())
         self._filesystem = None

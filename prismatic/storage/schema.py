@@ -44,7 +44,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "id": _STR, "problem_id": _STR, "prompt": _STR, "response": _STR, "answer": _STR,
         "votes": _INT, "majority_size": _INT, "task": _STR,
     },
-    # Projected per-sample gradients (DESIGN §7). dim: the width of `feature`; n_tokens: tokens
+    # Projected per-sample gradients (docs/formulas.md#g-vendi). dim: the width of `feature`; n_tokens: tokens
     # the loss was taken over; truncated: whether max_tokens cut the chat.
     "gradient_features": {
         "id": _STR, "feature": pl.Array(pl.Float32, ANY_WIDTH), "proxy": _STR, "mode": _STR,

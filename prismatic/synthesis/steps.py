@@ -1,297 +1,179 @@
-"""One Prismatic Synthesis round as pure table transformations (DESIGN §8); assets call these.
+"""One Prismatic Synthesis round as pure table transformations: one step per asset (docs/architecture.md).
 
-    pool(r−1) ──few-shot──▶ problems ──N solutions each──▶ majority vote ──▶ verified candidates
-    candidates ──features──▶ nearest centroid of pool(r−1) ──sparse cluster?──▶ kept ──▶ pool(r)
+    seeds ─▶ r000: the seeds are the verified samples, all kept, and form the pool
+    pool(r−1) ──generations_step──▶ generations ──verified_samples_step──▶ verified candidates
+      ──feature_shard_step ×S, gradient_features_step──▶ features ──selection_step (pool(r−1)'s centroids)──▶
+      kept ──pool_step──▶ pool(r) ──clusters_step──▶ clusters, centroids ──diversity_scores_step──▶ scores
 
-Round r000 is the seed round: the seeds are its verified samples, all kept, and form the pool.
-Generation goes through an `Engine` and a `Journal`, so a retried step sends only missing requests.
-Ids are deterministic: `r001-p003-1` is the second problem of the fourth prompt of round r001, and
-`r001-p003-1-s2` its third solution.
+Each step takes frames, arrays and config (and an engine, journal or proxy callable where it needs
+one) and returns a `StepOutput`: the tables to write, the provenance each file carries, and plain
+facts for the asset's metadata. The seed round (r000) is a branch of each step, never of its
+caller. The Dagster assets (`prism_assets`) read their inputs from the store, call their step and
+write its output with `StepOutput.write`; `benchmarks/round.py` runs round r000 with the same steps
+and the same write rule, without Dagster. Table columns: `prismatic.storage.schema` (docs/data-model.md).
 """
 
 from __future__ import annotations
 
 import json
-import random
-import re
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from prismatic.config import SamplingConfig, SynthesisConfig
-from prismatic.data.filters import apply_nll_filter, apply_text_filters, nll_threshold, pool_sample
-from prismatic.data.quality import REJECTION_SCHEMA, ProblemFilter
+from prismatic.config import PrismConfig, SynthesisConfig
 from prismatic.errors import PrismError
-from prismatic.generation.engines import Engine, Journal, generate_journaled
-from prismatic.generation.prompts import (
-    CONTINUATION_STOP,
-    NLI_LABELS,
-    GenerationRequest,
-    Sampling,
-    continuation_prompt,
-    nli_prompt,
-    parse_continuation,
-    parse_problems,
-    problem_prompt,
-    sample_few_shot,
-    solution_prompt,
-)
+from prismatic.gradients.featureset import FeatureSet, Shard, feature_table, merge_feature_sets
 from prismatic.metrics.vendi import gvendi
-from prismatic.storage.store import Store
+from prismatic.rounds import SEED_ROUND
+from prismatic.storage.schema import empty, schema
+from prismatic.synthesis.generate import ProblemNLL, generate_round
 from prismatic.synthesis.kmeans import Clustering, num_clusters, spherical_kmeans
+from prismatic.synthesis.selection import POOL_FEATURE_RULES, select, selection_outcome
 from prismatic.synthesis.verify import extract_answer, majority_vote, math_equal, nli_label
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-GENERATED_LEVEL = 3.0
+if TYPE_CHECKING:
+    from prismatic.generation.engines.base import Engine
+    from prismatic.generation.journal import Journal
+    from prismatic.storage.base import Store
+    from prismatic.storage.catalog import Catalog
 
 
-def pool_gvendi(store, key: str) -> float:
-    """The G-Vendi of round `key`'s pool, as its `diversity_scores` recorded it (a `prismatic.storage.store.Store`)."""
+@dataclass
+class StepOutput:
+    """What a round step returns.
+
+    tables: table → frame, in write order; the table named like the asset is the asset's own (its
+      data version and row count are the asset's).
+    provenance: table → what its file records beside round, run and asset (JSON values).
+    facts: plain values (int, float, str, dict, list) for the asset's metadata.
+    """
+
+    tables: dict[str, pl.DataFrame]
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, catalog: Catalog, key: str, *, run_id: str, asset: str, **read: Any) -> None:
+        """Write every table to round `key` through `catalog` (`Catalog.write_partition`: the store,
+        atomically, then the DuckDB views when a table needs one), each file with the provenance
+        {round, run_id, asset, **self.provenance[table]}; `read` (what the asset read from the
+        previous round) is added to the asset's own table."""
+        for table, frame in self.tables.items():
+            provenance = {**self.provenance.get(table, {}), **(read if table == asset else {})}
+            catalog.write_partition(table, key, frame, {"round": key, "run_id": run_id, "asset": asset, **provenance})
+
+
+# ------------------------------------------------------------------------------------ reading helpers
+
+
+def pool_gvendi(store: Store, key: str) -> float:
+    """The G-Vendi of round `key`'s pool, as its `diversity_scores` recorded it."""
     return float(store.read("diversity_scores", key).filter(metric="gvendi")["value"][0])
 
 
-# ------------------------------------------------------------------------------------ seed round
+def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
+    """Features of every pool row (n × d float32, in pool order), gathered from the `gradient_features`
+    of the rounds that added them, and their projection (proxy and the projection's identity).
+
+    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
+    """
+    parts, projection, first_round = [], None, None
+    for round_added in sorted(pool["round_added"].unique().to_list()):
+        stored = store.read("gradient_features", round_added)
+        meta = store.read_metadata("gradient_features", round_added)
+        identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
+        if projection is None:
+            projection, first_round = identity, round_added
+        elif identity != projection:
+            raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
+                             f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
+        parts.append(stored.select("id", "feature"))
+    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
+    if table["feature"].null_count():
+        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
+        raise PrismError(f"pool rows without gradient features, e.g. {missing}")
+    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}
+
+
+# ------------------------------------------------------------------------------------ seeds
+
+
+def seeds_step(source: str) -> StepOutput:
+    """The `seeds` table of `source` (`bundled` or a JSONL/Parquet path; `prismatic.data.samples.load_seeds`
+    validates it). Provenance: source. Facts: by_task (rows per task), source."""
+    from prismatic.data.samples import load_seeds
+
+    frame = load_seeds(source)
+    return StepOutput({"seeds": frame}, provenance={"seeds": {"source": source}},
+                      facts={"by_task": dict(frame.group_by("task").len().iter_rows()), "source": source})
 
 
 def seeds_as_verified(seeds: pl.DataFrame) -> pl.DataFrame:
-    """The seed round's verified samples: each seed is its own problem, verified by its reference."""
+    """The seed round's verified samples: each seed is its own problem, verified by its reference
+    (votes = majority_size = 1)."""
     return seeds.select(
         "id", pl.col("id").alias("problem_id"), "prompt", "response", "answer",
         pl.lit(1).alias("votes"), pl.lit(1).alias("majority_size"), "task")
 
 
 def pool_rows(verified: pl.DataFrame, origin: str, round_added: str) -> pl.DataFrame:
+    """`pool` rows of verified samples: origin 'seed' | 'generated', added in round `round_added`."""
     return verified.select("id", "prompt", "response", "answer", "task",
                            pl.lit(origin).alias("origin"), pl.lit(round_added).alias("round_added"))
 
 
-# ------------------------------------------------------------------------------------ generation
+# ------------------------------------------------------------------------------------ generations
 
 
-def _sampling(config: SamplingConfig, seed: int) -> Sampling:
-    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=seed)
+def generations_step(key: str, config: SynthesisConfig, *, pool: pl.DataFrame | None = None,
+                     seeds: pl.DataFrame | None = None, engine: Engine | None = None, journal: Journal | None = None,
+                     model: str = "", nll: ProblemNLL | None = None) -> StepOutput:
+    """Round `key`'s `generations` and `rejections`.
 
-
-def problems_schema(task: str, n_new: int) -> dict:
-    """JSON schema of a structured problem answer: `n_new` problems (NLI: premise/hypothesis pairs)."""
-    if task == "nli":
-        item = {"type": "object", "properties": {"premise": {"type": "string", "minLength": 8, "maxLength": 160},
-                                                 "hypothesis": {"type": "string", "minLength": 4, "maxLength": 100}},
-                "required": ["premise", "hypothesis"], "additionalProperties": False}
-    else:
-        item = {"type": "string", "minLength": 16, "maxLength": 600}
-    return {"type": "object", "properties": {"problems": {"type": "array", "items": item, "minItems": n_new,
-                                                          "maxItems": n_new}},
-            "required": ["problems"], "additionalProperties": False}
-
-
-def parse_structured_problems(text: str, task: str) -> list[str]:
-    """Problems of a JSON answer (see `problems_schema`); [] when it does not parse.
-
-    Grammar-constrained decoding can emit raw control characters inside strings (not strict JSON):
-    they are accepted and replaced by spaces.
+    r000: nothing is generated; both tables are empty (fact: note).
+    rN: `pool` is r(N−1)'s pool; the `level` of `seeds` weighs its rows in the few-shot draw. The
+    problem filter (exact and near duplicates of the pool, 10-gram overlap with the benchmark files
+    of `config.decontamination`, read here) and `nll` screen the problems before they are solved
+    (`prismatic.synthesis.generate.generate_round`); requests go through `engine` as `model`,
+    journaled in `journal`. Provenance of generations: screening (the NLL thresholds per task).
+    Facts: problems_parsed, problems (kept after screening), solutions, unparseable_answers,
+    problems_removed and removed_<reason> (every filter and quality reason, zeros included),
+    nll_thresholds, output_tokens (the engine's during this step), responses_from_journal
+    (journaled before), responses_generated, tokens_per_s = output tokens ÷ wall seconds of the
+    generation (0.0 when none).
     """
-    try:
-        items = json.loads(text, strict=False)["problems"]
-    except (ValueError, KeyError, TypeError):
-        return []
-    problems = []
-    for item in items:
-        if task == "nli" and isinstance(item, dict):
-            premise, hypothesis = _clean(item.get("premise", "")), _clean(item.get("hypothesis", ""))
-            if premise and hypothesis:
-                problems.append(nli_prompt(premise, hypothesis))
-        elif isinstance(item, str) and _clean(item):
-            problems.append(_clean(item))
-    return list(dict.fromkeys(problems))
+    from prismatic.data.filters import filter_counts
+    from prismatic.data.quality import build_filter, removal_counts
 
-
-def _clean(text: object) -> str:
-    return _CONTROL.sub(" ", str(text)).strip()
-
-
-@dataclass
-class ProblemJob:
-    """One problem request: `problem_index` is None when the answer holds several problems."""
-
-    request: GenerationRequest
-    task: str
-    parent_ids: list[str]
-    prompt_index: int
-    problem_index: int | None = None
-
-    @property
-    def id(self) -> str:
-        """`p003` (a request for several problems) or `p003-1` (the second problem of prompt 3)."""
-        prompt = f"p{self.prompt_index:03d}"
-        return prompt if self.problem_index is None else f"{prompt}-{self.problem_index}"
-
-
-def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: str) -> list[ProblemJob]:
-    """Few-shot problem requests: prompts spread evenly over `config.tasks`, examples drawn ∝ `level`.
-
-    Rows without a level (generated problems) weigh `GENERATED_LEVEL`, the middle of the 1–5 scale.
-    `fewshot` sends `problems_per_prompt` continuation requests per few-shot draw (request index j,
-    so each samples with its own seed); `delimited` and `json` one chat request asking for them all.
-    """
-    rng = random.Random(f"{config.seed}:{key}:problems")
-    level = pl.col("level").fill_null(GENERATED_LEVEL) if "level" in pool.columns else pl.lit(GENERATED_LEVEL)
-    pool = pool.with_columns(level=level)
-    rows_by_task = {task: pool.filter(task=task).to_dicts() for task in config.tasks}
-    jobs = []
-    tasks = [task for task in config.tasks if rows_by_task[task]]
-    sampling = _sampling(config.problem_sampling, config.seed)
-    for index in range(config.prompts_per_round if tasks else 0):
-        task = tasks[index % len(tasks)]
-        rows = rows_by_task[task]
-        examples = sample_few_shot(rows, min(config.few_shot, len(rows)), rng)
-        parents = [row["id"] for row in examples]
-        if config.problem_format == "fewshot":
-            prompt = continuation_prompt(examples, task)
-            stopped = sampling.model_copy(update={"stop": CONTINUATION_STOP[task]})
-            for j in range(config.problems_per_prompt):
-                jobs.append(ProblemJob(GenerationRequest.text(model, prompt, stopped, j), task, parents, index, j))
-            continue
-        messages = problem_prompt(examples, task, n_new=config.problems_per_prompt)
-        schema = problems_schema(task, config.problems_per_prompt) if config.problem_format == "json" else None
-        request = GenerationRequest.build(model, messages, sampling, index, json_schema=schema)
-        jobs.append(ProblemJob(request, task, parents, index))
-    return jobs
-
-
-def parse_job(job: ProblemJob, text: str, problem_format: str) -> list[str]:
-    """The problems of one problem request's answer, by the format it was asked in."""
-    if problem_format == "fewshot":
-        return parse_continuation(text, job.task)
-    if problem_format == "json":
-        return parse_structured_problems(text, job.task)
-    return parse_problems(text, job.task)
-
-
-ProblemNLL = Callable[[Sequence[str], Sequence[str]], list[float]]
-"""(problem texts, their tasks) → the proxy's mean token NLL of each (nats; `problem_nll`)."""
-
-
-def screen_problems(problems: pl.DataFrame, pool: pl.DataFrame, config: SynthesisConfig,
-                    problem_filter: ProblemFilter | None = None, nll: ProblemNLL | None = None
-                    ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """(kept, rejections, about) of a round's problems (id, task, prompt), before any is solved.
-
-    In order: the text filters (`prismatic.data.filters`), the proxy-NLL outlier rule (per task:
-    a problem whose NLL exceeds the `nll_quantile` quantile of a seeded sample of that task's pool
-    problems plus `nll_margin`), then dedup and decontamination (`problem_filter`). `about` holds
-    the NLL thresholds used per task.
-    """
-    filters = config.filters
-    kept, rejected = apply_text_filters(problems, filters)
-    parts = [rejected]
-    thresholds: dict[str, float] = {}
-    if nll is not None and filters.enabled and filters.nll_quantile is not None and len(kept):
-        survivors: list[str] = []
-        for task in kept["task"].unique(maintain_order=True).to_list():
-            rows = kept.filter(task=task)
-            reference = pool_sample(pool.filter(task=task), filters, config.seed)
-            threshold = nll_threshold(nll(reference["prompt"].to_list(), [task] * len(reference)), filters)
-            if threshold is not None:
-                thresholds[task] = round(threshold, 4)
-            rows, dropped = apply_nll_filter(rows, nll(rows["prompt"].to_list(), [task] * len(rows)), threshold)
-            survivors += rows["id"].to_list()
-            parts.append(dropped)
-        kept = kept.filter(pl.col("id").is_in(survivors))  # in the order given
-    if problem_filter is not None and len(kept):
-        kept, removed = problem_filter.apply(kept)
-        parts.append(removed)
-    return kept, pl.concat(parts), {"nll_thresholds": thresholds}
-
-
-NLL_REQUEST = {"math": "Write a math word problem.", "nli": "Write a natural language inference problem."}
-"""The user turn a problem answers when the proxy scores it (`problem_nll`)."""
-
-
-def problem_nll(model, tokenizer, texts: Sequence[str], tasks: Sequence[str]) -> list[float]:
-    """Mean token NLL (nats) of each problem text under the proxy, written as the assistant's answer
-    to the fixed request `NLL_REQUEST[task]` (`prismatic.metrics.baselines.proxy_nll_by_sample`)."""
-    from prismatic.metrics.baselines import proxy_nll_by_sample
-
-    if not texts:
-        return []
-    frame = pl.DataFrame({"prompt": [NLL_REQUEST[task] for task in tasks], "response": list(texts)})
-    return proxy_nll_by_sample(model, tokenizer, frame)
-
-
-def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
-                   model: str, key: str, problem_filter: ProblemFilter | None = None,
-                   nll: ProblemNLL | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
-    """(generations, problems, rejections, about) of round `key`: problems, then N solutions per problem.
-
-    `problems` has id, task, prompt (the problems that passed screening); generations holds one row
-    per parsed problem and per solution. `screen_problems` (filters, the proxy-NLL rule with `nll`,
-    dedup and decontamination with `problem_filter`) removes problems before they are solved: their
-    problem rows stay in generations (raw outputs), they get no solutions, and each removal is a
-    rejections row with its reason. `about` is what screening used (the NLL thresholds).
-    """
-    jobs = problem_jobs(pool, config, model, key)
-    texts = generate_journaled(engine, [job.request for job in jobs], journal)
-    gen_rows, problem_rows, rejections, parents_of = [], [], [], {}
-    for job, text in zip(jobs, texts, strict=True):
-        parsed = parse_job(job, text, config.problem_format)
-        job_id = f"{key}-{job.id}"
-        if not parsed:
-            rejections.append({"id": job_id, "reason": "unparseable_problems", "detail": text[:500]})
-        if job.problem_index is not None:
-            parsed = [(job_id, problem) for problem in parsed[:1]]
-        else:
-            parsed = [(f"{job_id}-{j}", problem) for j, problem in enumerate(parsed[:config.problems_per_prompt])]
-        for pid, problem in parsed:
-            problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
-            parents_of[pid] = job.parent_ids
-            gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
-
-    problems = pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String})
-    problems, removed, about = screen_problems(problems, pool, config, problem_filter, nll)
-    rejections = pl.concat([pl.DataFrame(rejections, schema=REJECTION_SCHEMA), removed])
-    problem_rows = problems.to_dicts()
-    solution_requests = []
-    solution_sampling = _sampling(config.solution_sampling, config.seed)
-    # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
-    label_sampling = solution_sampling.model_copy(update={"max_tokens": max(32, solution_sampling.max_tokens)})
-    demonstrations = solution_examples(pool)
-    for problem in problem_rows:
-        constrained = problem["task"] == "nli" and config.nli_solutions == "label"
-        example = None
-        if not constrained:  # one solved pool problem: the first few-shot parent with a boxed answer
-            example = next((demonstrations[i] for i in parents_of[problem["id"]] if i in demonstrations), None)
-        messages = solution_prompt(problem["prompt"], problem["task"], reasoning=not constrained, example=example)
-        for s in range(config.solutions_per_problem):
-            solution_requests.append((problem["id"], s, GenerationRequest.build(
-                model, messages, label_sampling if constrained else solution_sampling, s,
-                choices=list(NLI_LABELS) if constrained else None)))
-    texts = generate_journaled(engine, [r for _, _, r in solution_requests], journal)
-    task_of = {p["id"]: p["task"] for p in problem_rows}
-    for (pid, s, request), text in zip(solution_requests, texts, strict=True):
-        gen_rows.append(_generation_row(f"{pid}-s{s}", "solution", task_of[pid], [pid], text, model, request))
-    schema = {"id": pl.String, "kind": pl.String, "task": pl.String, "parent_ids": pl.List(pl.String),
-              "text": pl.String,
-              "model": pl.String, "request_key": pl.String, "sampling": pl.String}
-    return pl.DataFrame(gen_rows, schema=schema), problems, rejections, about
-
-
-def solution_examples(pool: pl.DataFrame) -> dict[str, tuple[str, str]]:
-    """id → (prompt, response) of the pool's rows whose response has a `\\boxed{}` answer: the solved
-    examples shown before a problem (`solution_prompt(example=…)`)."""
-    if "response" not in pool.columns:
-        return {}
-    rows = pool.filter(pl.col("response").str.contains(r"\\boxed\{", literal=False))
-    return {row["id"]: (row["prompt"], row["response"]) for row in rows.iter_rows(named=True)}
-
-
-def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest) -> dict:
-    sampling = dict(request.sampling.model_dump(), seed=request.seed, choices=request.choices,
-                    structured=request.json_schema is not None)
-    return {"id": row_id, "kind": kind, "task": task, "parent_ids": parents, "text": text, "model": model,
-            "request_key": request.key, "sampling": json.dumps(sampling, sort_keys=True)}
+    if key == SEED_ROUND:
+        return StepOutput({"generations": empty("generations"), "rejections": empty("rejections")},
+                          facts={"note": "seed round: nothing generated"})
+    pool = pool.join(seeds.select("id", "level"), on="id", how="left")
+    problem_filter = build_filter(pool.select("id", "prompt"), config.dedup, config.decontamination)
+    tokens_before, journaled_before = engine.output_tokens, len(journal)
+    started = time.perf_counter()
+    frame, problems, rejections, about = generate_round(engine, journal, pool, config, model, key,
+                                                        problem_filter=problem_filter, nll=nll)
+    seconds = time.perf_counter() - started
+    tokens = engine.output_tokens - tokens_before
+    removed = {**filter_counts(rejections), **removal_counts(rejections)}
+    return StepOutput({"generations": frame, "rejections": rejections},
+                      provenance={"generations": {"screening": about}}, facts={
+        "problems_parsed": frame.filter(kind="problem").height,
+        "problems": len(problems),
+        "solutions": frame.filter(kind="solution").height,
+        "unparseable_answers": rejections.filter(reason="unparseable_problems").height,
+        "problems_removed": sum(removed.values()),
+        **{f"removed_{reason}": count for reason, count in removed.items()},
+        "nll_thresholds": about["nll_thresholds"],
+        "output_tokens": tokens,
+        "responses_from_journal": journaled_before,
+        "responses_generated": len(journal) - journaled_before,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else 0.0,
+    })
 
 
 # ------------------------------------------------------------------------------------ verification
@@ -301,8 +183,9 @@ def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.Data
     """(verified_samples, rejections): per problem, the solutions in the winning answer group.
 
     Answers: math → `extract_answer` (the last `\\boxed{}`, else "final answer is N") compared with
-    math-verify both ways; nli → the label. votes =
-    non-empty answers among the problem's solutions; majority_size = the winning group's size.
+    math-verify both ways; nli → the label. votes = non-empty answers among the problem's
+    solutions; majority_size = the winning group's size. A problem without a winner (fewer than
+    `min_agree` agreeing) is a `no_majority` rejection.
     """
     problems = generations.filter(kind="problem")
     solutions = generations.filter(kind="solution").with_columns(problem_id=pl.col("parent_ids").list.first())
@@ -325,60 +208,162 @@ def verify_round(generations: pl.DataFrame, min_agree: int = 1) -> tuple[pl.Data
             rows.append({"id": group["id"][i], "problem_id": problem["id"], "prompt": problem["text"],
                          "response": texts[i], "answer": str(winner), "votes": votes, "majority_size": size,
                          "task": task})
-    schema = {"id": pl.String, "problem_id": pl.String, "prompt": pl.String, "response": pl.String,
-              "answer": pl.String, "votes": pl.Int64, "majority_size": pl.Int64, "task": pl.String}
-    return (pl.DataFrame(rows, schema=schema),
-            pl.DataFrame(rejections, schema={"id": pl.String, "reason": pl.String, "detail": pl.String}))
+    return (pl.DataFrame(rows, schema=schema("verified_samples")),
+            pl.DataFrame(rejections, schema=schema("rejections")))
 
 
-# ------------------------------------------------------------------------------------ selection
+def verified_samples_step(key: str, min_agree: int, *, seeds: pl.DataFrame | None = None,
+                          generations: pl.DataFrame | None = None,
+                          rejections: pl.DataFrame | None = None) -> StepOutput:
+    """Round `key`'s `verified_samples` (and, after r000, its `rejections`).
+
+    r000: the `seeds`, each verified by its reference (`seeds_as_verified`; fact: source). rN: the
+    majority vote over `generations` (`verify_round`); `rejections` becomes the round's earlier
+    rejections (the generation step's) without any old `no_majority` row, then this vote's.
+    Facts: problems (problem rows generated), problems_verified, problem_pass_rate =
+    problems_verified ÷ problems, solution_pass_rate = verified solutions ÷ solutions (4 decimals; 0.0
+    when there are none).
+    """
+    if key == SEED_ROUND:
+        return StepOutput({"verified_samples": seeds_as_verified(seeds)}, facts={"source": "seeds"})
+    frame, rejected = verify_round(generations, min_agree)
+    earlier = rejections.filter(pl.col("reason") != "no_majority")
+    problems = generations.filter(kind="problem").height
+    solutions = generations.filter(kind="solution").height
+    verified_problems = frame["problem_id"].n_unique()
+    return StepOutput({"verified_samples": frame, "rejections": pl.concat([earlier, rejected])}, facts={
+        "problems": problems,
+        "problems_verified": verified_problems,
+        "problem_pass_rate": round(verified_problems / problems, 4) if problems else 0.0,
+        "solution_pass_rate": round(len(frame) / solutions, 4) if solutions else 0.0,
+    })
+
+
+# ------------------------------------------------------------------------------------ gradient features
+
+
+Featurize = Callable[[pl.DataFrame, Shard], tuple[FeatureSet, str]]
+"""(samples, shard) → (that shard's features, the proxy's name): `prismatic.gradients.proxy.compute_features`
+with a loaded proxy (`resources.proxy.ProxyResource.featurize`)."""
+
+
+def feature_shard_step(samples: pl.DataFrame, shard: Shard, featurize: Featurize) -> FeatureSet:
+    """Features of shard `shard` = (index, count) of the round's verified `samples` (its contiguous part
+    of the batch plan, `prismatic.gradients.featureset.shard_units`), with the proxy's name in `meta`;
+    an empty set (0 × 1) when there are no samples."""
+    if samples.is_empty():
+        return FeatureSet(ids=[], features=np.zeros((0, 1), dtype=np.float32), n_tokens=[], truncated=[])
+    result, proxy_name = featurize(samples, shard)
+    result.meta = {**result.meta, "proxy": proxy_name}
+    return result
+
+
+def gradient_features_step(samples: pl.DataFrame, shards: Sequence[FeatureSet]) -> StepOutput:
+    """The round's `gradient_features`: every shard merged in the order of `samples` (the verified
+    samples), one unit row of width d per sample; empty (width 1, no facts) without samples.
+    Provenance: projection (its identity, without per-layer segments), proxy, shards. Facts: dim,
+    mode, proxy, shards, seconds (compute seconds summed over shards), samples_per_s, truncated
+    (samples cut by max_tokens), projection_seed."""
+    result = merge_feature_sets(list(shards), samples["id"].to_list())
+    n = len(result.ids)
+    if not n:
+        return StepOutput({"gradient_features": empty("gradient_features")})
+    proxy_name, dim = result.meta["proxy"], result.features.shape[1]
+    frame, projection = feature_table(result)
+    return StepOutput({"gradient_features": frame}, provenance={"gradient_features": {
+        "projection": projection, "proxy": proxy_name, "shards": len(shards)}}, facts={
+        "dim": dim, "mode": result.meta["mode"], "proxy": proxy_name,
+        "shards": len(shards), "seconds": round(result.seconds, 2),
+        "samples_per_s": round(n / result.seconds, 2) if result.seconds else None,
+        "truncated": sum(result.truncated), "projection_seed": result.meta["projection"]["seed"],
+    })
+
+
+# ------------------------------------------------------------------------------------ selection and pool
 
 
 def clustering_from_centroids(centroids: np.ndarray, sizes: np.ndarray) -> Clustering:
     """A Clustering that carries only what selection needs: the centroids and pool cluster sizes."""
-    empty = np.zeros(0)
-    return Clustering(centroids=centroids.astype(np.float32), labels=empty.astype(np.int64),
-                      sizes=sizes.astype(np.int64), similarity=empty.astype(np.float32), mean_similarity=float("nan"))
+    empty_rows = np.zeros(0)
+    return Clustering(centroids=centroids.astype(np.float32), labels=empty_rows.astype(np.int64),
+                      sizes=sizes.astype(np.int64), similarity=empty_rows.astype(np.float32),
+                      mean_similarity=float("nan"))
 
 
-def cluster_pool(ids: pl.Series, features: np.ndarray, config: SynthesisConfig
-                 ) -> tuple[Clustering, pl.DataFrame, pl.DataFrame]:
-    """Spherical k-means of the pool's features (rows in `ids` order), k = num_clusters(|pool|,
-    cluster_ratio), with the config's iterations, seed and backend. Returns the clustering, the
-    per-sample `clusters` table (id, cluster, cluster_size, distance = 1 − cosine to its centroid)
-    and the `centroids` table (cluster, centroid, size)."""
-    result = spherical_kmeans(features, num_clusters(len(ids), config.cluster_ratio),
+def selection_step(key: str, config: SynthesisConfig, *, seeds: pl.DataFrame | None = None,
+                   candidates: pl.DataFrame | None = None, centroids: pl.DataFrame | None = None,
+                   pool_features: np.ndarray | None = None) -> StepOutput:
+    """Round `key`'s `selection`: one row per candidate, kept or not.
+
+    r000: every seed is kept (cluster −1, size 0, rule 'seed'). rN: the `gradient_features` of the
+    round (`candidates`) against r(N−1)'s `centroids` and pool features (n × d) by
+    `config.selection_rule` (`prismatic.synthesis.selection.select`; count = `selection_count`
+    except for `paper`); then `selection_outcome`, the pool G-Vendi before and after and the chance
+    control (`control_draws` seeded random draws of as many candidates). Provenance: outcome.
+    Facts: kept; after r000 also rule, keep_rate = kept ÷ candidates, pool_gvendi_before,
+    pool_gvendi_after, gain, control_gain and control (its draws).
+    """
+    if key == SEED_ROUND:
+        frame = pl.DataFrame({"id": seeds["id"], "cluster": -1, "cluster_size_at_decision": 0, "gain": None,
+                              "kept": True, "rule": "seed"}, schema=schema("selection"))
+        return StepOutput({"selection": frame}, facts={"kept": len(frame)})
+    rule = config.selection_rule
+    x = np.asarray(candidates["feature"].to_numpy(), dtype=np.float32) if len(candidates) else None
+    if x is None:
+        frame = empty("selection")
+    else:
+        clustering = clustering_from_centroids(np.asarray(centroids["centroid"].to_numpy(), dtype=np.float32),
+                                               centroids["size"].to_numpy())
+        frame = select(rule, candidates["id"].to_list(), x, clustering,
+                       count=None if rule == "paper" else config.selection_count,
+                       pool_features=pool_features if rule in POOL_FEATURE_RULES else None,
+                       epsilon=config.logdet_epsilon)
+    outcome = selection_outcome(pool_features, x, frame["kept"].to_numpy(), draws=config.control_draws,
+                                seed=config.seed)
+    kept = outcome["kept"]
+    return StepOutput({"selection": frame}, provenance={"selection": {"outcome": outcome}}, facts={
+        "kept": kept, "rule": rule, "keep_rate": round(kept / len(frame), 4) if len(frame) else 0.0,
+        "pool_gvendi_before": float(outcome["gvendi_before"]), "pool_gvendi_after": float(outcome["gvendi_after"]),
+        "gain": float(outcome["gain"]), "control_gain": float(outcome["control_gain"]), "control": outcome["control"],
+    })
+
+
+def pool_step(key: str, *, seeds: pl.DataFrame | None = None, previous_pool: pl.DataFrame | None = None,
+              selection: pl.DataFrame | None = None, verified: pl.DataFrame | None = None) -> StepOutput:
+    """The `pool` after round `key`. r000: the seeds (origin 'seed'). rN: r(N−1)'s pool, then the
+    round's verified samples whose `selection` row is kept (origin 'generated'). Facts: added."""
+    if key == SEED_ROUND:
+        frame = pool_rows(seeds_as_verified(seeds), "seed", SEED_ROUND)
+        return StepOutput({"pool": frame}, facts={"added": len(frame)})
+    kept_ids = selection.filter("kept")["id"]
+    added = pool_rows(verified.filter(pl.col("id").is_in(kept_ids.implode())), "generated", key)
+    return StepOutput({"pool": pl.concat([previous_pool, added])}, facts={"added": len(added)})
+
+
+# ------------------------------------------------------------------------------------ clusters and scores
+
+
+def clusters_step(pool: pl.DataFrame, features: np.ndarray, projection: dict, config: SynthesisConfig
+                  ) -> StepOutput:
+    """Spherical k-means of the pool's features (rows in `pool` order), k = num_clusters(|pool|,
+    cluster_ratio), with the config's iterations, seed and backend. Tables, in write order:
+    `centroids` (cluster, unit centroid, size; provenance: projection) and `clusters` (id, cluster,
+    cluster_size, distance = 1 − cosine to its centroid; provenance: k). Facts: k, cluster_size_min,
+    cluster_size_median, cluster_size_max, mean_cosine_to_centroid (4 decimals)."""
+    result = spherical_kmeans(features, num_clusters(len(pool), config.cluster_ratio),
                               iterations=config.kmeans_iterations, seed=config.seed, backend=config.kmeans_backend)
-    clusters = pl.DataFrame({"id": ids, "cluster": result.labels, "cluster_size": result.sizes[result.labels],
+    clusters = pl.DataFrame({"id": pool["id"], "cluster": result.labels, "cluster_size": result.sizes[result.labels],
                              "distance": 1.0 - result.similarity.astype(np.float64)})
     centroids = pl.DataFrame({
         "cluster": np.arange(result.k),
         "centroid": pl.Series("centroid", result.centroids, dtype=pl.Array(pl.Float32, result.dim)),
         "size": result.sizes})
-    return result, clusters, centroids
-
-
-def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
-    """Features of every pool row (in pool order), gathered from the rounds that added them.
-
-    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
-    """
-    parts, projection, first_round = [], None, None
-    for round_added in sorted(pool["round_added"].unique().to_list()):
-        stored = store.read("gradient_features", round_added)
-        meta = store.read_metadata("gradient_features", round_added)
-        identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
-        if projection is None:
-            projection, first_round = identity, round_added
-        elif identity != projection:
-            raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
-                             f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
-        parts.append(stored.select("id", "feature"))
-    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
-    if table["feature"].null_count():
-        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
-        raise PrismError(f"pool rows without gradient features, e.g. {missing}")
-    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}
+    sizes = np.sort(result.sizes)[::-1]
+    return StepOutput({"centroids": centroids, "clusters": clusters},
+                      provenance={"centroids": {"projection": projection}, "clusters": {"k": result.k}}, facts={
+        "k": result.k, "cluster_size_min": int(sizes[-1]), "cluster_size_median": float(np.median(sizes)),
+        "cluster_size_max": int(sizes[0]), "mean_cosine_to_centroid": round(result.mean_similarity, 4),
+    })
 
 
 def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarray, about: dict,
@@ -397,4 +382,31 @@ def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarra
         control = selection_outcome["control"]
         rows.append({"metric": "gvendi_control", "value": control["gvendi"], "n": pool_size,
                      "details": json.dumps(control)})
-    return pl.DataFrame(rows, schema={"metric": pl.String, "value": pl.Float64, "n": pl.Int64, "details": pl.String})
+    return pl.DataFrame(rows, schema=schema("diversity_scores"))
+
+
+def diversity_scores_step(config: PrismConfig, pool: pl.DataFrame, features: np.ndarray, projection: dict,
+                          candidates: np.ndarray, *, outcome: dict | None = None,
+                          previous_gvendi: float | None = None, proxy: Callable[[], tuple] | None = None,
+                          judge: Callable[[], tuple] | None = None,
+                          log: Callable[[str], None] | None = None) -> StepOutput:
+    """The round's `diversity_scores` (`diversity_table`): G-Vendi = exp(entropy of the eigenvalues of
+    XᵀX/n) of the pool's unit features X (n × d, `features`), every metric of `config.metrics.names`
+    of the `pool` rows (`prismatic.metrics.registry`; `proxy` and `judge` load the proxy and the
+    cluster-agent judge on first use), G-Vendi of the round's `candidates` (its gradient features) and,
+    after r000, the selection's recorded `outcome` control. Facts: pool_size, each metric's value;
+    with the previous round's pool G-Vendi (`previous_gvendi`) also gvendi_gain = G-Vendi −
+    previous, and with an outcome gvendi_control_gain = control G-Vendi − previous.
+    """
+    from prismatic.metrics.registry import compute_metrics, inputs_from_config
+
+    about = {"proxy": projection.get("proxy"), "dim": features.shape[1], "projection": projection}
+    inputs = inputs_from_config(pool, config, features=lambda: (features, about), proxy=proxy, judge=judge)
+    results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=log)
+    frame = diversity_table(results, len(pool), candidates, about, outcome)
+    facts = {"pool_size": len(pool), **{row["metric"]: row["value"] for row in frame.iter_rows(named=True)}}
+    if previous_gvendi is not None:
+        facts["gvendi_gain"] = results["gvendi"].value - previous_gvendi
+        if outcome is not None:
+            facts["gvendi_control_gain"] = outcome["control"]["gvendi"] - previous_gvendi
+    return StepOutput({"diversity_scores": frame}, facts=facts)

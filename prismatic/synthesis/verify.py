@@ -1,4 +1,4 @@
-"""Majority-vote verification of generated solutions (DESIGN §8).
+"""Majority-vote verification of generated solutions (docs/formulas.md#majority-vote).
 
 Each problem gets several solutions (paper: 3). Their final answers are extracted (`extract_answer`
 for math, `nli_label` for NLI) and grouped by equality (`math_equal`: math-verify, equal only when

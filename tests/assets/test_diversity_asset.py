@@ -14,8 +14,10 @@ from prism_assets.diversity import diversity_scores
 from prismatic.data.samples import bundled_seeds_path, load_samples
 from prismatic.metrics.baselines import distinct_n, self_repetition
 from prismatic.metrics.vendi import gvendi
-from prismatic.storage.store import Store
+from prismatic.storage.base import Store
+from prismatic.storage.factory import open_store
 from prismatic.synthesis.selection import selection_outcome
+from resources.generator import GeneratorResource
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
 from resources.store import StoreResource
@@ -53,13 +55,13 @@ def test_every_configured_metric_per_round_with_plots(tmp_path, tiny_model_dir):
         f"features: {{proxy: {tiny_model_dir}, model_dtype: float32, device: cpu}}\n"
         "metrics:\n  names: [distinct_n, self_repetition, proxy_nll]\n")
     seeds = load_samples(bundled_seeds_path())
-    store = Store(tmp_path / "store")
+    store = open_store(tmp_path / "store")
     features = fill_store(store, seeds)
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("rounds", ["r000", "r001"])
-    home = str(tmp_path)
-    resources = {"prism_home": PrismHome(home=home), "store": StoreResource(home=home),
-                 "proxy": ProxyResource(home=home)}
+    prism_home = PrismHome(home=str(tmp_path))
+    resources = {"prism_home": prism_home, "store": StoreResource(prism_home=prism_home),
+                 "proxy": ProxyResource(prism_home=prism_home), "generator": GeneratorResource(prism_home=prism_home)}
     metadata = {}
     for key in ("r000", "r001"):
         result = materialize([diversity_scores], partition_key=key, instance=instance, resources=resources)

@@ -221,14 +221,14 @@ BAD_BENCHMARKS = [
 @pytest.mark.parametrize("content, line, field, fragment", BAD_BENCHMARKS)
 def test_bad_decontamination_list_stops_the_round_before_anything_is_written(tmp_path, content, line, field,
                                                                              fragment):
-    from prismatic.storage.store import Store
+    from prismatic.storage.factory import open_store
 
     home = tmp_path / "home"
     home.mkdir()
     bench = tmp_path / "bench.jsonl"
     bench.write_bytes(content)
     (home / "prism.yaml").write_text(f"synthesis:\n  decontamination:\n    benchmarks: [{{path: {bench}}}]\n")
-    store = Store(home / "store")  # a finished r000, as far as `prism run --round r001` looks
+    store = open_store(home / "store")  # a finished r000, as far as `prism run --round r001` looks
     for table in ("seeds", "diversity_scores"):
         store.write(table, "r000", pl.DataFrame(schema=dict(store_schema(table))))
     before = sorted((p, p.stat().st_mtime_ns) for p in home.rglob("*"))

@@ -110,3 +110,20 @@ def test_gvendi_with_smollm2_on_bundled_math_seeds(tmp_path, smollm2_dir):
     assert payload["n"] == 16 and payload["dim"] == 1024
     # 16 distinct problems: clearly more than one effective sample, at most 16.
     assert 2.0 < payload["gvendi"] <= 16.0
+
+
+@pytest.mark.slow
+def test_run_store_option_reaches_the_step_processes_of_the_multiprocess_executor(tmp_path, tiny_model_dir):
+    """`--store` is a parameter of the run (its resource config), not an environment variable: the feature
+    shards, each in its own process that builds the definitions again, write the store it names."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    (home / "prism.yaml").write_text(f"features: {{proxy: {tiny_model_dir}, dim: 64, shards: 2}}\n"
+                                     "orchestration: {executor: multiprocess, max_concurrent: 2}\n"
+                                     "metrics: {names: [gvendi]}\n")
+    result = run_prism("run", "--round", "r000", "--store", elsewhere, "--json", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["pool"] == 84
+    assert not (home / "store").exists()
+    assert (elsewhere / "gradient_features" / "round=r000").is_dir()
+    assert (elsewhere / "diversity_scores" / "round=r000").is_dir()

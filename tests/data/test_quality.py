@@ -17,8 +17,9 @@ from prismatic.data.quality import (
     shingles,
 )
 from prismatic.errors import InputError
-from prismatic.generation.engines import Journal
-from prismatic.synthesis.steps import generate_round, verify_round
+from prismatic.generation.journal import Journal
+from prismatic.synthesis.generate import generate_round
+from prismatic.synthesis.steps import verify_round
 
 POOL = pl.DataFrame({
     "id": ["s0", "s0b", "s1", "s2"],

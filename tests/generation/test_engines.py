@@ -1,4 +1,5 @@
-"""Engines and the journal (prismatic.generation.engines): resume, OpenAI-compatible failover, real vLLM on CPU."""
+"""Engines (prismatic.generation.engines): OpenAI-compatible failover and resume against fake servers, orphaned
+vLLM engine cores, real in-process vLLM on CPU with the tiny model."""
 
 from __future__ import annotations
 
@@ -13,120 +14,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import vllm_engine_for
 
-from prismatic.errors import InputError, PrismError
-from prismatic.generation.engines import Journal, OpenAIEngine, generate_journaled
-from prismatic.generation.prompts import (
-    NLI_LABELS,
-    PROBLEM_SAMPLING,
-    SOLUTION_SAMPLING,
-    GenerationRequest,
-    nli_prompt,
-    solution_prompt,
-)
+from prismatic.config import SynthesisConfig
+from prismatic.errors import PrismError
+from prismatic.generation.engines.openai import OpenAIEngine
+from prismatic.generation.journal import Journal, generate_journaled
+from prismatic.generation.prompts import NLI_LABELS, nli_prompt, solution_prompt
+from prismatic.generation.requests import GenerationRequest, Sampling
 
 API_KEY = "sk-test-SECRET-4f9a1c"
+SOLUTION = Sampling.from_config(SynthesisConfig().solution_sampling, seed=0)
+PROBLEM = Sampling.from_config(SynthesisConfig().problem_sampling, seed=0)
 
 
 def make_requests(n: int, model: str = "m", **kwargs) -> list[GenerationRequest]:
-    return [GenerationRequest.build(model, solution_prompt(f"What is {i} + {i}?", "math"), SOLUTION_SAMPLING, 0,
+    return [GenerationRequest.build(model, solution_prompt(f"What is {i} + {i}?", "math"), SOLUTION, 0,
                                     **kwargs) for i in range(n)]
-
-
-# ------------------------------------------------------------------------------------------ journal
-
-
-class FakeEngine:
-    """Answers `text:<key prefix>` and reports each answer at once; crashes after `fail_after` answers."""
-
-    def __init__(self, fail_after: int | None = None):
-        self.fail_after = fail_after
-        self.sent: list[str] = []
-        self.output_tokens = 0
-
-    def generate(self, requests, on_results=None):
-        texts = []
-        for position, request in enumerate(requests):
-            if self.fail_after is not None and len(self.sent) >= self.fail_after:
-                raise RuntimeError("engine crashed")
-            self.sent.append(request.key)
-            text = f"text:{request.key[:10]}"
-            texts.append(text)
-            if on_results is not None:
-                on_results([(position, text)])
-        return texts
-
-
-def test_interrupted_run_resends_only_missing_keys(tmp_path):
-    requests = make_requests(10)
-    path = tmp_path / "journal.jsonl"
-    crashing = FakeEngine(fail_after=4)
-    with pytest.raises(RuntimeError, match="crashed"):
-        generate_journaled(crashing, requests, Journal(path))
-    assert len(crashing.sent) == 4
-    assert len(path.read_text().splitlines()) == 4
-
-    retry = FakeEngine()
-    texts = generate_journaled(retry, requests, Journal(path))
-    assert sorted(retry.sent) == sorted(r.key for r in requests[4:])
-    assert texts == [f"text:{r.key[:10]}" for r in requests]
-
-    again = FakeEngine()
-    assert generate_journaled(again, requests, Journal(path)) == texts
-    assert again.sent == []
-
-
-def test_duplicate_keys_are_sent_once(tmp_path):
-    requests = make_requests(3)
-    engine = FakeEngine()
-    texts = generate_journaled(engine, requests + requests[:2], Journal(tmp_path / "j.jsonl"))
-    assert len(engine.sent) == 3 and texts[3:] == texts[:2]
-
-
-def test_engine_without_callbacks_is_still_journaled(tmp_path):
-    class Silent(FakeEngine):
-        def generate(self, requests, on_results=None):
-            return super().generate(requests, None)
-
-    journal = Journal(tmp_path / "j.jsonl")
-    texts = generate_journaled(Silent(), make_requests(2), journal)
-    assert len(Journal(tmp_path / "j.jsonl")) == 2 and journal.texts == {r.key: t for r, t in
-                                                                         zip(make_requests(2), texts)}
-
-
-def test_torn_last_line_is_ignored_and_repaired(tmp_path):
-    path = tmp_path / "j.jsonl"
-    journal = Journal(path)
-    journal.append_many([("k1", "one"), ("k2", "two\nlines ✓")])
-    with path.open("a") as handle:
-        handle.write('{"key": "k3", "te')  # crash mid-write
-    reopened = Journal(path)
-    assert reopened.texts == {"k1": "one", "k2": "two\nlines ✓"}
-    reopened.append("k3", "three")
-    assert Journal(path).texts == {"k1": "one", "k2": "two\nlines ✓", "k3": "three"}
-    assert all(json.loads(line) for line in path.read_text().splitlines())
-
-
-def test_complete_last_record_without_newline_is_kept(tmp_path):
-    path = tmp_path / "j.jsonl"
-    path.write_text('{"key": "a", "text": "x"}\n{"key": "b", "text": "y"}')
-    journal = Journal(path)
-    journal.append("c", "z")
-    assert Journal(path).texts == {"a": "x", "b": "y", "c": "z"}
-
-
-def test_corrupt_middle_line_is_an_error(tmp_path):
-    path = tmp_path / "j.jsonl"
-    path.write_text('{"key": "a", "text": "x"}\nnot json\n{"key": "b", "text": "y"}\n')
-    with pytest.raises(InputError, match=r"j.jsonl:2"):
-        Journal(path)
-
-
-def test_appends_keep_the_first_text_of_a_key(tmp_path):
-    path = tmp_path / "j.jsonl"
-    journal = Journal(path)
-    journal.append("a", "first")
-    journal.append("a", "second")
-    assert Journal(path)["a"] == "first" and len(path.read_text().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------ OpenAI
@@ -286,7 +188,7 @@ def test_openai_engine_answers_in_order_with_bounded_concurrency(servers):
     assert engine.output_tokens == 12 * 3 and engine.completed == 12
     body = a.bodies[0]
     assert body["model"] == "served-model" and body["temperature"] == 0.75 and body["top_p"] == 0.95
-    assert body["max_tokens"] == SOLUTION_SAMPLING.max_tokens and "structured_outputs" not in body
+    assert body["max_tokens"] == SOLUTION.max_tokens and "structured_outputs" not in body
     assert set(a.auth) == {f"Bearer {API_KEY}"}
 
 
@@ -296,8 +198,8 @@ def test_openai_engine_sends_structured_outputs(servers):
     engine = OpenAIEngine([server.url], "m")
     texts = engine.generate([
         GenerationRequest.build("m", solution_prompt(nli_prompt("a", "b"), "nli", reasoning=False),
-                                SOLUTION_SAMPLING, choices=list(NLI_LABELS)),
-        GenerationRequest.build("m", solution_prompt("1+1?", "math"), SOLUTION_SAMPLING, json_schema=schema),
+                                SOLUTION, choices=list(NLI_LABELS)),
+        GenerationRequest.build("m", solution_prompt("1+1?", "math"), SOLUTION, json_schema=schema),
     ])
     assert texts[0] == "entailment"
     by_kind = {("choice" if "structured_outputs" in b else "json"): b for b in server.bodies}
@@ -312,7 +214,7 @@ def test_failing_url_moves_its_requests_to_the_others(servers, caplog):
     dead = unused_url()
     requests = make_requests(12)
     engine = OpenAIEngine([good.url, bad.url, dead], "m", api_key=API_KEY, max_concurrency=4, backoff=0.01)
-    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines"):
+    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines.openai"):
         texts = engine.generate(requests)
     assert len(texts) == 12 and all(t.startswith("echo:") for t in texts)
     stats = engine.endpoint_stats
@@ -372,7 +274,7 @@ def test_each_kind_of_server_fault_is_retried_with_backoff(servers, fault, caplo
     requests = make_requests(3)
     engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, timeout=0.3,
                           backoff=0.01)
-    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines"):
+    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines.openai"):
         texts = engine.generate(requests)
     assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
     stats = engine.endpoint_stats[server.url]
@@ -415,7 +317,7 @@ def test_orphaned_vllm_engine_processes_are_found():
     import signal
     import subprocess
 
-    from prismatic.generation.engines import orphaned_vllm_engines
+    from prismatic.generation.engines.vllm import orphaned_vllm_engines
 
     started = subprocess.run(["bash", "-c", "(exec -a VLLM::EngineCore sleep 60) >/dev/null 2>&1 & echo $!"],
                              capture_output=True, text=True, check=True)
@@ -453,7 +355,7 @@ def vllm_engine(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_vllm_engine_plain_choices_json_and_seed(vllm_engine, tmp_path):
-    short = PROBLEM_SAMPLING.model_copy(update={"max_tokens": 16})
+    short = PROBLEM.model_copy(update={"max_tokens": 16})
     messages = [{"role": "user", "content": "Write a problem."}]
     plain = [GenerationRequest.build("tiny", messages, short, i) for i in range(4)]
     texts = vllm_engine.generate(plain)
@@ -464,13 +366,13 @@ def test_vllm_engine_plain_choices_json_and_seed(vllm_engine, tmp_path):
 
     labels = [GenerationRequest.build("tiny", solution_prompt(nli_prompt("A dog runs.", f"It moves {i}."), "nli",
                                                               reasoning=False),
-                                      SOLUTION_SAMPLING.model_copy(update={"max_tokens": 8}), i,
+                                      SOLUTION.model_copy(update={"max_tokens": 8}), i,
                                       choices=list(NLI_LABELS)) for i in range(6)]
     assert set(vllm_engine.generate(labels)) <= set(NLI_LABELS)
 
     schema = {"type": "object", "properties": {"label": {"enum": list(NLI_LABELS)}}, "required": ["label"],
               "additionalProperties": False}
-    structured = [GenerationRequest.build("tiny", messages, SOLUTION_SAMPLING.model_copy(update={"max_tokens": 32}),
+    structured = [GenerationRequest.build("tiny", messages, SOLUTION.model_copy(update={"max_tokens": 32}),
                                           i, json_schema=schema) for i in range(2)]
     for text in vllm_engine.generate(structured):
         assert json.loads(text)["label"] in NLI_LABELS

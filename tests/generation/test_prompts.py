@@ -1,4 +1,4 @@
-"""Prompt building, problem parsing, few-shot sampling and request keys (prismatic.generation.prompts)."""
+"""Prompt building, problem parsing and few-shot sampling (prismatic.generation.prompts)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ from prismatic.data.samples import bundled_seeds_path
 from prismatic.errors import PrismError
 from prismatic.generation.prompts import (
     NLI_QUESTION,
-    PROBLEM_SAMPLING,
-    SOLUTION_SAMPLING,
-    GenerationRequest,
-    Sampling,
     nli_prompt,
     parse_nli_pair,
     parse_problems,
     problem_prompt,
-    request_key,
     sample_few_shot,
     solution_prompt,
 )
@@ -195,60 +190,3 @@ def test_heavily_skewed_weights_still_finish():
     pool = [{"id": "big", "level": 1e9}] + [{"id": str(i), "level": 1} for i in range(5)]
     chosen = sample_few_shot(pool, 6, random.Random(3))
     assert {c["id"] for c in chosen} == {p["id"] for p in pool}
-
-
-# ------------------------------------------------------------------------------------------ requests
-
-
-def test_paper_sampling_defaults():
-    assert (PROBLEM_SAMPLING.temperature, PROBLEM_SAMPLING.top_p) == (1.0, 0.95)
-    assert (SOLUTION_SAMPLING.temperature, SOLUTION_SAMPLING.top_p) == (0.75, 0.95)
-    with pytest.raises(ValueError):
-        Sampling(top_p=0)
-    with pytest.raises(ValueError):
-        Sampling(max_tokens=0)
-
-
-def test_request_key_is_stable_and_sensitive_to_every_field():
-    messages = [{"role": "user", "content": "Solve 1 + 1."}]
-    base = {"model": "m", "messages": messages, "sampling": SOLUTION_SAMPLING, "index": 0}
-    key = request_key(**base)
-    assert len(key) == 64 and int(key, 16) >= 0
-    assert request_key(**base) == key
-    # a copy built in another order is the same request
-    assert request_key("m", [{"content": "Solve 1 + 1.", "role": "user"}], Sampling(**SOLUTION_SAMPLING.model_dump()),
-                       0) == key
-    variants = [
-        dict(base, model="m2"),
-        dict(base, messages=[{"role": "user", "content": "Solve 1 + 2."}]),
-        dict(base, messages=[{"role": "system", "content": "Solve 1 + 1."}]),
-        dict(base, messages=messages + [{"role": "assistant", "content": ""}]),
-        dict(base, sampling=SOLUTION_SAMPLING.model_copy(update={"temperature": 0.7})),
-        dict(base, sampling=SOLUTION_SAMPLING.model_copy(update={"top_p": 0.9})),
-        dict(base, sampling=SOLUTION_SAMPLING.model_copy(update={"max_tokens": 7})),
-        dict(base, sampling=SOLUTION_SAMPLING.model_copy(update={"seed": 1})),
-        dict(base, sampling=SOLUTION_SAMPLING.model_copy(update={"seed": None})),
-        dict(base, index=1),
-        dict(base, choices=["a", "b"]),
-        dict(base, choices=["b", "a"]),
-        dict(base, json_schema={"type": "object"}),
-    ]
-    keys = {request_key(**v) for v in variants}
-    assert key not in keys and len(keys) == len(variants)
-
-
-def test_generation_request_build_and_seed():
-    messages = solution_prompt("What is 2 + 2?", "math")
-    a = GenerationRequest.build("m", messages, SOLUTION_SAMPLING, 0)
-    b = GenerationRequest.build("m", messages, SOLUTION_SAMPLING, 1)
-    assert a.key == request_key("m", messages, SOLUTION_SAMPLING, 0)
-    assert a.seed != b.seed and 0 <= a.seed < 2**31
-    assert GenerationRequest.build("m", messages, SOLUTION_SAMPLING, 0).seed == a.seed
-    unseeded = GenerationRequest.build("m", messages, SOLUTION_SAMPLING.model_copy(update={"seed": None}))
-    assert unseeded.seed is None
-    labels = GenerationRequest.build("m", messages, SOLUTION_SAMPLING, choices=["x", "y"])
-    assert labels.key == request_key("m", messages, SOLUTION_SAMPLING, 0, choices=["x", "y"])
-    with pytest.raises(PrismError):
-        GenerationRequest.build("m", messages, SOLUTION_SAMPLING, choices=["x"], json_schema={"type": "string"})
-    with pytest.raises(PrismError):
-        GenerationRequest.build("m", messages, SOLUTION_SAMPLING, choices=[])

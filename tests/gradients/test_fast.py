@@ -1,10 +1,13 @@
+"""fast.py: packed batches, factored per-layer projections of exact per-sample gradients, unit rows."""
+
 import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
 
 from prismatic.config import FeaturesConfig
-from prismatic.gradients.faithful import encode_chat, faithful_features, flat_parameters, per_sample_gradient
+from prismatic.gradients.chat import encode_chat
+from prismatic.gradients.faithful import faithful_features, flat_parameters, per_sample_gradient
 from prismatic.gradients.fast import FastFeaturizer, packed_causal_attention
 from prismatic.metrics.vendi import gvendi
 

@@ -1,3 +1,5 @@
+"""projection.py: the seeded Rademacher projection, the same for any block size, never held whole."""
+
 import json
 import math
 import subprocess

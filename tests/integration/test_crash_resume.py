@@ -33,14 +33,15 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 
 from prism_assets import io
 from prism_assets.partitions import rounds
+from prismatic.storage import schema
+from prismatic.storage.factory import open_store
 from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
-from prismatic.storage.store import Store
+from resources.home import PrismHome
 from resources.store import StoreResource
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk-crash-test-SECRET-8d41c7"
-ROUND_TABLES = ["generations", "rejections", "verified_samples", "gradient_features", "selection", "pool",
-                "clusters", "centroids", "diversity_scores"]
+ROUND_TABLES = [*schema.ROUND_TABLES, "rejections"]
 KILLED = -signal.SIGKILL
 
 
@@ -134,7 +135,7 @@ def assert_consistent_with(home: Path, reference: Path, keys: list[str]) -> list
     Returns the visible `table/round` partitions of `keys`."""
     for path in visible_files(home):
         pq.read_table(path)  # raises on a torn or half-written file
-    store, ref = Store(home / "store"), Store(reference / "store")
+    store, ref = open_store(home / "store"), open_store(reference / "store")
     seen = []
     for key in keys:
         for table in ROUND_TABLES + (["seeds"] if key == "r000" else []):
@@ -203,7 +204,7 @@ def test_synthesis_round_killed_five_times_then_resumed(homes, server, driver, t
     # 3. During featurization.
     code, _ = driver.run(home, "run", "--round", "r001", fault="features")
     assert code == KILLED
-    after_kill(["generations/r001", "rejections/r001", "verified_samples/r001"])
+    after_kill(["generations/r001", "verified_samples/r001", "rejections/r001"])
 
     # 4. At a random moment, from outside.
     delay = random.Random(8).uniform(1.0, 3.0)
@@ -239,7 +240,7 @@ def test_synthesis_round_killed_five_times_then_resumed(homes, server, driver, t
     code, out = driver.run(home, "query", "--json", "select round, count(*) as n from pool group by 1 order by 1")
     rows = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["rows"]
     assert code == 0 and [row["n"] for row in rows] == [
-        Store(reference / "store").read("pool", key).height for key in ("r000", "r001")]
+        open_store(reference / "store").read("pool", key).height for key in ("r000", "r001")]
     assert server.auth == {f"Bearer {API_KEY}"}
     for path in [*home.rglob("*"), *reference.rglob("*"), *driver.logs.glob("*")]:
         if path.is_file():
@@ -248,7 +249,7 @@ def test_synthesis_round_killed_five_times_then_resumed(homes, server, driver, t
 
 def test_second_run_of_a_round_is_refused_and_the_first_finishes(reference, driver):
     home = reference
-    tables = {table: Store(home / "store").read(table, "r001") for table in ROUND_TABLES}
+    tables = {table: open_store(home / "store").read(table, "r001") for table in ROUND_TABLES}
     first, first_log = driver.start(home, "run", "--round", "r001", fault="features", fault_signal="STOP")
     deadline = time.monotonic() + 120
     while Path(f"/proc/{first}/stat").read_text().split(")")[1].split()[0] != "T":
@@ -266,7 +267,7 @@ def test_second_run_of_a_round_is_refused_and_the_first_finishes(reference, driv
     assert "prism run --round r001" in lines[0] and "stops without writing" in lines[0]
     assert driver.wait(first) == 0, first_log.read_text()[-3000:]
     for table, frame in tables.items():  # the first run rewrote r001, identically
-        assert_frame_equal(Store(home / "store").read(table, "r001"), frame, table)
+        assert_frame_equal(open_store(home / "store").read(table, "r001"), frame, table)
 
 
 @asset(partitions_def=rounds)
@@ -280,7 +281,7 @@ def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):
     home.mkdir()
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("rounds", ["r001"])
-    resources = {"store": StoreResource(home=str(home))}
+    resources = {"store": StoreResource(prism_home=PrismHome(home=str(home)))}
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(home / "store")], stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -295,14 +296,14 @@ def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):
         holder.kill()
         holder.wait()
     assert materialize([selection], partition_key="r001", instance=instance, resources=resources).success
-    assert Store(home / "store").exists("selection", "r001")
+    assert open_store(home / "store").exists("selection", "r001")
 
 
 HOLD_LOCK = """
 import sys, time
 from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
-from prismatic.storage.store import Store
-Store(sys.argv[1]).lock_round("r001", "prism run --round r001").acquire()
+from prismatic.storage.factory import open_store
+open_store(sys.argv[1]).lock_round("r001", "prism run --round r001").acquire()
 print("locked", flush=True)
 time.sleep(120)
 """

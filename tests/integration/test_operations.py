@@ -25,7 +25,7 @@ from prism_assets.instance import ensure_instance_settings
 from prism_assets.jobs import ROUND_ASSETS
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL
 from prism_assets.sensors import next_round_sensor
-from prismatic.storage.store import Store
+from prismatic.storage.factory import open_store
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -44,7 +44,8 @@ def stack():
 
 
 def resources(home) -> dict:
-    return {"prism_home": PrismHome(home=str(home)), "store": StoreResource(home=str(home))}
+    prism_home = PrismHome(home=str(home))
+    return {"prism_home": prism_home, "store": StoreResource(prism_home=prism_home)}
 
 
 def set_rounds_config(home, **values):
@@ -54,7 +55,7 @@ def set_rounds_config(home, **values):
 
 def scores_land(instance: DagsterInstance, home, key: str, gvendi: float) -> None:
     """Round `key` finished: its diversity_scores are in the store and their materialization in the instance."""
-    Store(home / "store").write("diversity_scores", key, pl.DataFrame(
+    open_store(home / "store").write("diversity_scores", key, pl.DataFrame(
         {"metric": ["gvendi"], "value": [gvendi], "n": [10], "details": ["{}"]}))
     instance.report_runless_asset_event(AssetMaterialization(asset_key="diversity_scores", partition=key))
 
@@ -144,7 +145,7 @@ def test_a_round_refuses_to_start_without_a_finished_previous_round(home):
     assert "round r000 needs the seeds" in failure_message(no_seeds, "generations")
     failed = materialize([generations], partition_key="r001", **kwargs)  # r000's latest run failed
     assert "round r001 refuses to start: round r000 failed (generations)" in failure_message(failed, "generations")
-    assert not Store(home / "store").exists("generations", "r001")
+    assert not open_store(home / "store").exists("generations", "r001")
 
 
 def test_instance_settings_run_one_round_at_a_time(tmp_path):

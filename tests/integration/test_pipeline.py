@@ -11,11 +11,10 @@ import pytest
 from dagster import AssetKey
 
 from prismatic.storage.catalog import Catalog
-from prismatic.storage.store import Store
+from prismatic.storage.factory import open_store
+from prismatic.storage.schema import ROUND_TABLES as TABLES
 
 ROUNDS = ["r000", "r001", "r002"]
-TABLES = ["generations", "verified_samples", "gradient_features", "selection", "pool", "clusters", "centroids",
-          "diversity_scores"]
 
 CONFIG = """
 features:
@@ -54,7 +53,7 @@ def demo_home(tmp_path_factory):
 @pytest.mark.slow
 def test_every_table_has_every_round_with_provenance(demo_home):
     home, summary = demo_home
-    store = Store(home / "store")
+    store = open_store(home / "store")
     for table in TABLES:
         assert store.rounds(table) == ROUNDS, table
     assert store.rounds("seeds") == ["r000"]
@@ -85,7 +84,7 @@ def test_every_table_has_every_round_with_provenance(demo_home):
 @pytest.mark.slow
 def test_duckdb_views_agree_with_the_parquet_files(demo_home):
     home, _ = demo_home
-    store = Store(home / "store")
+    store = open_store(home / "store")
     catalog = Catalog(home / "catalog.duckdb", home / "store")
     for table in TABLES:
         _, rows = catalog.query(f"select round, count(*) from {table} group by 1 order by 1")

@@ -29,7 +29,7 @@ from prism_assets.instance import ensure_instance_settings
 from prism_assets.jobs import ROUND_ASSETS
 from prism_assets.seeds import seeds
 from prismatic.storage.catalog import Catalog
-from prismatic.storage.store import Store
+from prismatic.storage.factory import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -186,7 +186,7 @@ def test_backfill_runs_round_by_round_and_fills_the_catalog(services):
     assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
     assert runs[0]["endTime"] <= runs[1]["startTime"]
 
-    store = Store(services.home / "store")
+    store = open_store(services.home / "store")
     catalog = Catalog(services.home / "catalog.duckdb", services.home / "store")
     _, verified = catalog.query("select round, count(*) from verified_samples group by 1 order by 1")
     assert [row[0] for row in verified] == ROUNDS and all(n > 0 for _, n in verified)
@@ -241,7 +241,7 @@ def test_checks_pass_on_the_good_round_and_fail_on_a_crafted_bad_one(services, t
     assert len(good) == len(ROUND_CHECKS) and all(
         passed for name, passed in good.items() if name != "diversity_scores.gvendi_non_decreasing"), good
 
-    store = Store(tmp_path / "store")
+    store = open_store(tmp_path / "store")
 
     def rewrite(table: str, key: str, frame: pl.DataFrame, **metadata_changes) -> None:
         """Replace a file as a faulty writer would (no validation), keeping its provenance unless changed."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from prismatic.storage.store import Store
+from prismatic.storage.factory import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -83,7 +83,7 @@ def test_two_shards_in_two_processes_give_the_unsharded_features(tmp_path, tiny_
     home.mkdir()
     (home / "prism.yaml").write_text(CONFIG.format(proxy=tiny_model_dir, shards=1, executor="in_process"))
     prism(home, "-m", "prism_cli.main", "run", "--round", "r000", "--json")
-    store = Store(home / "store")
+    store = open_store(home / "store")
     a = store.read("gradient_features", "r000")
     assert store.read_metadata("gradient_features", "r000")["shards"] == 1
 

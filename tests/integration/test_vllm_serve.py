@@ -6,9 +6,11 @@ more on two cores), so the one-server test runs first, before the kill."""
 import pytest
 from conftest import vllm_servers
 
-from prismatic.generation.engines import Journal, OpenAIEngine, generate_journaled
-from prismatic.generation.prompts import NLI_LABELS, GenerationRequest, Sampling
-from prismatic.synthesis.steps import parse_structured_problems, problems_schema
+from prismatic.generation.engines.openai import OpenAIEngine
+from prismatic.generation.journal import Journal, generate_journaled
+from prismatic.generation.prompts import NLI_LABELS
+from prismatic.generation.requests import GenerationRequest, Sampling
+from prismatic.synthesis.generate import parse_structured_problems, problems_schema
 from resources.generator import endpoint_counts
 
 pytestmark = pytest.mark.slow

