@@ -23,17 +23,6 @@ def _round(context: AssetExecutionContext) -> str:
     return context.partition_key if context.assets_def.partitions_def is not None else SEED_ROUND
 
 
-def write(context: AssetExecutionContext, resource: StoreResource, table: str, frame: pl.DataFrame,
-          **provenance: Any) -> DataVersion:
-    """Write this partition of `table` (atomically) with provenance, and refresh the catalog when the
-    table needs a view (`Catalog.write_partition`); returns the data version."""
-    key = _round(context)
-    catalog = resource.catalog()
-    catalog.write_partition(table, key, frame, {"round": key, "run_id": context.run_id,
-                                                "asset": context.asset_key.to_user_string(), **provenance})
-    return DataVersion(catalog.store.data_version(table, key))
-
-
 def write_step(context: AssetExecutionContext, resource: StoreResource, output: StepOutput,
                **read: Any) -> tuple[DataVersion, dict[str, Any]]:
     """Write a round step's tables (`StepOutput.write`); `read` is what the asset read from the previous

@@ -35,7 +35,7 @@ The rules, checked in this order; the first that fails rejects the problem with 
                          (share 0 when |W| < n). For NLI, the larger of the premise's and the
                          hypothesis's own shares (a hypothesis may reuse the premise's words).
 
-Each rejection is a row (id, reason, detail) of `REJECTION_SCHEMA` (prismatic.data.quality) whose detail is
+Each rejection is a row (id, reason, detail) of the `rejections` table (prismatic.storage.schema) whose detail is
 JSON holding the measured value and the threshold, e.g. {"words": 3, "min_words": 8}.
 
 The proxy-NLL outlier rule comes after the text rules, on the problems they keep:
@@ -58,8 +58,8 @@ import numpy as np
 import polars as pl
 
 from prismatic.config import ProblemFiltersConfig
-from prismatic.data.quality import REJECTION_SCHEMA
 from prismatic.generation.prompts import parse_nli_pair
+from prismatic.storage.schema import schema
 
 FILTER_REASONS: tuple[str, ...] = (
     "not_a_question", "not_an_nli_pair", "too_few_words", "too_many_words", "low_alpha_words",
@@ -187,7 +187,7 @@ def _rejection_frame(rows: list[tuple[str, str, dict]]) -> pl.DataFrame:
     return pl.DataFrame(
         {"id": [row[0] for row in rows], "reason": [row[1] for row in rows],
          "detail": [json.dumps(row[2], ensure_ascii=False) for row in rows]},
-        schema=REJECTION_SCHEMA,
+        schema=schema("rejections"),
     )
 
 

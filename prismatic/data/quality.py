@@ -45,10 +45,10 @@ from datasketch import MinHash, MinHashLSH
 from prismatic.config import DecontaminationConfig, DedupConfig
 from prismatic.data.samples import jsonl_records
 from prismatic.errors import InputError
+from prismatic.storage.schema import schema
 
 REASONS = ("benchmark_contamination", "exact_duplicate_pool", "exact_duplicate_round",
            "near_duplicate_pool", "near_duplicate_round")
-REJECTION_SCHEMA = {"id": pl.String, "reason": pl.String, "detail": pl.String}
 MINHASH_SEED = 1
 
 
@@ -250,7 +250,7 @@ class ProblemFilter:
                 reason, detail = found
                 rejections.append({"id": str(row_id), "reason": reason, "detail": json.dumps(detail)})
         return (problems.filter(pl.Series(keep, dtype=pl.Boolean)),
-                pl.DataFrame(rejections, schema=REJECTION_SCHEMA))
+                pl.DataFrame(rejections, schema=schema("rejections")))
 
 
 def removal_counts(rejections: pl.DataFrame) -> dict[str, int]:

@@ -28,7 +28,7 @@ from prismatic.config import PrismConfig, SynthesisConfig
 from prismatic.errors import PrismError
 from prismatic.gradients.featureset import FeatureSet, Shard, feature_table, merge_feature_sets
 from prismatic.metrics.vendi import gvendi
-from prismatic.rounds import SEED_ROUND
+from prismatic.rounds import SEED_ROUND, sort_rounds
 from prismatic.storage.schema import empty, schema
 from prismatic.synthesis.generate import ProblemNLL, generate_round
 from prismatic.synthesis.kmeans import Clustering, num_clusters, spherical_kmeans
@@ -81,7 +81,7 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
     Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
     """
     parts, projection, first_round = [], None, None
-    for round_added in sorted(pool["round_added"].unique().to_list()):
+    for round_added in sort_rounds(pool["round_added"].unique().to_list()):
         stored = store.read("gradient_features", round_added)
         meta = store.read_metadata("gradient_features", round_added)
         identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}

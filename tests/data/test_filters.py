@@ -19,10 +19,10 @@ from prismatic.data.filters import (
     nll_threshold,
     pool_sample,
 )
-from prismatic.data.quality import REJECTION_SCHEMA
 from prismatic.data.samples import load_seeds
 from prismatic.errors import InputError
 from prismatic.generation.prompts import NLI_QUESTION, nli_prompt
+from prismatic.storage.schema import schema
 
 DEFAULTS = ProblemFiltersConfig()
 BASE64_JUNK = "150YD18MnEu5hItVgjbA54aFXImn7bnDjbafGtAtYmX+glvjKZfY8xIzSt"
@@ -173,7 +173,7 @@ def test_disabled_filters_remove_nothing():
     assert check_text("a test score variation", "math", ProblemFiltersConfig(enabled=False)) is None
     kept, rejections = apply_text_filters(problems, ProblemFiltersConfig(enabled=False))
     assert kept.equals(problems)
-    assert rejections.is_empty() and rejections.schema == pl.Schema(REJECTION_SCHEMA)
+    assert rejections.is_empty() and rejections.schema == schema("rejections")
     kept, rejections = apply_text_filters(problems, DEFAULTS)
     assert kept.is_empty() and rejections["reason"].to_list() == ["not_a_question", "not_an_nli_pair"]
 
@@ -219,7 +219,7 @@ def test_apply_text_filters_keeps_order_and_columns():
     kept, rejections = apply_text_filters(problems, DEFAULTS)
     assert kept.columns == problems.columns
     assert kept["id"].to_list() == ["m0", "n0", "m3"] and kept["level"].to_list() == [0, 2, 4]
-    assert rejections.schema == pl.Schema(REJECTION_SCHEMA)
+    assert rejections.schema == schema("rejections")
     assert rejections["id"].to_list() == ["m1", "m2", "n1"]
     assert rejections["reason"].to_list() == ["not_a_question", "too_few_words", "not_an_nli_pair"]
     assert json.loads(rejections["detail"][1]) == {"words": 3, "min_words": 8}
@@ -255,7 +255,7 @@ def test_nll_threshold_and_filter():
     kept, rejections = apply_nll_filter(problems, nll, threshold)
     assert kept["id"].to_list() == ["p0", "p2", "p4"]  # equal to the threshold is kept
     assert kept.columns == problems.columns
-    assert rejections.schema == pl.Schema(REJECTION_SCHEMA)
+    assert rejections.schema == schema("rejections")
     assert rejections["id"].to_list() == ["p1", "p3"]
     assert set(rejections["reason"].to_list()) == {"proxy_nll_outlier"}
     assert json.loads(rejections["detail"][1]) == {"nll": round(threshold + 3.0, 4), "threshold": round(threshold, 4)}

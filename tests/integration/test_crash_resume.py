@@ -35,7 +35,8 @@ from prism_assets import io
 from prism_assets.partitions import rounds
 from prismatic.storage import schema
 from prismatic.storage.factory import open_store
-from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
+from prismatic.storage.schema import empty
+from prismatic.synthesis.steps import StepOutput
 from resources.home import PrismHome
 from resources.store import StoreResource
 
@@ -272,7 +273,7 @@ def test_second_run_of_a_round_is_refused_and_the_first_finishes(reference, driv
 
 @asset(partitions_def=rounds)
 def selection(context: AssetExecutionContext, store: StoreResource) -> None:
-    io.write(context, store, "selection", pl.DataFrame(schema=dict(TABLE_SCHEMAS["selection"])))
+    io.write_step(context, store, StepOutput({"selection": empty("selection")}))
 
 
 def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):
@@ -301,7 +302,6 @@ def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from prismatic.storage.schema import TABLES as TABLE_SCHEMAS
 from prismatic.storage.factory import open_store
 open_store(sys.argv[1]).lock_round("r001", "prism run --round r001").acquire()
 print("locked", flush=True)
