@@ -54,7 +54,9 @@ class FeaturesConfig(_Section):
     mode: `fast` (batched, factored per-layer projection; prismatic.gradients.fast) or `faithful` (the
       paper code's method: one backward per sample, dense projection of the full gradient).
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
-    seed: seed of the Rademacher projection; features of different seeds are never mixed.
+    final: (fast) the last stage, from the concatenated per-layer blocks to d: `dense` (a Rademacher
+      matrix, O(concat·d) a sample) or `sparse` (a CountSketch, one ±1 per coordinate, O(concat)).
+    seed: seed of the projections; features of different seeds or final stages are never mixed.
     max_tokens: truncate each chat to this many tokens (None: never truncate; recorded when used).
     overlong: a chat longer than the proxy's context (`max_position_embeddings`): `refuse` (an error
       naming the sample's file, line and field) or `truncate` (cut to the context; the row's
@@ -64,14 +66,10 @@ class FeaturesConfig(_Section):
     gradient_buffer_gb: (faithful) RAM for per-sample flattened gradients awaiting projection; each
       random sign block is generated once per buffer, so larger buffers amortize generation better.
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
-      k_out × k_in block; a side no larger than its block size is kept exactly. Against SmolLM2's
-      exact gradient cosines at d = 1024 (means of 8 seeds, `benchmarks.gradient_agreement`), 64 × 64
-      gives Pearson 0.895 and G-Vendi −2.2 %, 32 × 32 0.880 and −4.5 % (every seed below −3 %), the
-      faithful path's dense projection 0.916 and −1.9 %; 64 × 64 ran at 1.03× the speed of 32 × 32 on
-      the Qwen2.5-0.5B shape and 0.91× on SmolLM2 (`benchmarks.gradients --sweep block=32 block=64`).
-    batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory. 2048
-      was 1.26x faster than 4096 on the Qwen2.5-0.5B shape
-      (`benchmarks.gradients --sweep batch_tokens=2048 batch_tokens=4096`).
+      k_out × k_in block; a side no larger than its block size is kept exactly.
+    batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory.
+    The defaults of dim, final, block_in/out and batch_tokens are measured choices: README "Gradient
+    features" gives the numbers and the commands (`benchmarks.gradient_agreement`, `benchmarks.gradients`).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
       multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
@@ -82,6 +80,7 @@ class FeaturesConfig(_Section):
     proxy: str = "smollm2-135m-instruct"
     mode: Literal["fast", "faithful"] = "fast"
     dim: int = Field(1024, gt=0)
+    final: Literal["dense", "sparse"] = "dense"
     seed: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, gt=0)
     overlong: Literal["refuse", "truncate"] = "refuse"

@@ -57,7 +57,7 @@ from prismatic.config import FeaturesConfig
 from prismatic.errors import PrismError
 from prismatic.gradients.chat import IGNORE, EncodedChat, encode_chat
 from prismatic.gradients.featureset import FeatureSet, Shard, shard_units
-from prismatic.gradients.projection import RademacherProjection
+from prismatic.gradients.projection import CountSketch, RademacherProjection
 from prismatic.metrics.vendi import normalize_rows
 
 PACKED_ATTENTION = "prism_packed_causal"
@@ -173,13 +173,14 @@ class FastFeaturizer:
 
     def __init__(self, model, tokenizer, *, dim: int | None = None, seed: int | None = None,
                  block_in: int | None = None, block_out: int | None = None, batch_tokens: int | None = None,
-                 max_tokens: int | None = None, compute_dtype: torch.dtype | None = None):
-        """dim, seed, block_in, block_out, batch_tokens: as in `FeaturesConfig` (prism.yaml's `features:`),
-        whose default a setting left None takes; `compute_dtype`: the model's dtype when None."""
-        given = {"dim": dim, "seed": seed, "block_in": block_in, "block_out": block_out, "batch_tokens": batch_tokens}
+                 final: str | None = None, max_tokens: int | None = None, compute_dtype: torch.dtype | None = None):
+        """dim, seed, block_in, block_out, batch_tokens, final: as in `FeaturesConfig` (prism.yaml's
+        `features:`), whose default a setting left None takes; `compute_dtype`: the model's dtype when None."""
+        given = {"dim": dim, "seed": seed, "block_in": block_in, "block_out": block_out, "batch_tokens": batch_tokens,
+                 "final": final}
         settings = FeaturesConfig(**{name: value for name, value in given.items() if value is not None})
         self.model, self.tokenizer = model, tokenizer
-        self.dim, self.seed, self.max_tokens = settings.dim, settings.seed, max_tokens
+        self.dim, self.seed, self.final, self.max_tokens = settings.dim, settings.seed, settings.final, max_tokens
         self.block_in, self.block_out, self.batch_tokens = settings.block_in, settings.block_out, settings.batch_tokens
         self.device = next(model.parameters()).device
         self.dtype = compute_dtype or next(model.parameters()).dtype
@@ -191,8 +192,9 @@ class FastFeaturizer:
         self._build_layout()
         self.concat_dim = sum(s.size for s in self.segments)
         self.dense = RademacherProjection(self.concat_dim, self.dim, seed=self.seed)
+        self.sketch = CountSketch(self.concat_dim, self.dim, seed=self.seed) if self.final == "sparse" else None
         self._dense_signs = None
-        if self.concat_dim * self.dim * 2 <= SIGNS_CACHE_BYTES:
+        if self.sketch is None and self.concat_dim * self.dim * 2 <= SIGNS_CACHE_BYTES:
             self._dense_signs = self.dense.signs(0, self.concat_dim, torch.bfloat16).to(self.device)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -236,7 +238,8 @@ class FastFeaturizer:
 
     def describe(self) -> dict:
         """Projection identity stored with the features: seeds, block sizes and the layout."""
-        return {"kind": "factored-rademacher-v1", "seed": self.seed, "dim": self.dim,
+        kind = "factored-countsketch-v1" if self.sketch is not None else "factored-rademacher-v1"
+        return {"kind": kind, "seed": self.seed, "dim": self.dim,
                 "block_in": self.block_in, "block_out": self.block_out, "concat_dim": self.concat_dim,
                 "segments": [[s.name, list(s.shape)] for s in self.segments]}
 
@@ -367,7 +370,10 @@ class FastFeaturizer:
 
     # -- whole data set -------------------------------------------------------------------------
     def project(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Dense Rademacher projection of concatenated blocks to `dim` (÷√dim), float32."""
+        """The final stage: concatenated blocks to `dim`, float32; a CountSketch (`final: sparse`) or the
+        dense Rademacher projection (÷√dim)."""
+        if self.sketch is not None:
+            return self.sketch.project(blocks)
         if self._dense_signs is None:
             return self.dense.project(blocks, dtype=torch.bfloat16)
         return (blocks.to(torch.bfloat16) @ self._dense_signs).float() / self.dim ** 0.5

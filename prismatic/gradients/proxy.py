@@ -57,7 +57,7 @@ def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: 
     if config.mode == "fast":
         featurizer = FastFeaturizer(model, tokenizer, dim=config.dim, seed=config.seed,
                                     block_in=config.block_in, block_out=config.block_out,
-                                    batch_tokens=config.batch_tokens, max_tokens=max_tokens)
+                                    batch_tokens=config.batch_tokens, final=config.final, max_tokens=max_tokens)
         return featurizer.features(samples, progress=progress, shard=shard), proxy
     result = faithful_features(model, tokenizer, samples, dim=config.dim, seed=config.seed,
                                max_tokens=max_tokens,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -58,10 +59,12 @@ def test_projected_blocks_preserve_gradient_inner_products(tiny_lm):
     assert (cos(projected) - cos(exact)).abs().max().item() < 0.15
 
 
-def test_packing_does_not_change_a_sample(tiny_lm):
-    """A sample's blocks are the same alone and packed with others of different lengths, in any order."""
+@pytest.mark.parametrize("final", ["dense", "sparse"])
+def test_packing_does_not_change_a_sample(tiny_lm, final):
+    """A sample's blocks, and its features after either final stage, are the same alone and packed with
+    others of different lengths, in any order."""
     model, tok = tiny_lm
-    fast = FastFeaturizer(model, tok, dim=64, block_in=8, block_out=8)
+    fast = FastFeaturizer(model, tok, dim=64, block_in=8, block_out=8, final=final)
     chats = [encode_chat(tok, p, r) for p, r in SAMPLES]
     assert len({c.n_tokens for c in chats}) > 1
     alone = torch.cat([fast.per_sample_blocks([c]) for c in chats])
@@ -69,6 +72,11 @@ def test_packing_does_not_change_a_sample(tiny_lm):
     reversed_order = fast.per_sample_blocks(chats[::-1]).flip(0)
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(reversed_order, alone, rtol=1e-4, atol=1e-6)
+    frame = pl.DataFrame({"id": ["a", "b", "c"], "prompt": [p for p, _ in SAMPLES],
+                          "response": [r for _, r in SAMPLES]})
+    one_batch = fast.features(frame, progress=False).features
+    fast.batch_tokens = 1  # every sample its own batch
+    np.testing.assert_allclose(fast.features(frame, progress=False).features, one_batch, atol=2e-3)
 
 
 def test_packed_attention_equals_causal_attention_of_each_sample_alone():
@@ -101,6 +109,25 @@ def test_features_are_deterministic_unit_rows_with_recorded_projection(tiny_lm):
     assert a.meta["projection"]["block_in"] == FeaturesConfig().block_in and a.meta["projection"]["segments"]
 
 
+def test_sparse_final_stage_is_deterministic_and_recorded(tiny_lm):
+    model, tok = tiny_lm
+    frame = pl.DataFrame({"id": ["a", "b", "c"], "prompt": [p for p, _ in SAMPLES],
+                          "response": [r for _, r in SAMPLES]})
+    a = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse")
+    b = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse").features(frame, progress=False)
+    dense = FastFeaturizer(model, tok, dim=64, seed=5).features(frame, progress=False)
+    features = a.features(frame, progress=False)
+    np.testing.assert_array_equal(features.features, b.features)
+    assert np.allclose(np.linalg.norm(features.features, axis=1), 1, atol=1e-5)
+    assert features.meta["projection"]["kind"] == "factored-countsketch-v1"
+    assert dense.meta["projection"]["kind"] == "factored-rademacher-v1"
+    # the sparse stage is the CountSketch of the same blocks the dense stage projects
+    blocks = a.per_sample_blocks([encode_chat(tok, p, r) for p, r in SAMPLES])
+    sketched = blocks @ a.sketch.matrix().T
+    np.testing.assert_allclose(features.features, (sketched / sketched.norm(dim=1, keepdim=True)).numpy(),
+                               atol=1e-4)
+
+
 def _datasets():
     rng = np.random.default_rng(0)
     near_duplicates = [(f"What is 17 + 25?{' ' * (i % 3)}", "17 + 25 = 42. \\boxed{42}") for i in range(12)]
@@ -125,11 +152,13 @@ def _datasets():
 
 def test_gvendi_ranking_is_the_same_in_both_modes(tiny_lm):
     model, tok = tiny_lm
-    scores = {"fast": [], "faithful": []}
+    scores = {"fast": [], "fast sparse": [], "faithful": []}
     for frame in _datasets():
         fast = FastFeaturizer(model, tok, dim=256).features(frame, progress=False)
+        sparse = FastFeaturizer(model, tok, dim=256, final="sparse").features(frame, progress=False)
         faithful = faithful_features(model, tok, frame, dim=256, progress=False)
         scores["fast"].append(gvendi(fast.features))
+        scores["fast sparse"].append(gvendi(sparse.features))
         scores["faithful"].append(gvendi(faithful.features))
     for mode, (dup, topic, mixed) in scores.items():
         assert dup < topic < mixed, (mode, scores)

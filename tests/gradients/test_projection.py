@@ -6,10 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
-from prismatic.gradients.projection import CHUNK, RademacherProjection
+from prismatic.gradients.projection import CHUNK, CountSketch, RademacherProjection
 
 
 def test_signs_are_balanced_plus_minus_one():
@@ -103,3 +104,60 @@ def test_never_materializes_the_full_matrix(tmp_path):
     assert full_matrix_bytes > 50e9
     assert report["shape"] == [2, 1024]
     assert report["peak"] < 4e9, report
+
+
+# ------------------------------------------------------------------------------------ CountSketch
+
+
+def test_count_sketch_is_deterministic_per_seed():
+    a, b, c = CountSketch(5000, 64, seed=3), CountSketch(5000, 64, seed=3), CountSketch(5000, 64, seed=4)
+    assert torch.equal(a.buckets, b.buckets) and torch.equal(a.signs, b.signs)
+    assert not torch.equal(a.buckets, c.buckets)
+    assert a.describe() == {"kind": "countsketch-pcg64-v1", "seed": 3, "in_dim": 5000, "out_dim": 64}
+
+
+def test_count_sketch_equals_the_dense_matrix_built_independently():
+    """S built coordinate by coordinate from the drawn buckets and signs, then an ordinary matmul."""
+    sketch = CountSketch(300, 16, seed=2)
+    matrix = np.zeros((16, 300))
+    for j, (bucket, sign) in enumerate(zip(sketch.buckets.tolist(), sketch.signs.tolist())):
+        matrix[bucket, j] = sign
+    assert set(np.count_nonzero(matrix, axis=0)) == {1} and set(np.unique(matrix)) <= {-1.0, 0.0, 1.0}
+    x = torch.randn(7, 300, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(sketch.project(x).numpy(), x.numpy() @ matrix.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(sketch.matrix().numpy(), matrix)
+    # the draws are what they claim: buckets uniform over d, signs fair
+    big = CountSketch(200_000, 16, seed=1)
+    counts = np.bincount(big.buckets.numpy(), minlength=16)
+    assert np.abs(counts / 200_000 - 1 / 16).max() < 0.005 and abs(float(big.signs.mean())) < 0.01
+
+
+def test_count_sketch_inner_products_within_johnson_lindenstrauss_bounds():
+    d, n, dim_in = 1024, 40, 20_000
+    x = torch.randn(n, dim_in, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    unit = x / x.norm(dim=1, keepdim=True)
+    y = CountSketch(dim_in, d, seed=5).project(unit).double()
+    err = (y @ y.T - unit @ unit.T).abs()
+    bound = math.sqrt(2 / d)  # standard deviation of the error of ⟨Sx, Sz⟩ for unit x, z: ≤ √(2/d)
+    assert err.max().item() < 6 * bound
+    assert err.mean().item() < 1.5 * bound
+    assert ((y.norm(dim=1) ** 2) - 1).abs().max().item() < 6 * bound
+
+
+def test_count_sketch_variance_matches_the_formula():
+    """Over 300 seeds, ⟨Sx, Sz⟩ is unbiased with variance (‖x‖²‖z‖² + ⟨x,z⟩² − 2Σx_j²z_j²)/d."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, generator=g, dtype=torch.float64)
+    z = 0.5 * x + torch.randn(2000, generator=g, dtype=torch.float64)
+    d = 128
+    values = np.array([float(p[0] @ p[1]) for p in (CountSketch(2000, d, seed=s).project(torch.stack([x, z])).double()
+                                                   for s in range(300))])
+    exact = float(x @ z)
+    variance = (float(x @ x) * float(z @ z) + exact ** 2 - 2 * float((x ** 2 * z ** 2).sum())) / d
+    assert abs(values.mean() - exact) < 4 * math.sqrt(variance / 300)
+    assert 0.75 < values.var() / variance < 1.3  # the sample variance of 300 draws is within ±25% (4 sd)
+
+
+def test_count_sketch_refuses_wrong_length():
+    with pytest.raises(ValueError, match="expected vectors of length 10"):
+        CountSketch(10, 4).project(torch.zeros(1, 11))
