@@ -17,7 +17,7 @@ import time
 import torch
 
 from benchmarks.common import emit, machine, peak_rss_gb
-from prismatic.config import load_config
+from prismatic.config_file import load_config
 from prismatic.data.samples import bundled_seeds_path, load_samples
 from prismatic.gradients.chat import encode_chat
 from prismatic.gradients.faithful import assistant_loss, faithful_features

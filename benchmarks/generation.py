@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     texts = data["prompt"].to_list()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from prismatic.config import load_config
+    from prismatic.config_file import load_config
     from prismatic.models import install_smollm2
 
     models_dir = load_config().models_dir

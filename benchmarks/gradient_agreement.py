@@ -38,7 +38,8 @@ import polars as pl
 import torch
 
 from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, timed
-from prismatic.config import FeaturesConfig, load_config
+from prismatic.config import FeaturesConfig
+from prismatic.config_file import load_config
 from prismatic.gradients.chat import encode_chat
 from prismatic.gradients.faithful import flat_parameters, per_sample_gradient
 from prismatic.gradients.fast import FastFeaturizer

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import GSM8K, cosine_agreement, cosines, emit, gsm8k, machine, matmul_peak, peak_rss_gb, timed
-from prismatic.config import FeaturesConfig, load_config
+from prismatic.config import FeaturesConfig
+from prismatic.config_file import load_config
 from prismatic.gradients.chat import encode_chat
 from prismatic.gradients.faithful import faithful_features, per_sample_gradient
 from prismatic.gradients.fast import FastFeaturizer

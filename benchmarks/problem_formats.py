@@ -33,7 +33,7 @@ from pathlib import Path
 import polars as pl
 
 from benchmarks.common import GSM8K, RESULTS, emit, machine, stdout_to_stderr
-from prismatic.config import load_config
+from prismatic.config_file import load_config
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, build_filter
 from prismatic.data.samples import load_seeds

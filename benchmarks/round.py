@@ -148,7 +148,7 @@ class DirectRound:
     the job's order, on a store and catalog of its own under `<home>/direct`."""
 
     def __init__(self, home: Path):
-        from prismatic.config import load_config
+        from prismatic.config_file import load_config
         from prismatic.gradients.proxy import load_proxy
         from prismatic.storage.catalog import Catalog
         from prismatic.storage.factory import open_store
@@ -352,7 +352,7 @@ def measure_generated_round(home: Path, n: int) -> dict:
 def start_engine(home: Path) -> float:
     """Start the process's one vLLM engine (`resources.generator.build_engine` caches it by model path,
     so every home's r001 reuses it); returns the seconds it took."""
-    from prismatic.config import load_config
+    from prismatic.config_file import load_config
     from resources.generator import build_engine
 
     config = load_config(home)

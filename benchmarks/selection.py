@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from benchmarks.common import GSM8K, RESULTS, emit, gsm8k, machine
-from prismatic.config import load_config
+from prismatic.config_file import load_config
 from prismatic.errors import InputError
 from prismatic.gradients.files import read_features, write_features
 from prismatic.gradients.proxy import compute_features

@@ -45,7 +45,8 @@ import yaml
 from dagster import DagsterInstance
 
 from prism_assets.partitions import ROUND_POOL
-from prismatic.config import OrchestrationConfig, load_config, resolve_home
+from prismatic.config import OrchestrationConfig
+from prismatic.config_file import load_config, resolve_home
 
 PG_SCHEME = "postgresql+psycopg2"
 """SQLAlchemy URL scheme of the Postgres storage: dagster-postgres installs psycopg2, while a bare

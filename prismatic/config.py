@@ -1,22 +1,12 @@
-"""The one configuration model: `$PRISM_HOME/prism.yaml`, validated at load.
-
-`PRISM_HOME` defaults to `./.prism`. Every section is optional; unknown keys are refused, and every
-error names the file, the line and the dotted field, e.g.
-`.prism/prism.yaml:4: field 'features.dim': Input should be greater than 0`.
-"""
+"""The one configuration model: every section of `$PRISM_HOME/prism.yaml` (`prismatic.config_file`
+reads and validates the file). Every section is optional; unknown keys are refused."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from prismatic.errors import InputError
-
-CONFIG_FILE = "prism.yaml"
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 METRIC_NAMES = ("gvendi", "cluster_agent", "distinct_n", "ngram_vendi", "embedding_vendi", "compression_ratio",
                 "self_repetition", "proxy_nll")
@@ -68,8 +58,8 @@ class FeaturesConfig(_Section):
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly.
     batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory.
-    The defaults of dim, final, block_in/out and batch_tokens are measured choices: README "Gradient
-    features" gives the numbers and the commands (`benchmarks.gradient_agreement`, `benchmarks.gradients`).
+    The defaults of dim, final, block_in/out and batch_tokens are measured choices: README "Performance"
+    gives the numbers and the commands (`benchmarks.gradient_agreement`, `benchmarks.gradients`).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
       multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
@@ -92,6 +82,12 @@ class FeaturesConfig(_Section):
     batch_tokens: int = Field(2048, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shards: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _sparse_is_fast(self) -> FeaturesConfig:
+        if self.final == "sparse" and self.mode != "fast":
+            raise ValueError("final: sparse is the fast path's last stage; use mode: fast, or final: dense")
+        return self
 
 
 class SamplingConfig(_Section):
@@ -440,60 +436,3 @@ class PrismConfig(_Section):
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
-
-
-def resolve_home(home: str | Path | None = None) -> Path:
-    """`--home` if given, else `$PRISM_HOME`, else `./.prism`."""
-    return Path(home or os.environ.get("PRISM_HOME") or ".prism")
-
-
-def load_config(home: str | Path | None = None) -> PrismConfig:
-    """Read and validate `<home>/prism.yaml` (`resolve_home`); a missing file means all defaults.
-
-    `$PRISM_STORE`, when set, replaces the file's `store`: this is the one place the variable is read.
-    A process reads the file once through `resources.home.home_config`, which caches this result.
-    """
-    home_path = resolve_home(home)
-    path = home_path / CONFIG_FILE
-    raw: dict[str, Any] = {}
-    root_node = None
-    if path.exists():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        try:
-            root_node = yaml.compose(text)
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise InputError(path, f"invalid YAML: {getattr(exc, 'problem', exc)}",
-                             line=mark.line + 1 if mark else None) from None
-        if not isinstance(raw, dict):
-            raise InputError(path, "the top level must be a mapping of sections", line=1)
-    try:
-        config = PrismConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(part) for part in err["loc"]]
-        raise InputError(path, err["msg"], line=_line_of(root_node, loc), field=".".join(loc)) from None
-    config.home = home_path
-    if store := os.environ.get("PRISM_STORE"):
-        config.store = store
-    return config
-
-
-def _line_of(node: Any, loc: list[str]) -> int | None:
-    """1-based line of the deepest YAML node along `loc` (the key itself when it is unknown)."""
-    line = None
-    for key in loc:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for key_node, value_node in node.value:
-            if key_node.value == key:
-                line = key_node.start_mark.line + 1
-                node = value_node
-                break
-        else:
-            break
-    return line

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from prismatic.config import CONFIG_FILE, PrismConfig, load_config, resolve_home
+from prismatic.config import PrismConfig
+from prismatic.config_file import CONFIG_FILE, load_config, resolve_home
 
 _LOADED: dict[Path, tuple[bytes | None, PrismConfig]] = {}
 """Resolved home → (prism.yaml's bytes when it was loaded, None: no file; its configuration)."""

@@ -1,6 +1,7 @@
 import pytest
 
-from prismatic.config import PrismConfig, load_config, resolve_home
+from prismatic.config import PrismConfig
+from prismatic.config_file import load_config, resolve_home
 from prismatic.errors import InputError
 
 
@@ -60,3 +61,11 @@ def test_prism_store_overrides_the_files_store_when_the_file_is_loaded(monkeypat
     monkeypatch.delenv("PRISM_STORE")
     assert config.store_uri == str(tmp_path / "elsewhere")  # read once, at load: not a property of the environment
     assert PrismConfig(home=tmp_path).store_uri == str(tmp_path / "store")
+
+
+def test_sparse_final_stage_needs_the_fast_path(tmp_path):
+    (tmp_path / "prism.yaml").write_text("features:\n  mode: faithful\n  final: sparse\n")
+    with pytest.raises(InputError, match=r"prism.yaml:1: field 'features': .*final: sparse is the fast path"):
+        load_config(tmp_path)
+    (tmp_path / "prism.yaml").write_text("features:\n  final: sparse\n")
+    assert load_config(tmp_path).features.final == "sparse"

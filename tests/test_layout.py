@@ -102,10 +102,11 @@ def test_the_core_imports_neither_dagster_nor_the_layers_above_it():
     assert offenders == {}
 
 
-def test_config_imports_nothing_of_the_project_but_errors():
-    config = module_files()["prismatic.config"]
-    assert {m for m in imports_of(config, "prismatic.config") if m.startswith("prismatic")} == {
-        "prismatic.errors", "prismatic.errors.InputError"}
+def test_the_config_model_imports_nothing_of_the_project():
+    files = module_files()
+    assert {m for m in imports_of(files["prismatic.config"], "prismatic.config") if m.startswith("prism")} == set()
+    reader = {m for m in imports_of(files["prismatic.config_file"], "prismatic.config_file") if m in files}
+    assert reader == {"prismatic.config", "prismatic.errors"}
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -16,7 +16,7 @@ from dagster_k8s.models import k8s_model_from_dict
 from prism_assets.definitions import build_definitions
 from prism_assets.instance import write_instance_settings
 from prism_assets.scaleout import shard_op_tags
-from prismatic.config import load_config
+from prismatic.config_file import load_config
 from prismatic.errors import InputError
 
 PASSWORD = "pg-SECRET-5f2a91"

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 from conftest import GSM8K
 
-from prismatic.config import ProblemFiltersConfig, load_config
+from prismatic.config import ProblemFiltersConfig
+from prismatic.config_file import load_config
 from prismatic.data.filters import (
     FILTER_REASONS,
     apply_nll_filter,

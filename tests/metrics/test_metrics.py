@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import GSM8K, vllm_engine_for
 
-from prismatic.config import ClusterAgentConfig, MetricsConfig, PrismConfig, load_config
+from prismatic.config import ClusterAgentConfig, MetricsConfig, PrismConfig
+from prismatic.config_file import load_config
 from prismatic.data.samples import bundled_seeds_path, load_samples
 from prismatic.errors import InputError, PrismError
 from prismatic.metrics import prompts
