@@ -1,7 +1,7 @@
 """Gradient features, side by side: fast (ours) vs faithful (ours) vs the paper code's method.
 
     python -m benchmarks.gradients [--quick] --json
-    python -m benchmarks.gradients --sweep batch_tokens=2048 block=64,dim=4096   # fast path settings only
+    python -m benchmarks.gradients --sweep batch_tokens=2048 block=64,dim=4096,final=sparse   # fast path only
 
 On GSM8K test problems (`../shared/data/gsm8k`; skipped cleanly when absent), same samples, same
 machine, one run, for (a) SmolLM2-135M-Instruct and (b) a random model in Qwen2.5-0.5B's exact
@@ -160,15 +160,19 @@ def qwen_columns(model, tok, data, sizes) -> dict:
     return column
 
 
-SWEPT = ("batch_tokens", "block", "dim")
-"""Fast-path options a --sweep setting may set, integers (`block` sets block_in and block_out)."""
+SWEPT = ("batch_tokens", "block", "dim", "final")
+"""Fast-path options a --sweep setting may set: integers (`block` sets block_in and block_out), and
+`final=dense|sparse`."""
 
 
 def parse_setting(text: str) -> dict:
-    """`block=64,dim=4096` → FastFeaturizer options (block_in, block_out, dim)."""
+    """`block=64,dim=4096,final=sparse` → FastFeaturizer options (block_in, block_out, dim, final)."""
     options = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
+        if name == "final" and value in ("dense", "sparse"):
+            options["final"] = value
+            continue
         if name not in SWEPT or not value.isdigit():
             raise SystemExit(f"--sweep: {part!r} is not one of {', '.join(f'{n}=N' for n in SWEPT)}")
         if name == "block":

@@ -45,7 +45,8 @@ class FeaturesConfig(_Section):
       paper code's method: one backward per sample, dense projection of the full gradient).
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
     final: (fast) the last stage, from the concatenated per-layer blocks to d: `dense` (a Rademacher
-      matrix, O(concat·d) a sample) or `sparse` (a CountSketch, one ±1 per coordinate, O(concat)).
+      matrix, O(concat·d) a sample) or `sparse` (a CountSketch, one ±1 per coordinate, O(concat)). The
+      faithful path always projects densely (a dense d = 4096 costs it 4× d = 1024's time).
     seed: seed of the projections; features of different seeds or final stages are never mixed.
     max_tokens: truncate each chat to this many tokens (None: never truncate; recorded when used).
     overlong: a chat longer than the proxy's context (`max_position_embeddings`): `refuse` (an error
@@ -69,8 +70,8 @@ class FeaturesConfig(_Section):
 
     proxy: str = "smollm2-135m-instruct"
     mode: Literal["fast", "faithful"] = "fast"
-    dim: int = Field(1024, gt=0)
-    final: Literal["dense", "sparse"] = "dense"
+    dim: int = Field(4096, gt=0)
+    final: Literal["dense", "sparse"] = "sparse"
     seed: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, gt=0)
     overlong: Literal["refuse", "truncate"] = "refuse"
@@ -85,7 +86,7 @@ class FeaturesConfig(_Section):
 
     @model_validator(mode="after")
     def _sparse_is_fast(self) -> FeaturesConfig:
-        if self.final == "sparse" and self.mode != "fast":
+        if self.final == "sparse" and self.mode != "fast" and "final" in self.model_fields_set:
             raise ValueError("final: sparse is the fast path's last stage; use mode: fast, or final: dense")
         return self
 

@@ -8,7 +8,8 @@ from prismatic.errors import InputError
 def test_defaults_without_a_file(tmp_path):
     config = load_config(tmp_path)
     assert config == PrismConfig(home=tmp_path)
-    assert config.features.dim == 1024 and config.features.proxy == "smollm2-135m-instruct"
+    assert (config.features.dim, config.features.final) == (4096, "sparse")
+    assert config.features.proxy == "smollm2-135m-instruct"
     assert config.models_dir == tmp_path / "models"
 
 
@@ -69,3 +70,5 @@ def test_sparse_final_stage_needs_the_fast_path(tmp_path):
         load_config(tmp_path)
     (tmp_path / "prism.yaml").write_text("features:\n  final: sparse\n")
     assert load_config(tmp_path).features.final == "sparse"
+    (tmp_path / "prism.yaml").write_text("features:\n  mode: faithful\n")  # the default final is the fast path's
+    assert load_config(tmp_path).features.mode == "faithful"

@@ -19,17 +19,19 @@ Covered, so the concatenation is the whole gradient up to projection:
   projected with the same P_V, P_h and added; untied weights get one block each;
 - RMSNorm weights: Σ_t δ_t ⊙ x̂_t, kept exactly (h numbers each).
 A layer side whose size is ≤ its block size is not projected (identity), so small layers are exact.
-The concatenated vector is projected densely to `dim` with a seeded Rademacher matrix (÷√dim) and
-each row is L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
+The concatenated vector goes to `dim` through the final stage (`final`): a seeded CountSketch
+(`sparse`, the default: each coordinate added with a random sign to one random output, O(concat) a
+sample; `projection.CountSketch`) or a seeded dense Rademacher matrix (`dense`, ÷√dim, O(concat·dim));
+each row is then L2-normalized. Losses are as in the faithful path (mean over each sample's assistant
 tokens, chat.py), so per-sample gradients are exact up to the projections. See docs/formulas.md for
 the derivation.
 
-Against SmolLM2's exact per-sample gradients (64 GSM8K samples, means of 8 seeds,
-`benchmarks.gradient_agreement`): the concatenated 64×64 blocks alone give cosines with Pearson r 0.98
-(32×32: 0.96); after the final projection to d = 1024, r 0.895 and G-Vendi −2.2 % (32×32: 0.880,
-−4.5 %), where the faithful path's dense projection of the exact gradients gives 0.916 and −1.9 %: at
-d = 1024 the final projection's own noise dominates either way. At d = 4096 (3 seeds) 64×64 gives 0.956
-and −0.2 % (dense: 0.977, +0.1 %).
+Against SmolLM2's exact per-sample gradients (64 GSM8K samples, 3 seeds,
+`benchmarks.gradient_agreement`): the concatenated 64×64 blocks alone give cosines with Pearson r
+0.98; after the final stage, d = 1024 gives r 0.90 with either stage (the projection's own noise,
+≈ 1/√d, dominates), d = 4096 gives 0.955 (sparse, G-Vendi +0.4 %) and 0.956 (dense, −0.2 %). The
+sparse stage at d = 4096 ran at 1.05× the dense d = 1024 speed on the Qwen2.5-0.5B shape, so it is
+the default (README "Performance").
 
 Batches are packed: the samples of a batch are concatenated into one row with no padding, positions
 restart at 0 for each sample and attention is causal within each sample (`packed_causal_attention`),

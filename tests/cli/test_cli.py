@@ -107,7 +107,7 @@ def test_gvendi_with_smollm2_on_bundled_math_seeds(tmp_path, smollm2_dir):
     result = run_prism("gvendi", data, "--proxy", smollm2_dir, "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert payload["n"] == 16 and payload["dim"] == 1024
+    assert payload["n"] == 16 and payload["dim"] == 4096
     # 16 distinct problems: clearly more than one effective sample, at most 16.
     assert 2.0 < payload["gvendi"] <= 16.0
 
