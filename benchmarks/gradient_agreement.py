@@ -48,8 +48,8 @@ from prismatic.metrics.vendi import vendi_from_gram
 from prismatic.models import install_smollm2, load_causal_lm
 
 DEFAULT = FeaturesConfig()
-QUICK = dict(samples=16, blocks=(DEFAULT.block_in,), dims=(DEFAULT.dim,), seeds=(0,), dense=((DEFAULT.dim, 0),),
-             finals=("dense", "sparse"))
+QUICK = dict(samples=16, blocks=(DEFAULT.block_in,), dims=(DEFAULT.dim,), seeds=(0,), dense=((1024, 0),),
+             finals=(DEFAULT.final,))  # the default setting, and the dense reference at 1024 only: under 3 minutes
 FULL = dict(samples=64, blocks=(32, 64, 128), dims=(1024, 4096), seeds=(0, 1, 2),
             dense=((1024, 0), (1024, 1), (1024, 2), (4096, 0)), finals=("dense", "sparse"))
 CHUNK = 8 * 4096  # gradient coordinates read from the memory map at a time (a multiple of the signs' chunk)
