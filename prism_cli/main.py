@@ -71,14 +71,15 @@ def _config(home: Path | None, **features_overrides):
     config = load_config(home)
     updates = {k: v for k, v in features_overrides.items() if v is not None}
     if updates:
-        merged = config.features.model_dump() | updates
+        merged = config.features.model_dump(exclude_unset=True) | updates  # prism.yaml's keys, then the options
         from pydantic import ValidationError
 
         try:
             config.features = type(config.features).model_validate(merged)
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise PrismError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+            name = str(err["loc"][0]) if err["loc"] else "mode"  # the one section-wide rule: sparse needs fast
+            raise PrismError(f"option --{name.replace('_', '-')}: {err['msg']}") from None
     return config
 
 

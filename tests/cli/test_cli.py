@@ -127,3 +127,13 @@ def test_run_store_option_reaches_the_step_processes_of_the_multiprocess_executo
     assert not (home / "store").exists()
     assert (elsewhere / "gradient_features" / "round=r000").is_dir()
     assert (elsewhere / "diversity_scores" / "round=r000").is_dir()
+
+
+def test_mode_option_meets_the_sparse_final_stage_with_one_clear_error(tmp_path):
+    """`--mode faithful` with the default `final` is fine (faithful projects densely); with `final: sparse`
+    written in prism.yaml it is one line naming the option."""
+    (tmp_path / "prism.yaml").write_text("features:\n  final: sparse\n")
+    result = run_prism("gvendi", bundled_seeds_path(), "--mode", "faithful", home=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("prism: error: option --mode: Value error, final: sparse is the fast path's "
+                                     "last stage; use mode: fast, or final: dense")
