@@ -115,7 +115,7 @@ def test_sparse_final_stage_is_deterministic_and_recorded(tiny_lm):
                           "response": [r for _, r in SAMPLES]})
     a = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse")
     b = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse").features(frame, progress=False)
-    dense = FastFeaturizer(model, tok, dim=64, seed=5).features(frame, progress=False)
+    dense = FastFeaturizer(model, tok, dim=64, seed=5, final="dense").features(frame, progress=False)
     features = a.features(frame, progress=False)
     np.testing.assert_array_equal(features.features, b.features)
     assert np.allclose(np.linalg.norm(features.features, axis=1), 1, atol=1e-5)
@@ -154,7 +154,7 @@ def test_gvendi_ranking_is_the_same_in_both_modes(tiny_lm):
     model, tok = tiny_lm
     scores = {"fast": [], "fast sparse": [], "faithful": []}
     for frame in _datasets():
-        fast = FastFeaturizer(model, tok, dim=256).features(frame, progress=False)
+        fast = FastFeaturizer(model, tok, dim=256, final="dense").features(frame, progress=False)
         sparse = FastFeaturizer(model, tok, dim=256, final="sparse").features(frame, progress=False)
         faithful = faithful_features(model, tok, frame, dim=256, progress=False)
         scores["fast"].append(gvendi(fast.features))
