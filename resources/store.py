@@ -33,6 +33,7 @@ class StoreResource(ConfigurableResource):
     s3: S3Resource | None = None
     uri: str | None = None
     _lock: object | None = PrivateAttr(default=None)
+    _opened: tuple[str, Store] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Lock the run's round partition while this process runs it: a run of a round that another
@@ -53,10 +54,14 @@ class StoreResource(ConfigurableResource):
             self._lock = None
 
     def store(self) -> Store:
+        """The store, opened once per resource instance (an S3 store's client built once), and again only
+        when the configured location changes."""
         config = self.prism_home.config()
         uri = self.uri or config.store_uri
-        client = (self.s3 or s3_resource(config)).get_client() if uri.startswith("s3://") else None
-        return open_store(uri, s3=config.s3, client=client)
+        if self._opened is None or self._opened[0] != uri:
+            client = (self.s3 or s3_resource(config)).get_client() if uri.startswith("s3://") else None
+            self._opened = (uri, open_store(uri, s3=config.s3, client=client))
+        return self._opened[1]
 
     def catalog(self) -> Catalog:
         return Catalog(self.prism_home.config().catalog_path, self.store())
