@@ -15,7 +15,8 @@ from prismatic.student.sets import load_eval_set, plain_number
 GSM8K_ROW = {"question": "Tom has 3 boxes of 1,200 pens. How many pens?",
              "answer": "He has 3 * 1200 = <<3*1200=3600>>3600 pens.\n#### 3,600"}
 SVAMP_ROW = {"id": "chal-9", "body": "Each pack costs 7.5 dollars. Amy buys 2 packs",
-             "question": "How much does she pay?", "equation": "( 7.5 * 2.0 )", "answer": 15.0, "type": "Multiplication"}
+             "question": "How much does she pay?", "equation": "( 7.5 * 2.0 )", "answer": 15.0,
+             "type": "Multiplication"}
 
 
 def write_jsonl(path, rows):
