@@ -20,7 +20,8 @@ from prism_assets.jobs import prism_round, round_checks, round_provenance_checks
 from prism_assets.scaleout import executor_for, io_manager_for
 from prism_assets.schedules import build_round_schedule
 from prism_assets.seeds import seeds
-from prism_assets.sensors import next_round_sensor, provenance_sensor
+from prism_assets.sensors import lost_run_sensor, next_round_sensor, provenance_sensor
+from prism_assets.student import student_eval
 from prism_assets.verification import verified_samples
 from resources.generator import GeneratorResource
 from resources.home import PrismHome, home_config
@@ -51,10 +52,10 @@ def build_definitions(home: str | None = None, store: str | None = None) -> Defi
     s3 = s3_resource(config)
     return Definitions(
         assets=[seeds, generations, verified_samples, build_gradient_features(config), selection, pool, clusters,
-                diversity_scores],
+                diversity_scores, *([student_eval] if config.student.enabled else [])],
         asset_checks=ROUND_CHECKS,
         jobs=[prism_round, seed_job, round_checks, round_provenance_checks],
-        sensors=[next_round_sensor, provenance_sensor],
+        sensors=[next_round_sensor, provenance_sensor, lost_run_sensor],
         schedules=[build_round_schedule(config.rounds.schedule_cron, config.rounds.schedule_timezone)],
         executor=executor_for(config),
         resources={"prism_home": prism_home, "store": StoreResource(prism_home=prism_home, s3=s3, uri=store),

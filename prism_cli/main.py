@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from prism_cli.student import register as register_student_commands
 from prismatic.errors import PrismError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -341,6 +342,9 @@ def models_init(out_dir: Annotated[Path, typer.Argument(help="Folder to write th
     from prismatic.models import init_model
 
     print(init_model(preset, out_dir, seed))
+
+
+register_student_commands(app)  # export, train, evaluate (prism_cli/student.py)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,6 +70,15 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "diversity_scores": {"metric": _STR, "value": _FLOAT, "n": _INT, "details": _STR},
     # Rows dropped on the way (dedup, decontamination, failed parse, ...). detail: free text.
     "rejections": {"id": _STR, "reason": _STR, "detail": _STR},
+    # The opt-in student of a round (prismatic.student.step), one row per evaluation set: n problems, mean
+    # assistant-token NLL of the references (nats/token) for the trained student and its base model,
+    # accuracy (null when accuracy_n = 0) of greedy answers on the first accuracy_n problems, and the
+    # training run: rows trained on, rows removed as eval-set contamination, steps, last loss, seconds.
+    "student_eval": {
+        "set": _STR, "n": _INT, "nll": _FLOAT, "base_nll": _FLOAT, "accuracy": _FLOAT, "accuracy_n": _INT,
+        "train_on": _STR, "train_rows": _INT, "removed": _INT, "train_steps": _INT, "train_loss": _FLOAT,
+        "train_seconds": _FLOAT, "eval_seconds": _FLOAT,
+    },
 }
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -83,6 +92,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "pool": ("id",),
     "diversity_scores": ("metric",),
     "rejections": (),
+    "student_eval": ("set",),
 }
 """Columns that identify a row within one partition: never null, never repeated."""
 

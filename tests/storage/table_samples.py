@@ -68,6 +68,14 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
         return pl.DataFrame({
             "id": ids, "reason": ["near_duplicate"] * n, "detail": [f"of {i}" for i in range(n)],
         })
+    if table == "student_eval":
+        return pl.DataFrame({
+            "set": [f"set_{i}" for i in range(n)], "n": [50] * n, "nll": rng.random(n).tolist(),
+            "base_nll": rng.random(n).tolist(), "accuracy": [0.25] + [None] * (n - 1),
+            "accuracy_n": [8] + [0] * (n - 1),
+            "train_on": ["pool"] * n, "train_rows": [84] * n, "removed": [1] * n, "train_steps": [22] * n,
+            "train_loss": [0.9] * n, "train_seconds": [31.5] * n, "eval_seconds": [4.2] * n,
+        })
     raise AssertionError(f"no sample for {table}")
 
 
