@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks.common import RESULTS, emit, machine, save_plot
+from benchmarks.common import RESULTS, emit, machine, save_plot, stdout_to_stderr
 from prismatic.config import FeaturesConfig, MetricsConfig, StudentConfig
 from prismatic.student.evaluate import evaluate_student
 from prismatic.student.sets import EvalSet, load_eval_set
@@ -92,7 +92,19 @@ def nearest_to_anchors(embeddings: np.ndarray, anchors: list[int], size: int) ->
 
 def build_subsets(features: np.ndarray, embeddings: np.ndarray, size: int, seeds: int,
                   anchors: tuple[int, ...], duplicates: tuple[int, ...]) -> list[Subset]:
+    """The subsets in the order they are trained: each seed's random, gradient and embedding log-det subsets,
+    with one low-diversity subset (few clusters, duplicates) after each seed, so that a run cut short by
+    `--budget-minutes` still spans the whole range of diversity."""
     n = len(features)
+    rng = np.random.default_rng(2000)
+    narrow = [Subset(f"clusters-{count}", "few-clusters", None,
+                     tuple(nearest_to_anchors(embeddings, rng.choice(n, count, replace=False).tolist(), size)))
+              for count in anchors]
+    for distinct in duplicates:
+        problems = rng.choice(n, distinct, replace=False).tolist()
+        narrow.append(Subset(f"duplicates-{distinct}x{size // distinct}", "duplicates", None,
+                             tuple(problems[i % distinct] for i in range(size))))
+    narrow = _interleave(narrow[len(anchors):], narrow[:len(anchors)])
     subsets = []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -101,16 +113,15 @@ def build_subsets(features: np.ndarray, embeddings: np.ndarray, size: int, seeds
         subsets.append(Subset(f"grad-logdet-s{seed}", "grad-logdet", seed,
                               tuple(greedy_log_det(features, half, size))))
         subsets.append(Subset(f"emb-logdet-s{seed}", "emb-logdet", seed, tuple(greedy_log_det(embeddings, half, size))))
-    rng = np.random.default_rng(2000)
-    for count in anchors:
-        chosen = rng.choice(n, count, replace=False).tolist()
-        subsets.append(Subset(f"clusters-{count}", "few-clusters", None,
-                              tuple(nearest_to_anchors(embeddings, chosen, size))))
-    for distinct in duplicates:
-        problems = rng.choice(n, distinct, replace=False).tolist()
-        subsets.append(Subset(f"duplicates-{distinct}x{size // distinct}", "duplicates", None,
-                              tuple(problems[i % distinct] for i in range(size))))
-    return subsets
+        if narrow:
+            subsets.append(narrow.pop(0))
+    return subsets + narrow
+
+
+def _interleave(first: list, second: list) -> list:
+    """first[0], second[0], first[1], second[1], …, then the rest of the longer list."""
+    merged = [item for pair in zip(first, second) for item in pair]
+    return merged + first[len(second):] + second[len(first):]
 
 
 def diversity(subset: Subset, pool: pl.DataFrame, features: np.ndarray, embeddings: np.ndarray,
@@ -181,6 +192,29 @@ def scatter(runs: list[dict], target: str, name: str) -> Path:
     return save_plot(fig, f"{name}_scatter.png")
 
 
+def pool_vectors(pool: pl.DataFrame, home: Path, config: MetricsConfig, timings: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient features (the default `features` settings) and sentence embeddings of the pool's samples,
+    cached under `$PRISM_HOME/cache/` by the pool's content, so a resumed run does not compute them again."""
+    digest = hashlib.sha256(pool.write_json().encode() + FeaturesConfig().model_dump_json().encode()).hexdigest()[:16]
+    cache = home / "cache" / f"generalization-{digest}.npz"
+    if cache.exists():
+        saved = np.load(cache)
+        return saved["features"], saved["embeddings"]
+    from prismatic.gradients.proxy import compute_features
+    from prismatic.metrics.embeddings import embed, load_encoder
+
+    started = time.perf_counter()
+    features = compute_features(pool, FeaturesConfig(), home / "models", progress=False)[0].features
+    timings["features_s"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    embeddings = embed(load_encoder(config.embedding_model),
+                       [f"{p}\n\n{r}" for p, r in zip(pool["prompt"], pool["response"])])
+    timings["embeddings_s"] = round(time.perf_counter() - started, 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, features=features, embeddings=embeddings)
+    return features, embeddings
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -202,6 +236,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-limit", type=int, default=100, help="problems of each eval set (NLL)")
     parser.add_argument("--accuracy-limit", type=int, default=0, help="greedy answers scored per set (0: none)")
     parser.add_argument("--fresh", action="store_true", help="ignore finished subsets of an earlier run")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="start no new subset after this many minutes; report on the finished ones")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -226,19 +262,8 @@ def main() -> None:
     out_dist = load_eval_set(SVAMP, limit=args.eval_limit)
     timings: dict[str, float] = {}
 
-    started = time.perf_counter()
-    from prismatic.gradients.proxy import compute_features
-
-    feature_set, _ = compute_features(pool, FeaturesConfig(), home / "models", progress=False)
-    features = feature_set.features
-    timings["features_s"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    from prismatic.metrics.embeddings import embed, load_encoder
-
     metrics_config = MetricsConfig()
-    embeddings = embed(load_encoder(metrics_config.embedding_model),
-                       [f"{p}\n\n{r}" for p, r in zip(pool["prompt"], pool["response"])])
-    timings["embeddings_s"] = round(time.perf_counter() - started, 1)
+    features, embeddings = pool_vectors(pool, home, metrics_config, timings)
 
     if args.quick:
         subsets = build_subsets(features, embeddings, args.size, 1, anchors=(1,), duplicates=(2,))
@@ -252,7 +277,8 @@ def main() -> None:
     done = {} if args.fresh else load_runs(runs_file, key)
     if "base" not in done:
         started = time.perf_counter()
-        report = evaluate_student(base, [in_dist, out_dist], accuracy_limit=args.accuracy_limit)
+        with stdout_to_stderr():
+            report = evaluate_student(base, [in_dist, out_dist], accuracy_limit=args.accuracy_limit)
         done["base"] = {"name": "base", "fingerprint": key, "eval": report["sets"],
                         "eval_s": round(time.perf_counter() - started, 1)}
         with runs_file.open("a") as handle:
@@ -260,7 +286,11 @@ def main() -> None:
     base_eval = done["base"]["eval"]
     student = StudentConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_rank=args.lora_rank)
     runs = []
+    begun = time.perf_counter()
     for position, subset in enumerate(subsets, start=1):
+        over_budget = args.budget_minutes is not None and time.perf_counter() - begun > 60 * args.budget_minutes
+        if subset.name not in done and over_budget:
+            continue
         if subset.name not in done:
             run = {"name": subset.name, "family": subset.family, "seed": subset.seed, "fingerprint": key,
                    "distinct": len(set(subset.rows)),
@@ -268,9 +298,10 @@ def main() -> None:
             chats = [chat_of(pool["prompt"][i], pool["response"][i]) for i in subset.rows]
             folder = Path(tempfile.mkdtemp(prefix="prism-student-"))
             try:
-                trained = train_student(chats, folder, student, base_model=base)
-                started = time.perf_counter()
-                report = evaluate_student(folder, [in_dist, out_dist], accuracy_limit=args.accuracy_limit)
+                with stdout_to_stderr():  # the trainer and vLLM print to stdout
+                    trained = train_student(chats, folder, student, base_model=base)
+                    started = time.perf_counter()
+                    report = evaluate_student(folder, [in_dist, out_dist], accuracy_limit=args.accuracy_limit)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             run.update(train_s=trained.seconds, eval_s=round(time.perf_counter() - started, 1),
@@ -315,6 +346,7 @@ def main() -> None:
                      if not args.lora_rank else f"smollm2-135m-instruct (LoRA r{args.lora_rank})"},
         "machine": machine(), "load_average": list(os.getloadavg()), "timings": timings,
         "base": base_eval, "correlations": correlations, "head_to_head": head_to_head,
+        "subsets_finished": f"{len(runs)} of {len(subsets)}",
         "seconds_per_training_run": round(float(np.median([r["train_s"] for r in runs])), 1),
         "seconds_per_evaluation": round(float(np.median([r["eval_s"] for r in runs])), 1),
         "subsets": [{k: run[k] for k in ("name", "family", "distinct", "metrics", "gain_ood", "gain_id", "train_s",

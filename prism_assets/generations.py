@@ -39,10 +39,14 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     pool, used = io.read_previous(store, "pool", previous_round(key))
     engine = generator.engine()
     endpoints_before = endpoint_counts(engine)
-    output = generations_step(  # the proxy loads on the NLL rule's first call, if any
-        key, config.synthesis, pool=pool, seeds=io.read(store, "seeds", SEED_ROUND), engine=engine,
-        journal=Journal(config.home / "journal" / f"{key}.jsonl"), model=generator.model_name(),
-        nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks))
+    # The local journal file, and with an S3 store its segments in the store (a retry in another pod finds them).
+    with Journal(config.home / "journal" / f"{key}.jsonl", segments=store.store().journal_segments(key, "generations"),
+                 flush_responses=config.generator.journal_flush_responses,
+                 flush_s=config.generator.journal_flush_s) as journal:
+        output = generations_step(  # the proxy loads on the NLL rule's first call, if any
+            key, config.synthesis, pool=pool, seeds=io.read(store, "seeds", SEED_ROUND), engine=engine,
+            journal=journal, model=generator.model_name(),
+            nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks))
     version, metadata = io.write_step(context, store, output, previous_pool=used)
     endpoints = endpoint_counts(engine, since=endpoints_before)
     return MaterializeResult(data_version=version, metadata={

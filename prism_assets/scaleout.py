@@ -11,6 +11,10 @@
   `<store>/_dagster_io`, and a local store is refused (`InputError` naming
   `orchestration.executor`). Each feature shard's pod asks for `k8s.shard_gpus` GPUs through the op
   tag `dagster-k8s/config` (`shard_op_tags`).
+- `ray`: `in_process_executor`: every step in the run's process, which joins the Ray cluster at
+  `ray.address` for the gradient features and runs each shard there as an actor
+  (`prism_assets/features.py`, `prismatic.gradients.ray_shards`). Shard results come back through
+  Ray's object store, so the default IO manager stays.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def executor_for(config: PrismConfig) -> ExecutorDefinition:
         if orchestration.max_concurrent:
             settings["max_concurrent"] = orchestration.max_concurrent
         return k8s_job_executor.configured(settings)
-    return in_process_executor
+    return in_process_executor  # in_process, and ray: the shards fan out inside the features op
 
 
 def io_manager_for(config: PrismConfig, s3: S3Resource) -> dict[str, Any]:

@@ -9,13 +9,39 @@ exists (a backfill or an earlier tick made it).
 `provenance_sensor` (running by default): when r(N-1)'s pool or clusters are rematerialized after
 rN read them, it re-runs rN's `built_on_latest_previous_round` checks, which then fail in the UI until
 rN is rebuilt.
+
+`lost_run_sensor` (running by default): replaces a round run whose process died. With Dagster's
+`DefaultRunLauncher` a run executes in a process of the code server, below the daemon; when the
+daemon's host or process group is killed (SIGKILL), that process dies without reporting, its run
+stays STARTED for ever, holds the `prism_rounds` slot, and every later round waits behind it —
+Dagster's run monitoring cannot see it (this launcher has no worker health check) and its run retries
+only follow runs that were marked failed. The sensor finds such runs (the pid of the launched
+process, from the run's "Started process for run (pid: N)" event, no longer runs; it acts only with
+Dagster's default launcher and queued coordinator, where the daemon launches every run as a process
+of the code server that also evaluates this sensor, so the pid is looked up on the right host).
+Then, in two ticks, it first launches a replacement run of the same round and assets (tags
+`prism/replaces`, the backfill's id, and `dagster/priority` 1, so the queue starts it before later
+rounds) and, once the replacement is queued, marks the dead run failed, which frees the slot. The
+replacement reruns the round: the journal keeps generation's answers and the rest is a seeded
+recomputation, so the tables equal an undisturbed run's (tests/integration/test_daemon_restart.py).
 """
+
+import os
+import time
+from pathlib import Path
 
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultRunLauncher,
     DefaultSensorStatus,
+    QueuedRunCoordinator,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     sensor,
@@ -131,3 +157,95 @@ def provenance_sensor(context: SensorEvaluationContext, store: StoreResource) ->
     if not requests:
         return SensorResult(skip_reason="no later round was built on an older materialization", cursor=cursor)
     return SensorResult(run_requests=list(requests.values()), cursor=cursor)
+
+
+REPLACES_TAG = "prism/replaces"
+"""Tag of a run launched by `lost_run_sensor`: the id of the dead run it replaces."""
+BACKFILL_TAG = "dagster/backfill"
+PRIORITY_TAG = "dagster/priority"
+WORKER_STARTED = "Started process for run"
+"""How Dagster's launcher's engine event about the run's process begins (its metadata holds the pid)."""
+
+
+def run_worker(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """(pid, unix time of the report) of the process a run launcher started for run `run_id`; None for a
+    run with no such process (executed in-process by `prism run`)."""
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        pid = getattr(data, "metadata", {}).get("pid")
+        if pid is not None and (entry.dagster_event.message or "").startswith(WORKER_STARTED):
+            return int(pid.value), entry.timestamp
+    return None
+
+
+def process_running(pid: int, started_by: float) -> bool:
+    """Whether process `pid` runs and is the one that existed at unix time `started_by` (a pid reused
+    by a process started later is not it). Linux `/proc`; elsewhere only whether the pid exists."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return False
+        try:  # no /proc: only whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    return fields[0] != "Z" and started <= started_by + 1.0
+
+
+def round_of(run: DagsterRun) -> str | None:
+    """The round key of a round run (a backfill run names it as a one-partition range)."""
+    return run.tags.get(PARTITION_TAG) or run.tags.get("dagster/asset_partition_range_start")
+
+
+ROUND_JOBS = (prism_round.name, "__ASSET_JOB")
+"""Jobs whose runs materialize round assets: `prism_round`, and the asset jobs of the UI and backfills."""
+
+
+def replacement_request(run: DagsterRun) -> RunRequest:
+    """A run of the same assets and round as dead run `run`, in its backfill (if any), queued before later
+    rounds."""
+    tags = {REPLACES_TAG: run.run_id, PRIORITY_TAG: "1", "prism/trigger": "lost_run_sensor"}
+    if BACKFILL_TAG in run.tags:
+        tags[BACKFILL_TAG] = run.tags[BACKFILL_TAG]
+    return RunRequest(run_key=f"replace:{run.run_id}", partition_key=round_of(run), tags=tags,
+                      asset_selection=sorted(run.asset_selection, key=str) if run.asset_selection else None)
+
+
+@sensor(job=prism_round, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING,
+        description="Replace a round run whose process died (e.g. killed with the daemon): launch the round "
+                    "again ahead of later rounds, then mark the dead run failed.")
+def lost_run_sensor(context: SensorEvaluationContext) -> SensorResult:
+    instance = context.instance
+    # Only where the daemon launches every run as a process of the code server that evaluates this
+    # sensor: then a pid that does not run here is a dead run, not a run on another host.
+    if not isinstance(instance.run_launcher, DefaultRunLauncher) or \
+            not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        return SensorResult(skip_reason="runs are not launched by the daemon as local processes "
+                                        "(DefaultRunLauncher with QueuedRunCoordinator)")
+    requests, notes = [], []
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+        if run.job_name not in ROUND_JOBS:
+            continue
+        worker = run_worker(instance, run.run_id)
+        if worker is None or round_of(run) is None or process_running(*worker):
+            continue
+        replacement = instance.get_runs(RunsFilter(tags={REPLACES_TAG: run.run_id}), limit=1)
+        if not replacement:
+            requests.append(replacement_request(run))
+            notes.append(f"run {run.run_id} of {round_of(run)} lost its process (pid {worker[0]}): replacing it")
+            continue
+        instance.report_run_failed(run, message=(
+            f"the process of this run (pid {worker[0]}) ended without finishing the run (killed with the daemon "
+            f"or its host?); run {replacement[0].run_id} replaces it (lost_run_sensor, "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})"))
+        notes.append(f"run {run.run_id} marked failed, replaced by {replacement[0].run_id}")
+    if not requests:
+        return SensorResult(skip_reason="; ".join(notes) or "no round run lost its process")
+    return SensorResult(run_requests=requests)

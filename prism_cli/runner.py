@@ -11,8 +11,9 @@ A round is run under the store's lock of that round (`Store.lock_round`): a seco
 the same round is refused before it starts anything. Everything a run checks (the config, the
 previous round, the seed file, the decontamination lists) is checked before the lock is taken and
 before anything is written. A run killed with SIGKILL stays STARTED in the instance; the next run of
-that round (which can take the lock only because the killed one no longer holds it) marks it failed,
-and names the vLLM engine processes left running by a killed owner (it does not stop them).
+that round (which can take the lock only because the killed one no longer holds it) marks it failed.
+A killed run's vLLM engine dies with it (`prismatic.generation.engines.reaper`); should one be left
+anyway (its reaper was killed too), the next run names it and prints the `kill` command.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dagster._core.execution.api import execute_run
 
 from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.jobs import ROUND_ASSETS, STUDENT_ASSETS
+from prismatic.config_file import CONFIG_FILE
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, read_benchmark_texts
 from prismatic.data.samples import load_seeds
 from prismatic.errors import PrismError
 from prismatic.generation.engines.vllm import orphaned_vllm_engines
+from prismatic.ray_connect import check_head
 from prismatic.rounds import SEED_ROUND, previous_round
 from prismatic.storage.base import Store
 from prismatic.storage.factory import open_store
@@ -80,6 +83,10 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
     if key != SEED_ROUND:
         for benchmark in config.synthesis.decontamination.benchmarks:  # so is a bad decontamination list
             read_benchmark_texts(benchmark.path, benchmark.field)
+    if config.student.enabled:  # and a bad evaluation set of the student
+        check_student(config)
+    if config.orchestration.executor == "ray":  # and a Ray head that cannot be reached
+        check_head(config.orchestration.ray, home / CONFIG_FILE)
     run_id = str(uuid.uuid4())
     owner = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
     with store.lock_round(key, owner, run_id=run_id) as lock:
@@ -112,6 +119,17 @@ def run_round(home: Path, key: str, instance: DagsterInstance | None = None,
         message = error.message.strip() if error else "see the Dagster run log"
         raise PrismError(f"round {key} failed in step {failure.step_key if failure else '?'}: {message}")
     return {"round": key, "run_id": result.run_id, "seconds": step_seconds(instance, result.run_id)}
+
+
+def check_student(config) -> None:
+    """Refuse a round whose student cannot run, before anything is written: no evaluation set, or a bad
+    one (`load_eval_set` names file, line and field)."""
+    from prismatic.student.sets import load_eval_set
+
+    if not config.student.eval_sets:
+        raise PrismError("student.enabled needs at least one entry in student.eval_sets (prism.yaml)")
+    for spec in config.student.eval_sets:
+        load_eval_set(spec)
 
 
 def store_config(uri: str) -> dict:
@@ -187,7 +205,7 @@ FINAL_STEPS = {"gradient_features": "gradient_features.merge_feature_shards"}
 
 
 def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
-    """Seconds per finished asset of a run (`ROUND_ASSETS`; asset checks are left out), in finishing
+    """Seconds per finished asset of a run (`ROUND_ASSETS`, `STUDENT_ASSETS`; asset checks are left out), in finishing
     order: from the first STEP_START of the asset's steps to the STEP_SUCCESS of its final step
     (`FINAL_STEPS`, else the step named like the asset)."""
     started: dict[str, float] = {}
@@ -197,7 +215,7 @@ def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
         if event is None or event.step_key is None:
             continue
         asset = event.step_key.split(".", 1)[0]
-        if asset not in ROUND_ASSETS:  # an asset check's step
+        if asset not in ROUND_ASSETS and asset not in STUDENT_ASSETS:  # an asset check's step
             continue
         if event.event_type == DagsterEventType.STEP_START:
             started.setdefault(asset, entry.timestamp)

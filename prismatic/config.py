@@ -68,9 +68,9 @@ class FeaturesConfig(Section):
     gives the numbers and the commands (`benchmarks.gradient_agreement`, `benchmarks.gradients`).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
-      multiprocess executor, one pod each under the k8s executor); shards cut the length-sorted
-      batch plan (fast) or the gradient buffers (faithful) at boundaries, so the merged features are
-      the unsharded ones.
+      multiprocess executor, one pod each under the k8s executor, one Ray actor each under the ray
+      executor); shards cut the length-sorted batch plan (fast) or the gradient buffers (faithful)
+      at boundaries, so the merged features are the unsharded ones.
     """
 
     proxy: str = "smollm2-135m-instruct"
@@ -111,6 +111,16 @@ class GeneratorConfig(Section):
       OpenAI-compatible server, e.g. `vllm serve`, spread over `base_urls`).
     model: for vllm, a folder under `$PRISM_HOME/models` or a path; for openai, the served name.
     api_key_env: name of the environment variable holding the API key (never the key itself).
+    timeout_s (openai): seconds one network operation may take — connecting, a write, the wait for the
+      next bytes of the response; every byte received starts it again.
+    request_timeout_s (openai): seconds one attempt may take from sending the request to the last byte
+      of the response, wall clock, whatever the server does; a slow server is then abandoned and the
+      request retried (on another URL when there is one). A request ends within
+      (max_retries + 1) · request_timeout_s seconds plus backoff.
+    journal_flush_responses, journal_flush_s: with an S3 store, finished responses are also flushed
+      to the store as one immutable journal segment (`<store>/_journal/<round>/generations/`) every
+      `journal_flush_responses` responses or `journal_flush_s` seconds after the oldest unflushed one,
+      whichever comes first, and on close; a retry anywhere sends only what no segment holds.
     """
 
     backend: Literal["vllm", "openai"] = "vllm"
@@ -120,8 +130,11 @@ class GeneratorConfig(Section):
     max_concurrency: int = Field(8, gt=0)
     max_retries: int = Field(4, ge=0)
     timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(300.0, gt=0)
     max_model_len: int = Field(2048, gt=0)
     kv_cache_gb: int = Field(1, gt=0)
+    journal_flush_responses: int = Field(64, gt=0)
+    journal_flush_s: float = Field(30.0, gt=0)
 
 
 class DedupConfig(Section):

@@ -56,13 +56,24 @@ class RayConfig(Section):
     address: the cluster to join: `host:port` of a head's GCS (`ray start --head` prints it),
       `ray://host:10001` through Ray Client, or `auto` (the cluster of `RAY_ADDRESS` or the one this
       machine runs).
-    num_cpus_per_shard, num_gpus_per_shard: the resources each feature shard asks the cluster for.
-    runtime_env: Ray's runtime environment of the shards (env_vars, working_dir, pip, ...).
+    num_cpus_per_shard, num_gpus_per_shard: the resources each feature shard asks the cluster for
+      (one actor per shard; it loads the proxy once and computes the shard's batches with
+      max(1, round(num_cpus_per_shard)) torch threads).
+    shard_retries: how often a shard whose actor died (its node killed or lost) is started again on
+      another node before the round fails.
+    generation_replicas: with `generator.backend: vllm`, generate on this many vLLM replicas, Ray
+      actors that each hold the model for the run (0: one engine in the run's process).
+    num_cpus_per_replica, num_gpus_per_replica: the resources each generation replica asks for.
+    runtime_env: Ray's runtime environment of the shards and replicas (env_vars, working_dir, pip, ...).
     """
 
     address: str = "auto"
     num_cpus_per_shard: float = Field(1.0, ge=0)
     num_gpus_per_shard: float = Field(0.0, ge=0)
+    shard_retries: int = Field(3, ge=0)
+    generation_replicas: int = Field(0, ge=0)
+    num_cpus_per_replica: float = Field(1.0, ge=0)
+    num_gpus_per_replica: float = Field(0.0, ge=0)
     runtime_env: dict[str, Any] = Field(default_factory=dict)
 
 

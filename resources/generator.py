@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from dagster import ConfigurableResource
 
-from prismatic.config import GeneratorConfig
+from prismatic.config import GeneratorConfig, RayConfig
+from prismatic.config_file import CONFIG_FILE
 from prismatic.generation.engines.base import Engine
 from prismatic.generation.engines.factory import engine_from_config
 from prismatic.models import resolve_model
@@ -15,14 +17,17 @@ from resources.home import PrismHome
 _ENGINES: dict[str, Engine] = {}
 
 
-def build_engine(config: GeneratorConfig, models_dir) -> Engine:
-    """An engine for `config`; vLLM engines are cached per process (loading one takes a minute)."""
+def build_engine(config: GeneratorConfig, models_dir, ray: RayConfig | None = None,
+                 config_path: str | Path = "prism.yaml") -> Engine:
+    """An engine for `config`; vLLM engines are cached per process (loading one takes a minute). With
+    `ray` (`executor: ray`) and its `generation_replicas` > 0: vLLM replicas on the Ray cluster."""
     if config.backend == "openai":
         return engine_from_config(config, models_dir)
     path = resolve_model(config.model, models_dir)
-    cache_key = f"{path}|{config.max_model_len}|{config.kv_cache_gb}"
+    replicas = ray.generation_replicas if ray is not None else 0
+    cache_key = f"{path}|{config.max_model_len}|{config.kv_cache_gb}|{replicas}"
     if cache_key not in _ENGINES:
-        _ENGINES[cache_key] = engine_from_config(config, models_dir)
+        _ENGINES[cache_key] = engine_from_config(config, models_dir, ray, config_path)
     return _ENGINES[cache_key]
 
 
@@ -65,7 +70,8 @@ class GeneratorResource(ConfigurableResource):
 
     def engine(self) -> Engine:
         config = self.prism_home.config()
-        return build_engine(config.generator, config.models_dir)
+        ray = config.orchestration.ray if config.orchestration.executor == "ray" else None
+        return build_engine(config.generator, config.models_dir, ray, config.home / CONFIG_FILE)
 
     def model_name(self) -> str:
         return self.prism_home.config().generator.model

@@ -55,12 +55,16 @@ class StoreResource(ConfigurableResource):
 
     def store(self) -> Store:
         """The store, opened once per resource instance (an S3 store's client built once), and again only
-        when the configured location changes."""
+        when the configured location changes.
+
+        Dagster builds a fresh instance of this resource for each run in each process (and each sensor
+        tick), so an S3 store is opened with its run cache (`S3Store`, `run_cache`): what this run wrote
+        or read is not asked again (README, "Scaling out": the S3 requests of a seed round)."""
         config = self.prism_home.config()
         uri = self.uri or config.store_uri
         if self._opened is None or self._opened[0] != uri:
             client = (self.s3 or s3_resource(config)).get_client() if uri.startswith("s3://") else None
-            self._opened = (uri, open_store(uri, s3=config.s3, client=client))
+            self._opened = (uri, open_store(uri, s3=config.s3, client=client, run_cache=True))
         return self._opened[1]
 
     def catalog(self) -> Catalog:

@@ -22,6 +22,7 @@ from prismatic.storage.schema import TABLES, check_table, conform
 
 if TYPE_CHECKING:
     from prismatic.storage.locks import BaseRoundLock
+    from prismatic.storage.segments import JournalSegments
 
 PART_FILE = "part-0.parquet"
 PROVENANCE_KEY = b"prismatic.provenance"
@@ -105,6 +106,12 @@ class Store(ABC):
     @abstractmethod
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
         """Make `data` the partition's file at once: before, readers see the old file; after, the new one."""
+
+    def journal_segments(self, round_key: str, step: str) -> JournalSegments | None:
+        """Where step `step` of round `round_key` flushes its journal's segments (`segments.JournalSegments`),
+        or None when the journal's local file is enough: a local store's runs share one machine's
+        `$PRISM_HOME`. An S3 store's steps may run on other machines (k8s pods), so it keeps them."""
+        return None
 
     # -- shared ----------------------------------------------------------------------------------
 

@@ -14,11 +14,12 @@ from prismatic.storage.local import LocalStore
 from prismatic.storage.s3 import S3Store
 
 
-def open_store(uri: str | Path, *, s3: S3Config | None = None, client: Any = None) -> Store:
-    """The store at `uri`: `s3://bucket[/prefix]` → `S3Store` with the `s3` settings (default `S3Config()`)
-    and `client` (a boto3 S3 client; None: one built from `s3`); a path or `file://` URI → `LocalStore`
-    (`s3` and `client` unused). Any other scheme is refused with a `PrismError`."""
+def open_store(uri: str | Path, *, s3: S3Config | None = None, client: Any = None, run_cache: bool = False) -> Store:
+    """The store at `uri`: `s3://bucket[/prefix]` → `S3Store` with the `s3` settings (default `S3Config()`),
+    `client` (a boto3 S3 client; None: one built from `s3`) and `run_cache` (`S3Store`: for a store opened
+    for one run); a path or `file://` URI → `LocalStore` (`s3`, `client` and `run_cache` unused: local
+    lookups cost no request). Any other scheme is refused with a `PrismError`."""
     text = str(uri)
     if text.startswith("s3://"):
-        return S3Store(text, client=client, settings=s3)
+        return S3Store(text, client=client, settings=s3, run_cache=run_cache)
     return LocalStore(text)

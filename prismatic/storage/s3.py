@@ -1,6 +1,7 @@
 """The S3 backend: `S3Store` (one PUT or a multipart upload per partition, the footer read with one
-ranged GET), `S3RoundLock` (a lock object created and refreshed with conditional PUTs), `parse_s3_uri`,
-and `s3_client`, the one place a boto3 client is built from `S3Config`.
+ranged GET, an optional run cache of what this process wrote and read), `S3RoundLock` (a lock object
+created and refreshed with conditional PUTs), `parse_s3_uri`, and `s3_client`, the one place a boto3
+client is built from `S3Config`.
 
 Layout and guarantees are those of `base.Store`; see docs/data-model.md.
 """
@@ -16,10 +17,12 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import pyarrow as pa
+import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
 from prismatic.config import S3Config
@@ -29,6 +32,7 @@ from prismatic.rounds import ROUND_RE, check_round, round_sort_key
 from prismatic.storage.base import LOCK_DIR, PART_FILE, Store
 from prismatic.storage.locks import BaseRoundLock, parse_record
 from prismatic.storage.schema import PARTITION_COLUMN, check_table
+from prismatic.storage.segments import S3JournalSegments
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +56,25 @@ class S3Store(Store):
     invisible incomplete upload until the round's next lock holder aborts it). Each object carries
     the SHA-256 of its bytes (`x-amz-meta-sha256`), its data version without reading it back.
     Provenance is read from the file's footer with one ranged GET.
+
+    run_cache: remember, for this instance's life, each partition this process wrote or read: that it
+    exists, its SHA-256 and its footer (schema and provenance), all taken from the bytes written or
+    from the one GET that read them. `exists`, `data_version`, `read_schema` and `read_metadata` of
+    such a partition then make no request. The Dagster store resource turns it on: its store lives for
+    one run in one process (`resources.store.StoreResource`), during which the round's partitions are
+    written only by that run (the round lock) and earlier rounds are finished. What is never cached:
+    the data (`read` always GETs the object, in one request, so it is never torn), an absent partition
+    (asked again each time), listings (`rounds`), the lock and the journal segments.
     """
 
-    def __init__(self, uri: str, *, client: Any = None, settings: S3Config | None = None):
+    def __init__(self, uri: str, *, client: Any = None, settings: S3Config | None = None, run_cache: bool = False):
         self.bucket, self.prefix = parse_s3_uri(str(uri))
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.settings = settings or S3Config()
         self.client = client if client is not None else s3_client(self.settings)
+        self.run_cache = run_cache
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._seen_lock = threading.Lock()
 
     def _key(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts] if self.prefix else parts)
@@ -84,13 +100,7 @@ class S3Store(Store):
             raise PrismError(f"{what}: S3 {method} failed: {exc}") from None
 
     def exists(self, table: str, round_key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key(table, round_key))
-            return True
-        except ClientError as exc:
-            if _s3_code(exc) in NOT_FOUND:
-                return False
-            raise PrismError(f"{self.location(table, round_key)}: S3 head_object failed: {_s3_code(exc)}") from None
+        return self._cached(table, round_key) is not None or self._head(table, round_key, missing_ok=True) is not None
 
     def _list(self, prefix: str) -> list[str]:
         keys, token = [], None
@@ -112,31 +122,85 @@ class S3Store(Store):
         return sorted(found, key=round_sort_key)
 
     def data_version(self, table: str, round_key: str) -> str:
-        digest = self._head(table, round_key).get("Metadata", {}).get("sha256")
-        return digest[:16] if digest else hashlib.sha256(self._get(table, round_key)).hexdigest()[:16]
+        seen = self._cached(table, round_key)
+        digest = seen.sha256 if seen is not None else None
+        if digest is None:
+            digest = self._head(table, round_key).get("Metadata", {}).get("sha256")
+        if digest is None:  # an object written without x-amz-meta-sha256 (not by this store): hash its bytes
+            digest = hashlib.sha256(self._get(table, round_key)[0]).hexdigest()
+        return digest[:16]
 
-    def _head(self, table: str, round_key: str) -> dict:
+    # -- requests, and what the run cache learns from them -----------------------------------------
+
+    def _head(self, table: str, round_key: str, *, missing_ok: bool = False) -> dict | None:
+        """The object's HEAD reply (None when it is missing and `missing_ok`); remembers its digest."""
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(table, round_key))
+            reply = self.client.head_object(Bucket=self.bucket, Key=self.key(table, round_key))
         except ClientError as exc:
             if _s3_code(exc) in NOT_FOUND:
+                if missing_ok:
+                    return None
                 raise self._missing(table, round_key) from None
             raise PrismError(f"{self.location(table, round_key)}: S3 head_object failed: {_s3_code(exc)}") from None
+        self._remember(table, round_key, reply.get("Metadata", {}).get("sha256"))
+        return reply
 
-    def _get(self, table: str, round_key: str, **kwargs: Any) -> bytes:
+    def _get(self, table: str, round_key: str, **kwargs: Any) -> tuple[bytes, str | None]:
+        """The object's bytes (a `Range` of them when given) and its recorded SHA-256 (None: not recorded)."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(table, round_key), **kwargs)["Body"].read()
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key(table, round_key), **kwargs)
         except ClientError as exc:
             if _s3_code(exc) in NOT_FOUND:
                 raise self._missing(table, round_key) from None
             raise PrismError(f"{self.location(table, round_key)}: S3 get_object failed: {_s3_code(exc)}") from None
+        return reply["Body"].read(), reply.get("Metadata", {}).get("sha256")
 
     @contextmanager
     def _read_file(self, table: str, round_key: str, *, footer_only: bool = False):
         if footer_only:
-            yield _footer_reader(lambda size: self._get(table, round_key, Range=f"bytes=-{size}"))
+            digests = []
+
+            def tail(size: int) -> bytes:
+                data, digest = self._get(table, round_key, Range=f"bytes=-{size}")
+                digests.append(digest)
+                return data
+
+            reader = _footer_reader(tail)
         else:
-            yield pa.BufferReader(self._get(table, round_key))
+            data, digest = self._get(table, round_key)
+            digests = [digest]
+            reader = pa.BufferReader(data)
+        if self.run_cache:
+            self._remember(table, round_key, digests[-1], footer=_schema_of(reader))
+            reader.seek(0)
+        yield reader
+
+    def _footer(self, table: str, round_key: str) -> pa.Schema:
+        seen = self._cached(table, round_key)
+        return seen.footer if seen is not None and seen.footer is not None else super()._footer(table, round_key)
+
+    def _cached(self, table: str, round_key: str) -> _Seen | None:
+        """What the run cache knows of the partition (None: nothing, or no run cache)."""
+        with self._seen_lock:
+            return self._seen.get((check_table(table), check_round(round_key))) if self.run_cache else None
+
+    def _remember(self, table: str, round_key: str, sha256: str | None, footer: pa.Schema | None = None) -> None:
+        """Record in the run cache that the partition's object exists, with digest `sha256` and, when given,
+        footer `footer`. A different digest replaces what was known of the older object. An object
+        without a recorded digest (not written by this store) is remembered only as existing."""
+        if not self.run_cache:
+            return
+        with self._seen_lock:
+            seen = self._seen.get((table, round_key))
+            if sha256 is None:
+                self._seen[(table, round_key)] = _Seen(None, None)
+            elif seen is None or seen.sha256 != sha256:
+                self._seen[(table, round_key)] = _Seen(sha256, footer)
+            elif footer is not None:
+                seen.footer = footer
+
+    def journal_segments(self, round_key: str, step: str) -> S3JournalSegments:
+        return S3JournalSegments(self, round_key, step)
 
     def lock_round(self, round_key: str, owner: str, *, run_id: str | None = None) -> S3RoundLock:
         return S3RoundLock(self, round_key, owner, run_id=run_id)
@@ -184,6 +248,8 @@ class S3Store(Store):
                 except (ClientError, BotoCoreError) as exc:  # the lock's next holder aborts it then
                     log.warning("%s: could not abort the failed upload %s (%s)", where, upload, exc)
                 raise
+        if self.run_cache:
+            self._remember(table, round_key, metadata["sha256"], footer=_schema_of(pa.BufferReader(data)))
         partition = key.rsplit("/", 1)[0] + "/"
         for stray in self._list(partition):
             if stray.endswith(".parquet") and stray != key:
@@ -335,6 +401,23 @@ def _footer_reader(tail: Any) -> pa.BufferReader:
     if footer > len(data):  # a footer longer than the guess (very wide tables)
         data = tail(footer)
     return pa.BufferReader(data)
+
+
+@dataclass
+class _Seen:
+    """What an `S3Store`'s run cache knows of one partition's object: it exists; its SHA-256 (hex; None:
+    not recorded) and its Parquet footer (None: not read yet), both of one and the same version."""
+
+    sha256: str | None
+    footer: pa.Schema | None
+
+
+def _schema_of(reader: pa.BufferReader) -> pa.Schema | None:
+    """The footer schema in `reader` (a whole file or its tail), None when it is not readable Parquet."""
+    try:
+        return pq.read_schema(reader)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
 
 
 def _s3_code(exc: ClientError) -> str:

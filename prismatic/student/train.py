@@ -96,7 +96,7 @@ def train_student(chats: Sequence[Sequence[Mapping[str, str]]], out_dir: Path, c
                          weight_decay=0.0, optim="adamw_torch", seed=config.seed, data_seed=config.seed,
                          max_length=None, logging_steps=1, save_strategy="no", report_to="none",
                          use_cpu=device.type == "cpu", bf16=True, disable_tqdm=not progress,
-                         dataloader_num_workers=0)
+                         dataloader_num_workers=0, gradient_checkpointing=False)
         quiet = logging.getLogger("transformers.trainer")
         level = quiet.level
         quiet.setLevel(logging.WARNING)

@@ -3,6 +3,7 @@ and the shard GPU request load from prism.yaml as configured; dagster.yaml valid
 instance schema without connecting; the multiprocess executor gets its limit; bad combinations fail."""
 
 import os
+import socket
 
 import kubernetes
 import pytest
@@ -168,3 +169,98 @@ def test_default_is_in_process_and_sqlite(tmp_path):
     written = yaml.safe_load(write_instance_settings(home / "dagster", load_config(home).orchestration).read_text())
     assert written == {"telemetry": {"enabled": False}, "concurrency": {"pools": {"granularity": "run",
                                                                                   "default_limit": 1}}}
+
+
+RAY = """
+orchestration:
+  executor: ray
+  ray:
+    address: 127.0.0.1:{port}
+    num_cpus_per_shard: 2
+    num_gpus_per_shard: 1
+    shard_retries: 5
+    runtime_env: {{env_vars: {{HF_HOME: /models/hf}}}}
+features:
+  shards: 4
+"""
+
+
+def test_ray_executor_runs_steps_in_process_and_shards_in_two_ray_ops(tmp_path):
+    home = make_home(tmp_path, RAY.format(port=6379))
+    ray = load_config(home).orchestration.ray
+    assert (ray.address, ray.num_cpus_per_shard, ray.num_gpus_per_shard) == ("127.0.0.1:6379", 2, 1)
+    assert ray.shard_retries == 5
+    assert ray.runtime_env == {"env_vars": {"HF_HOME": "/models/hf"}}
+    defs = build_definitions(str(home))
+    job = defs.resolve_job_def("prism_round")
+    assert job.executor_def is in_process_executor
+    assert "io_manager" not in defs.resources  # shard results come back through Ray's object store
+    graph = next(node for node in job.graph.node_defs if node.name == "gradient_features")
+    assert {node.name for node in graph.node_defs} == {"feature_shards_on_ray", "merge_ray_feature_shards"}
+    assert shard_op_tags(load_config(home)) == {}
+
+
+def test_ray_config_refuses_unknown_keys_and_negative_retries(tmp_path):
+    home = make_home(tmp_path, "orchestration:\n  executor: ray\n  ray:\n    shard_retries: -1\n")
+    with pytest.raises(InputError) as raised:
+        load_config(home)
+    assert raised.value.field == "orchestration.ray.shard_retries" and raised.value.line == 4
+    (tmp_path / "b").mkdir()
+    home2 = make_home(tmp_path / "b", "orchestration:\n  ray:\n    adress: 127.0.0.1:6379\n")
+    with pytest.raises(InputError) as raised:
+        load_config(home2)
+    assert raised.value.field == "orchestration.ray.adress" and raised.value.line == 3
+
+
+def test_an_unreachable_ray_head_is_one_error_naming_the_address(tmp_path):
+    import ray
+
+    from prismatic.config import RayConfig
+    from prismatic.ray_connect import connect
+
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config_path = tmp_path / "prism.yaml"
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "no-port-here"):
+        with pytest.raises(InputError) as raised:
+            connect(RayConfig(address=address), config_path)
+        message = str(raised.value)
+        assert raised.value.field == "orchestration.ray.address" and "\n" not in message
+        assert message.startswith(f"{config_path}: field 'orchestration.ray.address': ") and address in message
+    assert not ray.is_initialized()  # nothing was joined, and no local cluster was started
+
+
+@pytest.mark.parametrize("executor", ["ray", "in_process"])
+def test_generation_replicas_make_a_replica_engine_only_under_the_ray_executor(tmp_path, executor, tiny_model_dir):
+    from prismatic.generation.engines.ray_replicas import RayReplicaEngine
+    from prismatic.generation.engines.vllm import VLLMEngine
+    from resources.generator import GeneratorResource, close_engines
+    from resources.home import PrismHome
+
+    home = make_home(tmp_path, f"generator: {{model: {tiny_model_dir}}}\norchestration:\n  executor: {executor}\n"
+                               "  ray: {address: '127.0.0.1:1', generation_replicas: 2}\n")
+    engine = GeneratorResource(prism_home=PrismHome(home=str(home))).engine()
+    try:
+        if executor == "ray":  # built, nothing started: no cluster joined, no replica, no model loaded
+            assert isinstance(engine, RayReplicaEngine) and engine._replicas == []
+            assert engine.ray_config.generation_replicas == 2 and engine.config_path == home / "prism.yaml"
+        else:
+            assert isinstance(engine, VLLMEngine) and engine._llm is None
+    finally:
+        close_engines()
+
+
+def test_prism_run_refuses_an_unreachable_ray_head_before_writing_anything(tmp_path, monkeypatch):
+    from prism_cli.runner import run_round
+    from prismatic.storage.factory import open_store
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = make_home(tmp_path, RAY.format(port=port))
+    monkeypatch.setenv("PRISM_HOME", str(home))  # run_round sets it; restored after the test
+    with pytest.raises(InputError) as raised:
+        run_round(home, "r000")
+    assert raised.value.field == "orchestration.ray.address" and f"127.0.0.1:{port}" in str(raised.value)
+    assert open_store(home / "store").tables() == [] and not (home / "dagster").exists()

@@ -302,7 +302,7 @@ def test_a_server_restart_is_ridden_out(servers):
     first = servers()
     port = int(first.url.rsplit(":", 1)[1].split("/")[0])
     engine = OpenAIEngine([first.url], "m", max_concurrency=2, max_retries=8, backoff=0.05, max_backoff=0.4)
-    assert len(engine.generate(make_requests(4))) == 4  # keep-alive connections to the old process are open
+    assert len(engine.generate(make_requests(4))) == 4  # then the same port goes away
     first.close()
     restarted = []
     threading.Timer(0.5, lambda: restarted.append(servers(port=port))).start()
@@ -310,6 +310,101 @@ def test_a_server_restart_is_ridden_out(servers):
     texts = engine.generate(requests)
     assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
     assert restarted[0].hits >= 6 and engine.endpoint_stats[first.url].failed >= 1
+
+
+class DripServer:
+    """A server on 127.0.0.1 that reads a request and sends a valid chat completion back one byte a
+    second, status line and headers included (a response of ~300 bytes takes 5 minutes): the slow
+    replica that an idle timeout, reset by every byte, never abandons. `sent` holds, per connection,
+    the bytes it managed to send before the client went away."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.sent: list[int] = []
+        self.connections: list[socket.socket] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            threading.Thread(target=self.drip, args=(connection,), daemon=True).start()
+
+    def drip(self, connection: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += connection.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += connection.recv(65536)
+        payload = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": "slow"}}]}).encode()
+        response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sent = 0
+        for byte in response:
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:  # the client closed the connection
+                break
+            sent += 1
+            if self.stopped.wait(1.0):
+                break
+        self.sent.append(sent)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def drip_server():
+    server = DripServer()
+    yield server
+    server.close()
+
+
+def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline(servers, drip_server, tmp_path, caplog):
+    """request_timeout bounds an attempt's wall-clock time although every byte restarts httpx's
+    timeout: the requests that start on the dripping URL are abandoned at the deadline and answered by
+    the healthy one, and the journal holds each response once."""
+    healthy = servers()
+    requests = make_requests(6)
+    engine = OpenAIEngine([drip_server.url, healthy.url], "m", max_concurrency=6, max_retries=2, timeout=30,
+                          request_timeout=2.0, backoff=0.01)
+    journal_path = tmp_path / "j.jsonl"
+    started = time.time()
+    with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines.openai"):
+        texts = generate_journaled(engine, requests, Journal(journal_path))
+    elapsed = time.time() - started
+    assert texts == [f"echo:{r.messages[-1]['content'][-12:]}|seed={r.seed}" for r in requests]
+    # Requests 0, 2 and 4 started on the dripping URL (round-robin), were abandoned once each, then moved.
+    dripped = engine.endpoint_stats[drip_server.url]
+    assert (dripped.sent, dripped.failed, dripped.ok) == (3, 3, 0)
+    assert engine.endpoint_stats[healthy.url].ok == healthy.hits == 6
+    abandoned = [r.created - started for r in caplog.records if "request_timeout_s = 2 s; abandoned" in r.message]
+    assert len(abandoned) == 3 and min(abandoned) >= 2.0  # not before the deadline
+    deadline = time.monotonic() + 10
+    while len(drip_server.sent) < 3:  # the server notices the closed connections at its next byte
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert max(drip_server.sent) < 100  # the responses (~180 bytes at 1 byte/s) were never complete
+    lines = [json.loads(line) for line in journal_path.read_text().splitlines()]
+    assert sorted(line["key"] for line in lines) == sorted(r.key for r in requests)  # each response once
+    print(f"\nrequest_timeout 2 s: abandoned at {', '.join(f'{t:.2f}' for t in abandoned)} s; "
+          f"bytes the dripping server sent {sorted(drip_server.sent)}; all 6 answered in {elapsed:.2f} s")
 
 
 def test_orphaned_vllm_engine_processes_are_found():
@@ -382,3 +477,4 @@ def test_vllm_engine_plain_choices_json_and_seed(vllm_engine, tmp_path):
     tokens = vllm_engine.output_tokens
     assert generate_journaled(vllm_engine, plain, Journal(tmp_path / "j.jsonl")) == texts
     assert vllm_engine.output_tokens == tokens  # nothing was generated the second time
+

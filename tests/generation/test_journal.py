@@ -1,9 +1,11 @@
 """The journal (prismatic.generation.journal): a retried step sends only the requests it has no answer for;
-torn and corrupt journals; the record format, pinned."""
+torn and corrupt journals; the record format, pinned; segments flushed to a store every N responses, after T
+seconds, on close and on failure, and read back by a retry from an empty home."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from prismatic.errors import InputError
 from prismatic.generation.journal import Journal, generate_journaled
 from prismatic.generation.prompts import solution_prompt
 from prismatic.generation.requests import GenerationRequest, Sampling
+from prismatic.storage.segments import JournalSegments
 
 SOLUTION = Sampling.from_config(SynthesisConfig().solution_sampling, seed=0)
 
@@ -120,3 +123,119 @@ def test_record_format_is_pinned(tmp_path):
     path = tmp_path / "j.jsonl"
     Journal(path).append_many([("k1", "one"), ("k2", "two\nlines ✓")])
     assert path.read_bytes() == '{"key": "k1", "text": "one"}\n{"key": "k2", "text": "two\\nlines ✓"}\n'.encode()
+
+
+class MemorySegments(JournalSegments):
+    """Journal segments kept in a dict, in write order (the S3 ones are tested against moto in
+    tests/storage/test_s3_store.py and tests/integration/test_journal_in_store.py)."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None):
+        self.objects = {} if objects is None else objects
+        self.where = "mem://journal/"
+
+    def read(self):
+        return sorted(self.objects.items())
+
+    def write(self, data):
+        url = f"{self.where}seg-{len(self.objects):04d}.jsonl"
+        self.objects[url] = data
+        return url
+
+    def keys(self) -> list[list[str]]:
+        """The keys of each segment, oldest first."""
+        return [[json.loads(line)["key"] for line in data.decode().splitlines()] for _, data in self.read()]
+
+
+def test_segments_are_flushed_every_n_responses_and_on_close(tmp_path):
+    segments = MemorySegments()
+    with Journal(tmp_path / "j.jsonl", segments=segments, flush_responses=3, flush_s=3600) as journal:
+        journal.append_many([(f"k{i}", f"t{i}") for i in range(2)])
+        assert segments.objects == {}  # 2 < 3 waiting
+        journal.append_many([("k2", "t2"), ("k3", "t3")])
+        assert segments.keys() == [["k0", "k1", "k2", "k3"]]  # 4 ≥ 3: one segment of all that waited
+        journal.append("k4", "t4")
+        journal.append("k1", "again")  # already journaled: neither written nor flushed
+    assert segments.keys() == [["k0", "k1", "k2", "k3"], ["k4"]]  # the rest on close
+    journal.flush()
+    assert len(segments.objects) == 2  # nothing waits: no empty segment
+
+
+def test_a_waiting_response_is_flushed_after_flush_s_without_more_responses(tmp_path):
+    segments = MemorySegments()
+    journal = Journal(tmp_path / "j.jsonl", segments=segments, flush_responses=100, flush_s=0.2)
+    journal.append("k0", "t0")
+    deadline = time.monotonic() + 30
+    while not segments.objects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert segments.keys() == [["k0"]]
+    journal.close()
+    assert segments.keys() == [["k0"]]
+
+
+def test_a_retry_from_an_empty_home_sends_only_what_no_segment_holds(tmp_path):
+    """A step dies on machine A (SIGKILL: no flush after it) after 7 responses, 6 of them flushed (every 3); a
+    retry on machine B, whose home is empty, sends only the 4 others; each key lands in one segment."""
+    requests = make_requests(10)
+    segments = MemorySegments()
+
+    class DyingJournal(Journal):
+        dead = False
+
+        def flush(self):
+            if not self.dead:
+                super().flush()
+
+    journal_a = DyingJournal(tmp_path / "a" / "j.jsonl", segments=segments, flush_responses=3, flush_s=3600)
+
+    class DyingEngine(FakeEngine):
+        def generate(self, requests, on_results=None):
+            try:
+                return super().generate(requests, on_results)
+            except RuntimeError:
+                journal_a.dead = True
+                raise
+
+    crashing = DyingEngine(fail_after=7)
+    with pytest.raises(RuntimeError, match="crashed"):
+        generate_journaled(crashing, requests, journal_a)
+    assert len(crashing.sent) == 7 and len(Journal(tmp_path / "a" / "j.jsonl")) == 7
+    flushed = {key for keys in segments.keys() for key in keys}
+    assert flushed == set(crashing.sent[:6])
+
+    retry = FakeEngine()
+    with Journal(tmp_path / "b" / "j.jsonl", segments=segments, flush_responses=3, flush_s=3600) as journal_b:
+        texts = generate_journaled(retry, requests, journal_b)
+    assert sorted(retry.sent) == sorted(r.key for r in requests if r.key not in flushed)  # 4: one was not flushed
+    assert texts == [f"text:{r.key[:10]}" for r in requests]
+    everything = [key for keys in segments.keys() for key in keys]
+    assert sorted(everything) == sorted(r.key for r in requests)  # each key in exactly one segment
+
+
+def test_a_failing_engine_still_flushes_what_finished(tmp_path):
+    segments = MemorySegments()
+    journal = Journal(tmp_path / "j.jsonl", segments=segments, flush_responses=64, flush_s=3600)
+    with pytest.raises(RuntimeError, match="crashed"):
+        generate_journaled(FakeEngine(fail_after=5), make_requests(10), journal)
+    assert segments.keys() == [[r.key for r in make_requests(10)[:5]]]
+
+
+def test_opening_merges_segments_and_the_local_file_first_text_wins(tmp_path):
+    """Segments first (oldest first), then the local file; records only in the local file (journaled by a
+    process killed before it flushed them) go to the store with the next flush."""
+    segments = MemorySegments({"mem://journal/seg-0000.jsonl": b'{"key": "a", "text": "from seg 0"}\n',
+                               "mem://journal/seg-0001.jsonl": b'{"key": "a", "text": "from seg 1"}\n'
+                                                            b'{"key": "b", "text": "from seg 1"}\n'})
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "b", "text": "local"}\n{"key": "c", "text": "local"}\n')
+    journal = Journal(path, segments=segments, flush_responses=64, flush_s=3600)
+    assert journal.texts == {"a": "from seg 0", "b": "from seg 1", "c": "local"}
+    assert journal.where == f"{path} and mem://journal/"
+    journal.close()
+    assert segments.keys()[-1] == ["c"]  # only what no segment held
+    assert Journal(tmp_path / "empty.jsonl", segments=segments).texts == journal.texts
+
+
+def test_a_corrupt_segment_is_an_error_naming_it_and_the_line(tmp_path):
+    segments = MemorySegments({"mem://journal/seg-0.jsonl": b'{"key": "a", "text": "x"}\n{"key": 1}\n'})
+    with pytest.raises(InputError, match=r"^mem://journal/seg-0.jsonl:2: not a journal record"):
+        Journal(tmp_path / "j.jsonl", segments=segments)

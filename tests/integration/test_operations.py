@@ -107,7 +107,8 @@ def test_schedule_is_off_by_default_and_launches_the_round_after_the_latest_fini
     schedule = defs.resolve_schedule_def("round_schedule")
     assert schedule.cron_schedule == "15 3 * * *" and schedule.default_status == DefaultScheduleStatus.STOPPED
     assert {s.name: s.default_status for s in defs.sensors} == {
-        "next_round_sensor": DefaultSensorStatus.RUNNING, "provenance_sensor": DefaultSensorStatus.RUNNING}
+        "next_round_sensor": DefaultSensorStatus.RUNNING, "provenance_sensor": DefaultSensorStatus.RUNNING,
+        "lost_run_sensor": DefaultSensorStatus.RUNNING}
     instance = stack.enter_context(instance_for_test())  # schedule contexts need a persistent instance
 
     def evaluate():

@@ -7,19 +7,15 @@ The services are started once for the module; every test reads what they produce
 """
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, DagsterInstance, materialize
+from services import BACKFILL, RUNS, Services, tag
 from test_pipeline import CONFIG as TINY_CONFIG
 
 from prism_assets.checks import ROUND_CHECKS
@@ -33,7 +29,6 @@ from prismatic.storage.factory import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
-BIN = REPO / ".venv" / "bin"
 ROUNDS = ["r000", "r001"]
 CONFIG = TINY_CONFIG + """
 rounds:
@@ -46,91 +41,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-
-
-class Services:
-    """The webserver and the daemon of one DAGSTER_HOME, and a GraphQL client of the webserver."""
-
-    def __init__(self, home: Path, logs: Path):
-        self.home, self.logs = home, logs
-        self.dagster_home = home / "dagster"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, DAGSTER_HOME=str(self.dagster_home), PRISM_HOME=str(home),
-                        VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self, name: str, *args: str) -> None:
-        """Start a service in its own process group (so its code servers and runs stop with it)."""
-        log = (self.logs / f"{name}.log").open("w")
-        self.processes.append(subprocess.Popen([str(BIN / name), *args, "-w", "workspace.yaml"], cwd=REPO,
-                                               env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def graphql(self, query: str, **variables) -> dict:
-        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
-        response.raise_for_status()
-        payload = response.json()
-        assert "errors" not in payload, payload["errors"]
-        return payload["data"]
-
-    def wait_until_loaded(self, timeout: float = 180) -> str:
-        """Wait for the webserver and the code location; returns the location name."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert all(p.poll() is None for p in self.processes), self.tail("dagster-webserver")
-            try:
-                entries = self.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]
-            except (httpx.HTTPError, AssertionError):
-                entries = []
-            for entry in entries:
-                located = entry["locationOrLoadError"] or {}
-                assert located.get("__typename") != "PythonError", located.get("message")
-                if entry["loadStatus"] == "LOADED" and located.get("__typename") == "RepositoryLocation":
-                    return entry["name"]
-            time.sleep(1)
-        raise TimeoutError(f"webserver not ready after {timeout}s\n{self.tail('dagster-webserver')}")
-
-    def tail(self, name: str, lines: int = 60) -> str:
-        return "\n".join((self.logs / f"{name}.log").read_text().splitlines()[-lines:])
-
-    def backfill_runs(self, backfill_id: str) -> list[dict]:
-        data = self.graphql(RUNS, tags=[{"key": "dagster/backfill", "value": backfill_id}])
-        return data["runsOrError"]["results"]
-
-
-WORKSPACE = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
-  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-ADD_PARTITION = """mutation($selector: RepositorySelector!, $key: String!) {
-  addDynamicPartition(repositorySelector: $selector, partitionsDefName: "rounds", partitionKey: $key) {
-    __typename ... on Error { message } } }"""
-LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
-BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-  __typename ... on PartitionBackfill { status } ... on Error { message } } }"""
-RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results {
-  runId status startTime endTime tags { key value } } } } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def tag(run: dict, key: str) -> str | None:
-    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
 
 
 @pytest.fixture(scope="module")
@@ -150,16 +60,7 @@ def services(tmp_path_factory):
         assert materialize([seeds], instance=instance, resources=build_definitions(str(home)).resources).success
     try:
         running.start("dagster-webserver", "-h", "127.0.0.1", "-p", str(running.port))
-        location = running.wait_until_loaded()
-        selector = {"repositoryLocationName": location, "repositoryName": "__repository__"}
-        for key in ROUNDS:
-            added = running.graphql(ADD_PARTITION, selector=selector, key=key)["addDynamicPartition"]
-            assert added["__typename"] == "AddDynamicPartitionSuccess", added
-        launched = running.graphql(LAUNCH_BACKFILL, params={
-            "partitionNames": ROUNDS, "assetSelection": [{"path": [name]} for name in ROUND_ASSETS],
-            "title": "rounds r000-r001"})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        running.backfill_id = launched["backfillId"]
+        running.backfill_id = running.launch_backfill(ROUNDS, list(ROUND_ASSETS), "rounds r000-r001")
         # The backfill daemon looks at backfills every 30 s; started now, its first look finds this one.
         running.start("dagster-daemon", "run")
         deadline = time.monotonic() + 900
@@ -170,7 +71,7 @@ def services(tmp_path_factory):
             if status not in ("REQUESTED", "CANCELING"):
                 break
             assert time.monotonic() < deadline, f"backfill still {status}\n{running.tail('dagster-daemon')}"
-            assert all(p.poll() is None for p in running.processes), running.tail("dagster-daemon")
+            assert all(p.poll() is None for p in running.processes.values()), running.tail("dagster-daemon")
             time.sleep(3)
         running.backfill_status = status
         yield running

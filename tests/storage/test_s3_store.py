@@ -5,10 +5,11 @@ environment (`AWS_ENDPOINT_URL`, keys, region), dagster-aws's S3Resource inside 
 through the s3fs filesystem the catalog registers. Only AWS itself is replaced.
 """
 
+import hashlib
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,9 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 from fake_llm import ROUND_CONFIG, DeterministicServer
+from moto_server import moto_server
 
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
+from prismatic.generation.journal import Journal
 from prismatic.storage.catalog import Catalog
 from prismatic.storage.factory import open_store
 from prismatic.storage.locks import RoundLockedError
@@ -35,42 +38,11 @@ BUCKET = "prism-test"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 and the AWS environment that points everything at it."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    client = boto3.client("s3")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.2)
-    yield env
-    server.terminate()
-    server.wait(timeout=30)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET) as env:
+        yield env
 
 
 @pytest.fixture
@@ -273,6 +245,74 @@ except RoundLockedError as exc:
 """], cwd=REPO, capture_output=True, text=True, timeout=120)
     if "REFUSED" in result.stdout:
         raise RoundLockedError(result.stdout)
+
+
+def sent_by(client) -> list[tuple[str, str, dict]]:
+    """Every HTTP request `client` sends from now on, as (method, URL, headers): botocore's `before-send`
+    event fires once per request that goes on the wire (retries included)."""
+    sent = []
+    client.meta.events.register("before-send.s3", lambda request, **_: sent.append((request.method, request.url, {
+        name: value.decode() if isinstance(value, bytes) else value for name, value in request.headers.items()})))
+    return sent
+
+
+def test_the_run_cache_answers_from_what_this_process_wrote_and_read(s3):
+    client, prefix = s3
+    uri, key = f"s3://{BUCKET}/{prefix}", f"{prefix}/pool/round=r001/part-0.parquet"
+    store = open_store(uri, run_cache=True)
+    store.write("pool", "r001", frame_of("pool"), metadata={"run_id": "a"})
+    body, plain = objects(client, prefix)[key], open_store(uri)
+    sent = sent_by(store.client)
+    assert store.exists("pool", "r001")
+    assert store.data_version("pool", "r001") == hashlib.sha256(body).hexdigest()[:16] == plain.data_version(
+        "pool", "r001")
+    assert store.read_metadata("pool", "r001") == {"run_id": "a"}
+    assert store.read_schema("pool", "r001") == plain.read_schema("pool", "r001")
+    assert sent == []  # all from the write
+    # Another writer (a rerun in another process) replaces the partition: a read is always one GET of the
+    # object as it is now, never cached, and what the cache knows follows that GET.
+    plain.write("pool", "r001", frame_of("pool", rows=5), metadata={"run_id": "b"})
+    assert store.read("pool", "r001").equals(frame_of("pool", rows=5)) and len(sent) == 1
+    assert store.data_version("pool", "r001") == hashlib.sha256(objects(client, prefix)[key]).hexdigest()[:16]
+    assert store.read_metadata("pool", "r001") == {"run_id": "b"} and len(sent) == 1
+    # An absent partition is asked each time: it may be written meanwhile.
+    assert not store.exists("pool", "r002")
+    plain.write("pool", "r002", frame_of("pool"))
+    assert store.exists("pool", "r002") and store.rounds("pool") == ["r001", "r002"] and len(sent) == 4
+    # Without the run cache every question is a request, as before.
+    asked = sent_by(plain.client)
+    plain.exists("pool", "r001"), plain.data_version("pool", "r001"), plain.read_metadata("pool", "r001")
+    assert [method for method, _, _ in asked] == ["HEAD", "HEAD", "GET"]
+
+
+def test_the_lock_put_stays_conditional_with_the_run_cache(s3):
+    client, prefix = s3
+    store = open_store(f"s3://{BUCKET}/{prefix}", run_cache=True)
+    sent = sent_by(store.client)
+    for _ in range(2):
+        with store.lock_round("r005", "run"):
+            pass
+    lock_puts = [headers for method, url, headers in sent if method == "PUT" and "/_locks/" in url]
+    assert len(lock_puts) == 2 and all(headers.get("If-None-Match") == "*" for headers in lock_puts)
+
+
+def test_journal_segments_in_the_store_are_read_back_from_an_empty_home(s3, tmp_path):
+    client, prefix = s3
+    uri = f"s3://{BUCKET}/{prefix}"
+    segments = open_store(uri, run_cache=True).journal_segments("r001", "generations")
+    assert segments.where == f"{uri}/_journal/r001/generations/"
+    sent = sent_by(segments.store.client)
+    with Journal(tmp_path / "a" / "j.jsonl", segments=segments, flush_responses=2, flush_s=3600) as journal:
+        journal.append_many([("k1", "one"), ("k2", "two\nlines ✓")])
+        journal.append("k3", "three")
+    names = sorted(k for k in objects(client, prefix) if "/_journal/" in k)
+    assert len(names) == 2 and all(re.fullmatch(
+        rf"{prefix}/_journal/r001/generations/seg-\d{{8}}T\d{{12}}Z-[0-9a-f]{{32}}\.jsonl", name) for name in names)
+    assert [headers.get("If-None-Match") for method, _, headers in sent if method == "PUT"] == ["*", "*"]
+    assert [json.loads(line)["key"] for line in objects(client, prefix)[names[1]].decode().splitlines()] == ["k3"]
+    fresh = Journal(tmp_path / "b" / "j.jsonl", segments=open_store(uri).journal_segments("r001", "generations"))
+    assert fresh.texts == {"k1": "one", "k2": "two\nlines ✓", "k3": "three"}
+    assert open_store(uri).tables() == []  # no table's listing sees them
 
 
 ROUND_TABLES = ["generations", "verified_samples", "gradient_features", "selection", "pool", "clusters",

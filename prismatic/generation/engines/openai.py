@@ -4,25 +4,34 @@ Requests are spread round-robin over several base URLs, with bounded concurrency
 exponential backoff (attempt a waits `backoff · 2^(a−1)` seconds, jittered to 50–100 %, at most
 `max_backoff`); a failing URL is rested the same way and its requests move to the others. The API
 key is never put in errors or logs.
+
+Every attempt has a wall-clock deadline (`request_timeout`, prism.yaml `generator.request_timeout_s`)
+from sending the request to the last byte of the response, enforced by `asyncio.timeout` around the
+whole exchange: a server that answers slowly, even one byte a second, is abandoned at the deadline
+(its connection closed) and the request moves on. httpx's own timeout (`timeout`,
+`generator.timeout_s`) bounds each network operation alone — connecting, one write, the wait for the
+next bytes — and starts again with every byte received, so by itself it cannot bound an attempt.
+A request therefore ends within `(max_retries + 1) · request_timeout` seconds plus the backoff sleeps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from prismatic.errors import PrismError
 from prismatic.generation.engines.base import ResultCallback
 from prismatic.generation.requests import GenerationRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +58,32 @@ _FINISHED = {"stop", "length"}
 """finish_reason of a completion that ran to its end; others (None, "abort", "error") are retried."""
 
 
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to its end on a new event loop: in this thread, or in a helper thread when this
+    thread already runs a loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    if not in_loop:  # outside the `except`, so that an error of the coroutine has no context attached
+        return asyncio.run(coroutine)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="prism-openai")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class OpenAIEngine:
     """Chat completions on OpenAI-compatible servers (`POST {base_url}/chat/completions`; a raw-text
     request, `GenerationRequest.prompt`, goes to `POST {base_url}/completions`).
@@ -56,7 +91,7 @@ class OpenAIEngine:
     base_urls: e.g. `["http://gpu1:8000/v1", "http://gpu2:8000/v1"]`; request i starts on URL
       i mod n, and a URL that fails is rested (exponential cool-down) while others take its work.
     model: the served model name.
-    max_concurrency: requests in flight at once (threads).
+    max_concurrency: requests in flight at once (tasks on one event loop).
     max_retries: further attempts after the first, on timeouts, connection errors (a server that
       restarts), 5xx and 429, bodies that are not a (chat) completion, and incomplete completions
       (content null, or finish_reason other than "stop"/"length", as when a server aborts requests
@@ -64,14 +99,16 @@ class OpenAIEngine:
       `max_backoff`). Other 4xx answers fail at once: retrying a bad request does not help. An
       empty text with finish_reason "stop" is the model's answer (a seeded retry would repeat it)
       and is returned; the caller's parser rejects it.
-    timeout: seconds per attempt.
+    timeout: seconds one network operation may take (connect, a write, the wait for the next bytes).
+    request_timeout: seconds one attempt may take from sending to the last byte of the response
+      (wall clock, whatever the server does); then the attempt is retried like a timeout.
     `choices` are sent as vLLM's `structured_outputs: {"choice": [...]}` (vLLM ≥ 0.11 servers);
     `json_schema` as the standard `response_format: {"type": "json_schema", ...}`.
     """
 
     def __init__(self, base_urls: Sequence[str], model: str, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 4, timeout: float = 120.0,
-                 backoff: float = 0.5, max_backoff: float = 30.0):
+                 request_timeout: float = 300.0, backoff: float = 0.5, max_backoff: float = 30.0):
         if isinstance(base_urls, str):
             base_urls = [base_urls]
         urls = [u.rstrip("/") for u in base_urls]
@@ -79,13 +116,14 @@ class OpenAIEngine:
             raise PrismError("the openai generator needs at least one base URL")
         if len(set(urls)) != len(urls):
             raise PrismError("the openai generator's base URLs must be distinct")
-        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise PrismError("max_concurrency must be ≥ 1, max_retries ≥ 0 and timeout > 0")
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or request_timeout <= 0:
+            raise PrismError("max_concurrency must be ≥ 1, max_retries ≥ 0, timeout > 0 and request_timeout > 0")
         self.base_urls = urls
         self.model = model
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout = timeout
+        self.request_timeout = request_timeout
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.output_tokens = 0
@@ -96,7 +134,6 @@ class OpenAIEngine:
         self._next = itertools.count()
         self._rest_until = dict.fromkeys(urls, 0.0)
         self._failures = dict.fromkeys(urls, 0)
-        self._client: Any = None
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -106,25 +143,22 @@ class OpenAIEngine:
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _http(self) -> Any:
-        if self._client is None:
-            try:
-                import httpx
-            except ImportError:
-                raise PrismError("the openai generator needs the `httpx` package") from None
+        """A new async client (one per `generate`: a client belongs to the event loop it runs on)."""
+        try:
+            import httpx
+        except ImportError:
+            raise PrismError("the openai generator needs the `httpx` package") from None
 
-            headers = {"Content-Type": "application/json"}
-            if self._api_key:
-                headers["Authorization"] = f"Bearer {self._api_key}"
-            self._client = httpx.Client(
-                headers=headers, timeout=self.timeout,
-                limits=httpx.Limits(max_connections=self.max_concurrency * len(self.base_urls),
-                                    max_keepalive_connections=self.max_concurrency * len(self.base_urls)))
-        return self._client
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        connections = self.max_concurrency * len(self.base_urls)
+        return httpx.AsyncClient(headers=headers, timeout=self.timeout,
+                                 limits=httpx.Limits(max_connections=connections,
+                                                     max_keepalive_connections=connections))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Nothing to release: each `generate` closes its connections when it returns."""
 
     def __enter__(self) -> Self:
         return self
@@ -188,14 +222,18 @@ class OpenAIEngine:
                 rest = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
                 self._rest_until[url] = time.monotonic() + rest
 
-    def _attempt(self, url: str, body: dict[str, Any]) -> tuple[str, int]:
+    async def _attempt(self, client: Any, url: str, body: dict[str, Any]) -> tuple[str, int]:
         import httpx
 
         chat = "messages" in body  # else a raw-text completion (`body`)
         with self._lock:
             self.endpoint_stats[url].sent += 1
         try:
-            response = self._http().post(f"{url}/{'chat/completions' if chat else 'completions'}", json=body)
+            async with asyncio.timeout(self.request_timeout):
+                response = await client.post(f"{url}/{'chat/completions' if chat else 'completions'}", json=body)
+        except TimeoutError:
+            raise _Retryable(f"{url}: no complete response within request_timeout_s = {self.request_timeout:g} s; "
+                             "abandoned") from None
         except httpx.TimeoutException:
             raise _Retryable(f"{url}: timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
@@ -219,7 +257,7 @@ class OpenAIEngine:
                              f"content={str(content)[:80]!r})")
         return content, tokens
 
-    def _complete(self, request: GenerationRequest, start: int, abort: threading.Event) -> str:
+    async def _complete(self, client: Any, request: GenerationRequest, start: int, abort: asyncio.Event) -> str:
         body = self.body(request)
         last_failed: str | None = None
         error = ""
@@ -229,11 +267,11 @@ class OpenAIEngine:
             url, rested = self._pick(start, attempt, last_failed)
             if attempt and (rested or url == last_failed):
                 delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 if abort.is_set():
                     raise _Aborted
             try:
-                text, tokens = self._attempt(url, body)
+                text, tokens = await self._attempt(client, url, body)
             except _Retryable as exc:
                 self._record(url, ok=False)
                 error = self._scrub(str(exc))
@@ -243,7 +281,7 @@ class OpenAIEngine:
                 continue
             except PrismError:
                 self._record(url, ok=False)
-                abort.set()  # stop the other workers before they take another request
+                abort.set()  # the other requests send nothing more
                 raise
             self._record(url, ok=True, tokens=tokens)
             return text
@@ -253,37 +291,36 @@ class OpenAIEngine:
 
     def generate(self, requests: Sequence[GenerationRequest],
                  on_results: ResultCallback | None = None) -> list[str]:
-        """Run all requests; on a request that fails for good, stop sending new ones, report what
-        finished, and raise `PrismError`."""
+        """Run all requests (at most `max_concurrency` at once); on a request that fails for good, send
+        nothing more, let the attempts in flight end (each within `request_timeout`), report what
+        finished, and raise `PrismError`. Results are reported in this thread."""
         if not requests:
             return []
+        return run_coroutine(self._generate(requests, on_results))
+
+    async def _generate(self, requests: Sequence[GenerationRequest],
+                        on_results: ResultCallback | None) -> list[str]:
         texts: list[str | None] = [None] * len(requests)
-        abort = threading.Event()
-        error: BaseException | None = None
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="prism-openai")
-        try:
-            futures = {pool.submit(self._complete, request, next(self._next), abort): i
-                       for i, request in enumerate(requests)}
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                exc = future.exception()
-                if exc is not None:
-                    if error is None and not isinstance(exc, _Aborted):
-                        error = exc
-                        abort.set()
-                        for other in futures:
-                            other.cancel()
-                    continue
-                position = futures[future]
-                texts[position] = future.result()
+        abort = asyncio.Event()
+        slots = asyncio.Semaphore(self.max_concurrency)
+        errors: list[BaseException] = []
+
+        async def one(position: int, request: GenerationRequest, start: int) -> None:
+            try:
+                async with slots:
+                    if abort.is_set():
+                        raise _Aborted
+                    texts[position] = await self._complete(client, request, start, abort)
                 if on_results is not None:
                     on_results([(position, texts[position])])
-        except BaseException:
-            abort.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if error is not None:
-            raise error
+            except _Aborted:
+                pass
+            except Exception as exc:  # the first failure is raised; the others stop sending
+                abort.set()
+                errors.append(exc)
+
+        async with self._http() as client:
+            await asyncio.gather(*(one(i, request, next(self._next)) for i, request in enumerate(requests)))
+        if errors:
+            raise errors[0]
         return [t if t is not None else "" for t in texts]

