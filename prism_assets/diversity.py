@@ -2,7 +2,6 @@
 
 import base64
 
-import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from prism_assets import io
@@ -10,7 +9,7 @@ from prism_assets.clustering import clusters, pool
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS
-from prismatic.rounds import SEED_ROUND, previous_round, round_number
+from prismatic.rounds import SEED_ROUND, previous_round
 from prismatic.synthesis.steps import diversity_scores_step, pool_features, pool_gvendi
 from resources.generator import GeneratorResource
 from resources.home import PrismHome
@@ -40,7 +39,7 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
         proxy=proxy.model, judge=generator.judge, log=context.log.info)
     frame = output.tables["diversity_scores"]
     plots = {}
-    history = _history(store, key, frame)
+    history = io.history(store, "diversity_scores", key, frame, ["metric", "value"])
     for name in [metric for metric in frame["metric"] if metric in METRICS]:  # the pool's metrics
         series = history.filter(metric=name)
         direction = METRICS[name].more_diverse
@@ -55,11 +54,3 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
             f"![{name} by round](data:image/png;base64,{base64.b64encode(png).decode()})")
     version, metadata = io.write_step(context, store, output)
     return MaterializeResult(data_version=version, metadata={**metadata, **plots})
-
-
-def _history(store: StoreResource, key: str, current: pl.DataFrame) -> pl.DataFrame:
-    """(round, metric, value) of the stored earlier rounds and this one, in round order."""
-    earlier = [r for r in store.store().rounds("diversity_scores") if round_number(r) < round_number(key)]
-    frames = [io.read(store, "diversity_scores", r).with_columns(round=pl.lit(r)) for r in earlier]
-    frames.append(current.with_columns(round=pl.lit(key)))
-    return pl.concat([f.select("round", "metric", "value") for f in frames])

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
-from prismatic.rounds import SEED_ROUND
+from prismatic.rounds import SEED_ROUND, round_number
 from prismatic.synthesis.steps import StepOutput
 from resources.store import StoreResource
 
@@ -48,3 +48,13 @@ def read_previous(resource: StoreResource, table: str, round_key: str) -> tuple[
     used = {"round": round_key, "run_id": str(written.get("run_id", "")),
             "data_version": store.data_version(table, round_key)}
     return frame, used
+
+
+def history(resource: StoreResource, table: str, round_key: str, current: pl.DataFrame,
+            columns: list[str]) -> pl.DataFrame:
+    """`columns` of `table` in the stored rounds before `round_key` and of `current` (this round's rows, not
+    yet written), with a `round` column, in round order: what a metric-by-round plot draws."""
+    earlier = [r for r in resource.store().rounds(table) if round_number(r) < round_number(round_key)]
+    frames = [read(resource, table, r).with_columns(round=pl.lit(r)) for r in earlier]
+    frames.append(current.with_columns(round=pl.lit(round_key)))
+    return pl.concat([frame.select("round", *columns) for frame in frames])

@@ -18,7 +18,6 @@ from prism_assets.clustering import pool
 from prism_assets.jobs import STUDENT_GROUP
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.models import resolve_model
-from prismatic.rounds import round_number
 from prismatic.storage.schema import empty
 from prismatic.student.sets import load_eval_set
 from prismatic.student.step import student_eval_step
@@ -46,20 +45,13 @@ def student_eval(context: AssetExecutionContext, prism_home: PrismHome, store: S
         base_model=resolve_model(config.student.base, config.models_dir),
         model_dir=config.home / MODELS_SUBDIR / key, ngram=config.synthesis.decontamination.ngram,
         rejections=io.read(store, "rejections", key) if tables.exists("rejections", key) else empty("rejections"))
-    history = _history(store, key, output.tables["student_eval"])
+    history = io.history(store, "student_eval", key, output.tables["student_eval"],
+                         ["set", "nll", "base_nll", "accuracy"])
     plots = {f"{metric} by round": MetadataValue.md(
         f"![{metric} by round](data:image/png;base64,{base64.b64encode(student_plot_png(history, metric)).decode()})")
         for metric in ("nll", "accuracy") if history[metric].drop_nulls().len()}
     version, metadata = io.write_step(context, store, output)
     return MaterializeResult(data_version=version, metadata={**metadata, **plots})
-
-
-def _history(store: StoreResource, key: str, current: pl.DataFrame) -> pl.DataFrame:
-    """(round, set, nll, base_nll, accuracy) of the stored earlier rounds and this one, in round order."""
-    earlier = [r for r in store.store().rounds("student_eval") if round_number(r) < round_number(key)]
-    frames = [io.read(store, "student_eval", r).with_columns(round=pl.lit(r)) for r in earlier]
-    frames.append(current.with_columns(round=pl.lit(key)))
-    return pl.concat([f.select("round", "set", "nll", "base_nll", "accuracy") for f in frames])
 
 
 def student_plot_png(history: pl.DataFrame, metric: str) -> bytes:
