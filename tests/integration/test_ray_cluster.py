@@ -16,7 +16,8 @@ cluster and `prism` process is killed at the end, however the test ends.
 
 Generation: two tiny vLLM replicas (Ray actors, one per node) answer 16 requests from both nodes; then
 worker-1 is SIGKILLed and, once Ray has seen its node die, 24 more are sent: the dead replica's chunk
-fails over to the survivor, every request is answered and journaled exactly once, and a rerun is answered from the journal without a request.
+fails over to the survivor, every request is answered and journaled exactly once, and a rerun is
+answered from the journal without a request.
 """
 
 import functools
