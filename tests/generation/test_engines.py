@@ -40,6 +40,15 @@ empty 200, a completion with `content: null`, one with `finish_reason: "abort"` 
 shutdown), closing the connection without a response, answering after the client's timeout."""
 
 
+def shut_down(connections) -> None:
+    """Close every accepted connection as a dying server process would (peers see the connection drop)."""
+    for connection in connections:
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class FakeServer:
     """An OpenAI-compatible chat completions endpoint on 127.0.0.1.
 
@@ -148,11 +157,7 @@ class FakeServer:
         """Stop as a killed server process would: listening socket and open connections closed."""
         self.httpd.shutdown()
         self.httpd.server_close()
-        for connection in self.connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(self.connections)
 
 
 @pytest.fixture
@@ -362,11 +367,7 @@ class DripServer:
     def close(self) -> None:
         self.stopped.set()
         self.listener.close()
-        for connection in self.connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(self.connections)
 
 
 @pytest.fixture
