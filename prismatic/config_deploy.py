@@ -59,8 +59,9 @@ class RayConfig(Section):
     num_cpus_per_shard, num_gpus_per_shard: the resources each feature shard asks the cluster for
       (one actor per shard; it loads the proxy once and computes the shard's batches with
       max(1, round(num_cpus_per_shard)) torch threads).
-    shard_retries: how often a shard whose actor died (its node killed or lost) is started again on
-      another node before the round fails.
+    retry_deadline_s: how long, in seconds from its first loss, a feature shard or a generation
+      replica's chunk whose actor died (its node killed or lost) keeps being started again, with
+      backoff, on nodes that are alive, before the round fails.
     generation_replicas: with `generator.backend: vllm`, generate on this many vLLM replicas, Ray
       actors that each hold the model for the run (0: one engine in the run's process).
     num_cpus_per_replica, num_gpus_per_replica: the resources each generation replica asks for.
@@ -70,7 +71,7 @@ class RayConfig(Section):
     address: str = "auto"
     num_cpus_per_shard: float = Field(1.0, ge=0)
     num_gpus_per_shard: float = Field(0.0, ge=0)
-    shard_retries: int = Field(3, ge=0)
+    retry_deadline_s: float = Field(300.0, gt=0)
     generation_replicas: int = Field(0, ge=0)
     num_cpus_per_replica: float = Field(1.0, ge=0)
     num_gpus_per_replica: float = Field(0.0, ge=0)
@@ -80,6 +81,7 @@ class RayConfig(Section):
 class PostgresConfig(Section):
     """Dagster instance storage on PostgreSQL (dagster-postgres): runs, events, schedules.
 
+    host, port, db_name, username: the server and database the instance connects to, and as whom.
     password_env: name of the environment variable holding the password (never the password itself).
     """
 

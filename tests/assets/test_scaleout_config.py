@@ -178,7 +178,7 @@ orchestration:
     address: 127.0.0.1:{port}
     num_cpus_per_shard: 2
     num_gpus_per_shard: 1
-    shard_retries: 5
+    retry_deadline_s: 5
     runtime_env: {{env_vars: {{HF_HOME: /models/hf}}}}
 features:
   shards: 4
@@ -189,7 +189,7 @@ def test_ray_executor_runs_steps_in_process_and_shards_in_two_ray_ops(tmp_path):
     home = make_home(tmp_path, RAY.format(port=6379))
     ray = load_config(home).orchestration.ray
     assert (ray.address, ray.num_cpus_per_shard, ray.num_gpus_per_shard) == ("127.0.0.1:6379", 2, 1)
-    assert ray.shard_retries == 5
+    assert ray.retry_deadline_s == 5
     assert ray.runtime_env == {"env_vars": {"HF_HOME": "/models/hf"}}
     defs = build_definitions(str(home))
     job = defs.resolve_job_def("prism_round")
@@ -201,10 +201,10 @@ def test_ray_executor_runs_steps_in_process_and_shards_in_two_ray_ops(tmp_path):
 
 
 def test_ray_config_refuses_unknown_keys_and_negative_retries(tmp_path):
-    home = make_home(tmp_path, "orchestration:\n  executor: ray\n  ray:\n    shard_retries: -1\n")
+    home = make_home(tmp_path, "orchestration:\n  executor: ray\n  ray:\n    retry_deadline_s: -1\n")
     with pytest.raises(InputError) as raised:
         load_config(home)
-    assert raised.value.field == "orchestration.ray.shard_retries" and raised.value.line == 4
+    assert raised.value.field == "orchestration.ray.retry_deadline_s" and raised.value.line == 4
     (tmp_path / "b").mkdir()
     home2 = make_home(tmp_path / "b", "orchestration:\n  ray:\n    adress: 127.0.0.1:6379\n")
     with pytest.raises(InputError) as raised:

@@ -12,15 +12,19 @@ every replica busy with one chunk at a time. A chunk's texts are reported to `on
 it is back, so `prismatic.generation.journal.generate_journaled` journals them chunk by chunk: an
 interrupted step loses only the chunks in flight, and a rerun sends only the requests it has no
 answer for. A replica that dies (its node lost) is dropped and its chunk goes to the others: its
-texts never came back, so nothing journaled is sent again; when no replica is left the call fails
-(a `PrismError`, the journal keeping what finished).
+texts never came back, so nothing journaled is sent again. A replacement replica is placed, with
+backoff, on a node that is alive (`prismatic.ray_connect.LiveNodes`); only when no replica is left and
+none could be placed within `orchestration.ray.retry_deadline_s` does the call fail (a `PrismError`
+naming the nodes tried; the journal keeps what finished).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,8 @@ from prismatic.config import RayConfig
 from prismatic.errors import PrismError
 from prismatic.generation.engines.base import Engine, ResultCallback
 from prismatic.generation.requests import GenerationRequest
-from prismatic.ray_connect import connect
+from prismatic.generation.usage import Budget, BudgetExhausted, Completion
+from prismatic.ray_connect import LiveNodes, backoff_s, connect, first_line, on_node, resolved
 
 CHUNKS_PER_REPLICA = 4
 """Chunks per replica in one `generate`: more chunks journal sooner and balance better; fewer batch
@@ -42,18 +47,39 @@ class Replica:
         self.engine = build()
         getattr(self.engine, "llm", None)  # an in-process vLLM engine starts now, not on the first chunk
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> tuple[list[str], int, str]:
-        """(texts in request order, output tokens generated, this node's id)."""
+    def node(self) -> str:
+        """The id of the node this replica runs on (asked first, so a lost replica's node is known)."""
         import ray
 
-        before = self.engine.output_tokens
-        texts = self.engine.generate(requests)
-        return texts, self.engine.output_tokens - before, ray.get_runtime_context().get_node_id()
+        return ray.get_runtime_context().get_node_id()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> tuple[list[Completion], str]:
+        """(completions in request order: text, tokens, latency; this node's id)."""
+        import ray
+
+        completions: list[Completion | None] = [None] * len(requests)
+
+        def keep(pairs: list[tuple[int, Completion | str]]) -> None:
+            for position, completion in pairs:
+                completions[position] = Completion.of(completion)
+
+        texts = self.engine.generate(requests, on_results=keep)
+        return ([c if c is not None else Completion(t) for c, t in zip(completions, texts, strict=True)],
+                ray.get_runtime_context().get_node_id())
 
     def close(self) -> None:
         close = getattr(self.engine, "close", None)
         if close is not None:
             close()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One replica actor and the object ref of its node id (known once the replica has started)."""
+
+    actor: Any
+    placed: str | None
+    node: Any
 
 
 class RayReplicaEngine:
@@ -69,61 +95,108 @@ class RayReplicaEngine:
         self.completed = 0
         self.served: dict[str, int] = {}
         self.lost_replicas = 0
-        self._replicas: list[Any] = []
+        self._replicas: list[_Slot] = []
         self._joined = False
+        self._nodes = LiveNodes(ray_config.num_cpus_per_replica, ray_config.num_gpus_per_replica)
 
-    def replicas(self) -> list[Any]:
-        """The live replica actors, started (and the cluster joined) on first use."""
+    def _start(self, node_id: str | None) -> _Slot:
+        """A replica actor on `node_id` (None: no live node fits now; Ray queues it until one does)."""
+        import ray
+
+        actor = ray.remote(Replica).options(num_cpus=self.ray_config.num_cpus_per_replica,
+                                            num_gpus=self.ray_config.num_gpus_per_replica, max_restarts=0,
+                                            scheduling_strategy=on_node(node_id)).remote(self.build)
+        slot = _Slot(actor, node_id, actor.node.remote())
+        self._replicas.append(slot)
+        return slot
+
+    def replicas(self) -> list[_Slot]:
+        """The live replicas, started (and the cluster joined) on first use."""
         if not self._replicas:
-            import ray
-
             self._joined = connect(self.ray_config, self.config_path) or self._joined
-            actor = ray.remote(Replica).options(num_cpus=self.ray_config.num_cpus_per_replica,
-                                                num_gpus=self.ray_config.num_gpus_per_replica,
-                                                max_restarts=0, scheduling_strategy="SPREAD")
-            self._replicas = [actor.remote(self.build) for _ in range(self.ray_config.generation_replicas)]
+            for _ in range(self.ray_config.generation_replicas):
+                self._start(self._nodes.choose())
         return self._replicas
 
-    def generate(self, requests: Sequence[GenerationRequest], on_results: ResultCallback | None = None) -> list[str]:
-        """Texts of `requests` in order, each chunk reported to `on_results` when it is back."""
+    def generate(self, requests: Sequence[GenerationRequest], on_results: ResultCallback | None = None,
+                 budget: Budget | None = None) -> list[str]:
+        """Texts of `requests` in order, each chunk reported to `on_results` (as `Completion`s) when it is
+        back. With a `budget`, no chunk is sent once it is reached: those out finish, then `BudgetExhausted`.
+
+        A replica that dies is dropped and its chunk goes back to the queue; a new replica is started on
+        a live node (`LiveNodes`) after `backoff_s` seconds. The call fails only when no replica is left
+        and none could be placed within `retry_deadline_s` of the first loss."""
         if not requests:
             return []
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        replicas = self.replicas()
-        size = math.ceil(len(requests) / (len(replicas) * CHUNKS_PER_REPLICA))
+        size = math.ceil(len(requests) / (len(self.replicas()) * CHUNKS_PER_REPLICA))
         chunks = deque(list(range(start, min(start + size, len(requests)))) for start in range(0, len(requests), size))
         texts: list[str | None] = [None] * len(requests)
-        idle, in_flight = list(replicas), {}
+        idle, in_flight = list(self._replicas), {}
+        replacements: list[float] = []  # when each replacement replica may be placed
+        tried: list[str | None] = []
+        first_loss: float | None = None
         while chunks or in_flight:
+            for at in [at for at in replacements if at <= time.monotonic()]:
+                replacements.remove(at)
+                node_id = self._nodes.choose(spare_only=True)
+                if node_id is not None:
+                    idle.append(self._start(node_id))
+                elif time.monotonic() - first_loss < self.ray_config.retry_deadline_s:
+                    replacements.append(time.monotonic() + backoff_s(len(tried)))
+            if not self._replicas and not replacements:
+                raise PrismError(self._lost(tried, texts, "no live node is left"))
+            if budget is not None and budget.reached():
+                chunks.clear()  # nothing more is sent; the chunks out finish
             while chunks and idle:
-                replica, chunk = idle.pop(), chunks.popleft()
-                in_flight[replica.generate.remote([requests[i] for i in chunk])] = (replica, chunk)
-            (ready,), _ = ray.wait(list(in_flight), num_returns=1)
-            replica, chunk = in_flight.pop(ready)
+                slot, chunk = idle.pop(), chunks.popleft()
+                in_flight[slot.actor.generate.remote([requests[i] for i in chunk])] = (slot, chunk)
+            wait_s = max(0.0, min(replacements) - time.monotonic()) if replacements else None
+            if not in_flight:
+                time.sleep(wait_s or 0.0)
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+            if not ready:
+                continue
+            slot, chunk = in_flight.pop(ready[0])
             try:
-                answers, tokens, node = ray.get(ready)
+                answers, node = ray.get(ready[0])
             except RayTaskError as exc:
                 raise (exc.cause if isinstance(exc.cause, PrismError) else exc) from None
-            except RayActorError as exc:
+            except RayActorError as exc:  # its node was lost: the chunk goes back, a replacement is placed
+                lost_on = slot.placed or resolved(slot.node)
+                self._nodes.release(lost_on, lost=True)
+                tried.append(lost_on)
                 self.lost_replicas += 1
-                self._replicas.remove(replica)
+                self._replicas.remove(slot)
+                ray.kill(slot.actor, no_restart=True)
                 chunks.appendleft(chunk)
-                if not self._replicas:
-                    cause = (str(exc).strip().splitlines() or ["?"])[0]
-                    raise PrismError(f"every generation replica died ({self.lost_replicas}; the last: {cause}); "
-                                     f"{sum(t is None for t in texts)} requests unanswered") from None
+                first_loss = first_loss or time.monotonic()
+                if time.monotonic() - first_loss < self.ray_config.retry_deadline_s:
+                    replacements.append(time.monotonic() + backoff_s(len(tried)))
+                elif not self._replicas:
+                    raise PrismError(self._lost(tried, texts, first_line(exc))) from None
                 continue
-            idle.append(replica)
-            for position, text in zip(chunk, answers, strict=True):
-                texts[position] = text
-            self.output_tokens += tokens
+            idle.append(slot)
+            for position, completion in zip(chunk, answers, strict=True):
+                texts[position] = completion.text
+            self.output_tokens += sum(completion.completion_tokens or 0 for completion in answers)
             self.completed += len(chunk)
             self.served[node] = self.served.get(node, 0) + len(chunk)
             if on_results is not None:
-                on_results([(position, answers[k]) for k, position in enumerate(chunk)])
+                on_results(list(zip(chunk, answers)))
+        if any(text is None for text in texts):  # only a reached budget leaves requests unsent
+            raise BudgetExhausted("the generation budget is reached")
         return [text or "" for text in texts]
+
+    def _lost(self, tried: list[str | None], texts: list[str | None], reported: str) -> str:
+        """The one line of a generation given up on: replicas lost, nodes tried, what Ray reported."""
+        return (f"every generation replica was lost ({self.lost_replicas}) and none was placed again within "
+                f"{self.ray_config.retry_deadline_s:g} s (orchestration.ray.retry_deadline_s); nodes tried: "
+                f"{self._nodes.describe(tried)}; Ray reported: {reported}; "
+                f"{sum(t is None for t in texts)} requests unanswered (a rerun sends only those)")
 
     def close(self) -> None:
         """Stop the replicas (their engines first) and leave the cluster if this engine joined it."""
@@ -131,12 +204,13 @@ class RayReplicaEngine:
             return
         import ray
 
-        for replica in self._replicas:
+        for slot in self._replicas:
             try:
-                ray.get(replica.close.remote(), timeout=60)
+                ray.get(slot.actor.close.remote(), timeout=60)
             except Exception:  # a replica already gone has nothing left to close
                 pass
-            ray.kill(replica)
+            ray.kill(slot.actor)
+            self._nodes.release(slot.placed)
         self._replicas = []
         if self._joined:
             ray.shutdown()
