@@ -1,4 +1,5 @@
-# Every install step of the project. `make demo` sets up and runs the main job; `make test` runs the suite.
+# Every install step of the project. `make demo` installs what the demo needs and runs the main job; `make test`
+# also installs what the tests need (Chromium, PostgreSQL) and runs the suite; `make docs` builds the site.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PRISM := $(VENV)/bin/prism
 export PRISM_HOME ?= $(CURDIR)/.prism
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup install model browser postgres demo ui test lint bench bench-quick clean
+.PHONY: setup install model browser postgres demo ui test docs screenshots lint bench bench-quick clean
 
 setup: install model browser postgres
 
@@ -39,7 +40,8 @@ browser:
 postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-demo: setup
+# The demo needs only the venv and the model: no browser, no database.
+demo: install model
 	$(PRISM) demo --rounds 2
 
 # The UI, daemon included, on the home's instance; its dagster.yaml gets the settings that run rounds
@@ -48,7 +50,7 @@ ui: install
 	$(PY) -m prism_assets.instance
 	DAGSTER_HOME=$(PRISM_HOME)/dagster $(VENV)/bin/dagster dev -w workspace.yaml
 
-test: install
+test: install browser postgres
 	$(VENV)/bin/pytest
 
 # The performance benchmarks one after another (about 19 min on the 2-core development machine):
@@ -59,8 +61,17 @@ bench: install model
 bench-quick: install model
 	$(PY) -m benchmarks.all --quick --json
 
+# The documentation site (mkdocs.yml) into site/, strictly: a broken link or anchor, a missing page or a missing
+# included file fails it. docs/hooks.py generates the configuration and CLI references from the code.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The UI screenshots of the docs (docs/images/ui-*.png) from the home `make demo` filled, in headless Chromium.
+screenshots: install browser
+	$(PY) docs/screenshots.py --home $(PRISM_HOME) --out docs/images
+
 lint: install
 	$(VENV)/bin/ruff check prismatic prism_assets resources tests benchmarks
 
 clean:
-	rm -rf $(VENV) .prism .pytest_cache
+	rm -rf $(VENV) .prism .pytest_cache site

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from prism_cli.defaults import default_of
 from prism_cli.student import register as register_student_commands
 from prismatic.errors import PrismError
 
@@ -28,12 +29,13 @@ Home = Annotated[Path | None, typer.Option("--home", help="Prism home (default $
                                            show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Proxy = Annotated[str | None, typer.Option("--proxy", help="Proxy model: folder under <home>/models, a path "
-                                                           "or a Hugging Face id (default from prism.yaml).")]
-Mode = Annotated[str | None, typer.Option("--mode", help="fast (batched, default) | faithful (one backward "
-                                                         "per sample, the paper code's method).")]
-Dim = Annotated[int | None, typer.Option("--dim", help="Projection dimension (default 1024).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Projection seed (default 0).")]
-MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Truncate chats to this many tokens.")]
+                                                           f"or a Hugging Face id ({default_of('features.proxy')}).")]
+Mode = Annotated[str | None, typer.Option("--mode", help="fast (batched) | faithful (one backward per sample, the "
+                                                         f"paper code's method) ({default_of('features.mode')}).")]
+Dim = Annotated[int | None, typer.Option("--dim", help=f"Projection dimension ({default_of('features.dim')}).")]
+Seed = Annotated[int | None, typer.Option("--seed", help=f"Projection seed ({default_of('features.seed')}).")]
+MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Truncate chats to this many tokens "
+                                                                   f"({default_of('features.max_tokens')}: never).")]
 IdField = Annotated[str | None, typer.Option("--id-field", help="Name of the id field in DATA.")]
 PromptField = Annotated[str | None, typer.Option("--prompt-field", help="Name of the prompt field in DATA.")]
 ResponseField = Annotated[str | None, typer.Option("--response-field", help="Name of the response field.")]
@@ -271,7 +273,7 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the tables (DuckDB v
 @app.command()
 def diversity(data: Annotated[Path, typer.Argument(help="JSONL or Parquet with id, prompt, response.")],
               metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names, or "
-                                                          "`all` (default: metrics.names of prism.yaml).")] = None,
+                                                          f"`all` ({default_of('metrics.names')}).")] = None,
               proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
               max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
               response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:
@@ -305,8 +307,9 @@ def select(pool: Annotated[Path, typer.Option("--pool", help="The pool: DATA (JS
            count: Annotated[int | None, typer.Option("--count", help="Budget of balanced/logdet, cap of novelty "
                                                      "(default: what "
                                                      "the paper rule keeps).", show_default=False)] = None,
-           ratio: Annotated[float | None, typer.Option("--ratio", help="Clusters k = ratio × pool size (default "
-                                                       "synthesis.cluster_ratio, 0.1).", show_default=False)] = None,
+           ratio: Annotated[float | None, typer.Option("--ratio", help="Clusters k = ratio × pool size "
+                                                       f"({default_of('synthesis.cluster_ratio')}).",
+                                                       show_default=False)] = None,
            proxy: Proxy = None, mode: Mode = None, dim: Dim = None, seed: Seed = None,
            max_tokens: MaxTokens = None, id_field: IdField = None, prompt_field: PromptField = None,
            response_field: ResponseField = None, as_json: Json = False, home: Home = None) -> None:

@@ -1,5 +1,5 @@
 """`prism export`, `prism train`, `prism evaluate`: training data out of the store, a student trained on
-it, the student measured on held-out sets (docs/formulas.md#student, README "Export and the student").
+it, the student measured on held-out sets (docs/formulas.md#student, docs/student.md).
 
 `prism_cli.main` registers these functions as commands (`register`). Like every command, `--json`
 prints one JSON object on stdout (progress bars and logs go to stderr), and a user-fixable error is
@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from prism_cli.defaults import default_of
 from prismatic.errors import PrismError
 
 Home = Annotated[Path | None, typer.Option("--home", help="Prism home (default $PRISM_HOME, else ./.prism).",
@@ -58,19 +59,19 @@ def train(data: Annotated[Path, typer.Argument(help="What `prism export` wrote (
                                                     "JSONL/Parquet rows with `messages` or `prompt`/`response`.")],
           out: Annotated[Path, typer.Option("--out", help="Folder for the trained model.")],
           base: Annotated[str | None, typer.Option("--base", help="Model to fine-tune: folder under <home>/models, "
-                                                   "a path or a Hugging Face id (default student.base, "
-                                                   "smollm2-135m-instruct).", show_default=False)] = None,
-          epochs: Annotated[int | None, typer.Option("--epochs", show_default=False,
-                                                     help="Passes over DATA (default student.epochs).")] = None,
+                                                   f"a path or a Hugging Face id ({default_of('student.base')}).",
+                                                   show_default=False)] = None,
+          epochs: Annotated[int | None, typer.Option("--epochs", show_default=False, help="Passes over DATA "
+                                                     f"({default_of('student.epochs')}).")] = None,
           lr: Annotated[float | None, typer.Option("--lr", show_default=False,
-                                                   help="AdamW learning rate (default student.lr).")] = None,
+                                                   help=f"AdamW learning rate ({default_of('student.lr')}).")] = None,
           lora_rank: Annotated[int | None, typer.Option("--lora-rank", show_default=False,
                                                         help="0: every weight; r > 0: rank-r LoRA, merged "
-                                                             "(default student.lora_rank).")] = None,
-          seed: Annotated[int | None, typer.Option("--seed", show_default=False,
-                                                   help="Seed: same seed and data, same weights.")] = None,
-          batch_size: Annotated[int | None, typer.Option("--batch-size", show_default=False,
-                                                         help="Chats per optimizer step.")] = None,
+                                                             f"({default_of('student.lora_rank')}).")] = None,
+          seed: Annotated[int | None, typer.Option("--seed", show_default=False, help="Same seed and data, same "
+                                                   f"weights ({default_of('student.seed')}).")] = None,
+          batch_size: Annotated[int | None, typer.Option("--batch-size", show_default=False, help="Chats per optimizer "
+                                                         f"step ({default_of('student.batch_size')}).")] = None,
           as_json: Json = False, home: Home = None) -> None:
     """Fine-tune the student on DATA's assistant tokens only; prints the training report."""
     from prismatic.config_file import load_config
@@ -99,8 +100,8 @@ def evaluate(model: Annotated[str, typer.Argument(help="Model folder (`prism tra
                                                             "name).")],
              limit: Annotated[int | None, typer.Option("--limit", show_default=False,
                                                        help="Accuracy of greedy vLLM answers on the first N "
-                                                            "problems of each set (default "
-                                                            "student.accuracy_limit; 0: NLL only).")] = None,
+                                                            "problems of each set (0: NLL only; "
+                                                            f"{default_of('student.accuracy_limit')}).")] = None,
              as_json: Json = False, home: Home = None) -> None:
     """Mean assistant-token NLL of the reference solutions, and exact-match accuracy (math-verify) of
     greedy answers, per SET: {"sets": {name: {"n", "nll", "accuracy", "accuracy_n"}}}."""

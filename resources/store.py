@@ -59,7 +59,7 @@ class StoreResource(ConfigurableResource):
 
         Dagster builds a fresh instance of this resource for each run in each process (and each sensor
         tick), so an S3 store is opened with its run cache (`S3Store`, `run_cache`): what this run wrote
-        or read is not asked again (README, "Scaling out": the S3 requests of a seed round)."""
+        or read is not asked again (the S3 requests of a seed round: benchmarks/results/measurements.md)."""
         config = self.prism_home.config()
         uri = self.uri or config.store_uri
         if self._opened is None or self._opened[0] != uri:

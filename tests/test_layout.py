@@ -133,3 +133,20 @@ def test_code_cites_only_documents_in_the_repository():
             outside.append(str(path.relative_to(REPO)))
     assert outside == []
     assert sorted(doc for doc in cited if not (REPO / doc).is_file()) == []
+
+
+def test_the_architecture_page_names_every_module_where_it_lives():
+    """docs/architecture.md names each module of the packages by its path (a package without modules of its own
+    by its folder), and every path it names exists."""
+    packages = "|".join(PACKAGES)
+    named = set(re.findall(rf"`((?:{packages})/[\w/]*?(?:\.py|/))`",
+                           (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")))
+    expected = set()
+    for path in module_files().values():
+        relative = path.relative_to(REPO).as_posix()
+        if path.name != "__init__.py":
+            expected.add(relative)
+        elif len(list(path.parent.glob("*.py"))) == 1 and path.parent.name not in PACKAGES:
+            expected.add(relative.removesuffix("__init__.py"))
+    assert sorted(expected - named) == []
+    assert sorted(p for p in named if not (REPO / p).exists()) == []

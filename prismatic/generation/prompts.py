@@ -186,7 +186,7 @@ def continuation_prompt(examples: list[dict], task: str) -> str:
            then a final `Problem:` for the model to continue (stopped at the line end).
     nli:   `Premise: …` / `Hypothesis: …` blocks, then a final `Premise:`.
     No chat template and no instruction: a 135M instruct model follows the pattern of the examples
-    far more reliably than a written request for a format (README "Problem formats").
+    far more reliably than a written request for a format (docs/performance.md#problem-formats).
     """
     _check_task(task)
     if not examples:

@@ -26,19 +26,15 @@ each row is then L2-normalized. Losses are as in the faithful path (mean over ea
 tokens, chat.py), so per-sample gradients are exact up to the projections. See docs/formulas.md for
 the derivation.
 
-Against SmolLM2's exact per-sample gradients (64 GSM8K samples, 3 seeds,
-`benchmarks.gradient_agreement`): the concatenated 64×64 blocks alone give cosines with Pearson r
-0.98; after the final stage, d = 1024 gives r 0.90 with either stage (the projection's own noise,
-≈ 1/√d, dominates), d = 4096 gives 0.955 (sparse, G-Vendi +0.4 %) and 0.956 (dense, −0.2 %). The
-sparse stage at d = 4096 ran at 1.05× the dense d = 1024 speed on the Qwen2.5-0.5B shape, so it is
-the default (README "Performance").
+How closely each setting's cosines follow the exact per-sample gradients' (`benchmarks.gradient_agreement`),
+and at what speed (`benchmarks.gradients`), is in their reports (docs/performance.md#gradient-features): a
+final projection to d dimensions misplaces a cosine by about 1/√d, whatever the blocks.
 
 Batches are packed: the samples of a batch are concatenated into one row with no padding, positions
 restart at 0 for each sample and attention is causal within each sample (`packed_causal_attention`),
-so every token sees what it would see alone and no FLOP is spent on padding (on 8 GSM8K samples,
-right-padding to the longest one added 53 % tokens). The vocabulary-sized logits gradient is formed
-in row chunks without autograd (`_head_gradients`). Measured on the Qwen2.5-0.5B shape, 32 GSM8K
-samples: 1.75× the padded, autograd-loss version side by side (SmolLM2, 64 samples: 1.44×).
+so every token sees what it would see alone and no FLOP is spent on padding. The vocabulary-sized logits
+gradient is formed in row chunks without autograd (`_head_gradients`). What both changes gained is in
+benchmarks/results/measurements.md ("From the code").
 """
 
 from __future__ import annotations
@@ -64,9 +60,8 @@ from prismatic.metrics.vendi import normalize_rows
 
 PACKED_ATTENTION = "prism_packed_causal"
 SIGNS_CACHE_BYTES = 2 << 30
-"""The final projection's bf16 signs are generated once and kept when they fit this (the default 64×64
-blocks at d = 1024: 1.84 GB for SmolLM2, about 1.6 GB for the Qwen2.5-0.5B shape); larger ones are
-generated again for every batch."""
+"""The final projection's bf16 signs (2·concat·d bytes, concat the concatenated blocks' size) are generated
+once and kept when they fit this; larger ones are generated again for every batch."""
 
 
 def packed_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -77,7 +72,7 @@ def packed_causal_attention(module, query, key, value, attention_mask, dropout=0
     counts in row order. Per sample: softmax(q kᵀ · scaling, future masked) v, softmax in float32,
     the `heads / kv_heads` query heads of a group stacked against their shared key/value head (no
     repeated keys). Returns (1, T, heads, d). Plain matmuls: at GSM8K lengths their backward on CPU is
-    about 1.5× faster than SDPA's flash kernel.
+    faster than SDPA's flash kernel (benchmarks/results/measurements.md, "From the code").
     """
     if sliding_window:
         raise PrismError("fast gradients do not support sliding-window attention; use --mode faithful")

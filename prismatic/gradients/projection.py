@@ -9,8 +9,8 @@ size, device or batch gives the same projection. The full d × D matrix is never
 `block_coords` × d signs at a time (bf16: 2 bytes a sign). See docs/formulas.md for the derivation.
 
 Signs are made from random bytes by writing each bit into a float's sign bit (no per-entry random
-draw, no multiply) in a reused buffer, chunks in parallel threads: about 3.5 G signs/s on this
-2-core machine, against 0.2 G/s for `torch.randint`.
+draw, no multiply) in a reused buffer, chunks in parallel threads; its speed against `torch.randint` is in
+benchmarks/results/measurements.md ("From the code").
 """
 
 from __future__ import annotations
@@ -139,8 +139,7 @@ class CountSketch:
     projection Px/√d, at O(D) per vector instead of O(D·d). No ÷√d: ‖Sx‖² already estimates ‖x‖².
 
     h and s are drawn once from a PCG64 stream seeded with (seed, D, d): the sketch is defined by
-    (seed, D, d) alone, on any device. Held as D int64 buckets and D float32 signs (12 bytes a
-    coordinate: 11 MB for SmolLM2's 64 × 64 blocks).
+    (seed, D, d) alone, on any device. Held as D int64 buckets and D float32 signs: 12·D bytes.
     """
 
     in_dim: int

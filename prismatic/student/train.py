@@ -7,8 +7,8 @@ B is the mean cross-entropy over its assistant tokens A_B,
     L(θ) = −(1/|A_B|) Σ_{t∈A_B} log p_θ(x_t | x_<t)        (nats per assistant token),
 
 minimized with AdamW (linear decay to 0, no warm-up) by TRL's `SFTTrainer` on pre-tokenized rows
-(`input_ids`, `assistant_masks`), float32 weights under bfloat16 autocast (on this CPU, with AVX512-BF16,
-about twice the float32 speed). `lora_rank` r > 0 trains rank-r LoRA adapters (PEFT, alpha = 2r)
+(`input_ids`, `assistant_masks`), float32 weights under bfloat16 autocast (faster than float32 on CPUs
+with native bf16 matmuls). `lora_rank` r > 0 trains rank-r LoRA adapters (PEFT, alpha = 2r)
 on every linear layer and merges them into the weights; r = 0 trains every weight. The saved folder
 is a plain transformers model (weights, tokenizer, chat template) that transformers and vLLM load
 alike, with `train_report.json` beside it. The same seed, data and thread count give the same weights.

@@ -59,14 +59,11 @@ Two backends train the centroids (`backend=`):
     ≈ d·2⁻²⁴ of each other any float32 computation may pick either): the same Lloyd steps.
 `backend="auto"` (the default) takes bf16 when init = "random", n·k·d ≥ AUTO_BF16_MIN_WORK = 10¹⁰
 multiply-adds per assignment step and `fast_bf16_matmul()` (torch has oneDNN enabled and the CPU
-AVX512-BF16 or AMX-BF16); otherwise faiss. Measured on this project's 2-core AVX512-BF16 EPYC (20
-iterations, both backends' own early stops, best of 2 in one warm process, load 1–1.8 from other
-work), faiss ÷ bf16 seconds were, on `benchmarks.kmeans` clustered rows, 0.68 at n·k·d = 4·10⁸,
-2.2 at 3·10⁹, 2.9 at 10¹⁰, 3.0 at 2·10¹⁰ and 3.1 at 4·10¹⁰; on unstructured rows (Gaussian
-directions: nearly every row a near-tie, the worst case for step 1, and a fixed point after 2–3
-iterations) 0.81, 0.84, 1.85, 1.6 and 2.6. From 10¹⁰ bf16 is the faster on both; below it the
-per-step overhead (top-2, re-scoring, bounds) eats the cheaper matmul on unstructured rows. At
-d = 1024 and k = n/10 the threshold is pools of ≥ 9,900 rows; every pool in the tests stays on faiss.
+AVX512-BF16 or AMX-BF16); otherwise faiss. The threshold is where bf16 became the faster of the two on
+both clustered and unstructured rows (the crossover measurements: benchmarks/results/measurements.md,
+"From the code"); below it the per-step overhead (top-2, re-scoring, bounds) eats the cheaper matmul on
+unstructured rows. At d = 1024 and k = n/10 the threshold is pools of ≥ 9,900 rows; every pool in the
+tests stays on faiss.
 
 After training, the returned labels are one more assignment step against the final centroids (faiss:
 `assign`; bf16: a bounded step as above), so `assign(features, result.centroids)` reproduces

