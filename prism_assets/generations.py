@@ -8,6 +8,7 @@ from prism_assets.metadata import previous_round_links
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.seeds import seeds
 from prismatic.generation.journal import Journal
+from prismatic.generation.usage import Budget
 from prismatic.rounds import SEED_ROUND, previous_round
 from prismatic.synthesis.generate import problem_nll
 from prismatic.synthesis.steps import generations_step
@@ -18,7 +19,7 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[seeds], kinds={"vllm", "polars"}, code_version="2", group_name="prismatic",
+       deps=[seeds], kinds={"vllm", "polars"}, code_version="3", group_name="prismatic",
        owners=["team:prismatic"],
        description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
                    "Reads the previous round's pool through the store (the one undeclared edge). "
@@ -26,7 +27,10 @@ from resources.store import StoreResource
                    "tokens, repetition, must ask something), the proxy-perplexity outlier rule, exact and near "
                    "duplicates of the pool or the round, and 10-gram overlap with configured benchmarks "
                    "(a `rejections` row each, counts per reason in the metadata). "
-                   "Finished requests are journaled, so a retry sends only the missing ones.")
+                   "Finished requests are journaled with their tokens and latency, so a retry sends only the "
+                   "missing ones; the metadata shows the round's tokens (and cost, with generator.prices). "
+                   "With generator.budget_tokens or budget_usd, the round stops sending once its spending "
+                   "reaches the budget and fails; a rerun with a larger budget resumes from the journal.")
 def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                 generator: GeneratorResource, proxy: ProxyResource) -> MaterializeResult:
     key = context.partition_key
@@ -46,7 +50,8 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
         output = generations_step(  # the proxy loads on the NLL rule's first call, if any
             key, config.synthesis, pool=pool, seeds=io.read(store, "seeds", SEED_ROUND), engine=engine,
             journal=journal, model=generator.model_name(),
-            nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks))
+            nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks),
+            budget=Budget.from_config(config.generator, journal.usage()), prices=config.generator.prices)
     version, metadata = io.write_step(context, store, output, previous_pool=used)
     endpoints = endpoint_counts(engine, since=endpoints_before)
     return MaterializeResult(data_version=version, metadata={

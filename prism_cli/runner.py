@@ -250,7 +250,9 @@ def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> 
     verified samples (solutions in a problem's winning answer group); kept: candidates the selection
     kept; pool: pool size; gvendi: the pool's G-Vendi; gain: its change from the previous round;
     control_gain: the change had the same number of candidates been kept at random
-    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws). store_uri: as in `run_round`.
+    (`gvendi_control`, mean of `synthesis.control_draws` seeded draws); tokens: prompt + completion
+    tokens of the round's generation requests, and cost_usd their cost under `generator.prices` (the
+    `usage` the generations file records; null for rounds written without it). store_uri: as in `run_round`.
     """
     config = home_config(home)
     store = open_store(store_uri or config.store_uri, s3=config.s3)
@@ -262,6 +264,7 @@ def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> 
         counts = rejections.group_by("reason").len().sort("len", descending=True)
         dropped_by = {r: n for r, n in counts.iter_rows() if r in SCREENING_REASONS}
         scores = dict(store.read("diversity_scores", key).select("metric", "value").iter_rows())
+        usage = store.read_metadata("generations", key).get("usage") or {}
         if previous is None and key != SEED_ROUND:
             previous = pool_gvendi(store, previous_round(key))
         rows.append({
@@ -278,18 +281,24 @@ def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> 
             "gain": None if previous is None else round(scores["gvendi"] - previous, 3),
             "control_gain": (round(scores["gvendi_control"] - previous, 3)
                              if previous is not None and "gvendi_control" in scores else None),
+            "tokens": usage.get("total_tokens"),
+            "cost_usd": usage.get("cost_usd"),
         })
         previous = scores["gvendi"]
     return rows
 
 
 def format_summary(rows: list[dict]) -> list[str]:
-    """`round_summary` rows as a fixed-width table, then one line per round naming why problems were dropped."""
+    """`round_summary` rows as a fixed-width table (a cost column only when some round has a cost), then one
+    line per round naming why problems were dropped."""
+    priced = any(row.get("cost_usd") is not None for row in rows)
     columns = ("round", "problems", "dropped", "solved", "verified", "kept", "pool", "gvendi", "gain",
-               "control_gain")
+               "control_gain", "tokens", *(("cost_usd",) if priced else ()))
     def cell(column: str, value) -> str:
         if value is None:
             return "—"
+        if column == "cost_usd":
+            return f"{value:.4f}"
         return f"{value:+.3f}" if column.endswith("gain") else f"{value:.3f}" if column == "gvendi" else str(value)
 
     cells = [[cell(c, row[c]) for c in columns] for row in rows]

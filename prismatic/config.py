@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from prismatic.config_deploy import (  # noqa: F401 (re-exported: every section importable from here)
     K8sConfig,
@@ -108,6 +108,17 @@ class SamplingConfig(Section):
     max_tokens: int = Field(512, gt=0)
 
 
+class PriceTable(Section):
+    """USD per million tokens, both required (cost: `prismatic.generation.usage`).
+
+    input_usd_per_million: per million prompt (input) tokens.
+    output_usd_per_million: per million completion (output) tokens.
+    """
+
+    input_usd_per_million: float = Field(ge=0)
+    output_usd_per_million: float = Field(ge=0)
+
+
 class GeneratorConfig(Section):
     """The LLM that writes problems and solutions.
 
@@ -130,6 +141,11 @@ class GeneratorConfig(Section):
       to the store as one immutable journal segment (`<store>/_journal/<round>/generations/`) every
       `journal_flush_responses` responses or `journal_flush_s` seconds after the oldest unflushed one,
       whichever comes first, and on close; a retry anywhere sends only what no segment holds.
+    max_requests_per_minute, max_tokens_per_minute (openai): limits over all `base_urls` together in any
+      60-second window (tokens: prompt + completion, estimated at sending, then the server's count).
+    budget_tokens, budget_usd: a round's budget in tokens (prompt + completion) or USD (needs `prices`):
+      once reached no request is sent and the round fails; a rerun with a larger one resumes from the journal.
+    prices: USD per million input and output tokens; with it rounds and dataset cards show their cost.
     """
 
     backend: Literal["vllm", "openai"] = "vllm"
@@ -144,6 +160,20 @@ class GeneratorConfig(Section):
     kv_cache_gb: int = Field(1, gt=0)
     journal_flush_responses: int = Field(64, gt=0)
     journal_flush_s: float = Field(30.0, gt=0)
+    max_requests_per_minute: int | None = Field(None, gt=0)
+    max_tokens_per_minute: int | None = Field(None, gt=0)
+    prices: PriceTable | None = None
+    budget_tokens: int | None = Field(None, gt=0)
+    budget_usd: float | None = Field(None, gt=0)
+
+    @field_validator("max_requests_per_minute", "max_tokens_per_minute", "budget_usd")
+    @classmethod
+    def _applies(cls, value: float | None, info: ValidationInfo) -> float | None:
+        usd = info.field_name == "budget_usd"
+        if value is not None and (info.data.get("prices") is None if usd else info.data.get("backend") != "openai"):
+            raise ValueError("a budget in USD needs prices (input_usd_per_million, output_usd_per_million)" if usd
+                             else f"applies to backend 'openai' only (this is {info.data.get('backend')!r})")
+        return value
 
 
 class DedupConfig(Section):

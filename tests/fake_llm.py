@@ -23,10 +23,13 @@ class DeterministicServer:
     solutions of one problem mostly share; other chat requests (math solutions) end in a `\boxed{}`
     answer that the solutions of one problem share. `answered` lists the seed of every request
     answered with 200; a request's seed is 31 bits of its request key, so it names the request.
+    Token usage: prompt tokens are the words of the prompt (every message's content), completion
+    tokens the words of the answer; `tokens` maps each answered seed to (prompt, completion).
     """
 
     def __init__(self):
         self.answered: list[int] = []
+        self.tokens: dict[int, tuple[int, int]] = {}
         self.auth: set[str | None] = set()
         self.lock = threading.Lock()
         server = self
@@ -43,12 +46,18 @@ class DeterministicServer:
                     server.answered.append(body["seed"])
                     server.auth.add(self.headers.get("Authorization"))
                 if "prompt" in body:
-                    choice = {"index": 0, "finish_reason": "stop", "text": _continue(body)}
+                    text = _continue(body)
+                    choice = {"index": 0, "finish_reason": "stop", "text": text}
+                    prompt = len(body["prompt"].split())
                 else:
-                    choice = {"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": _answer(body)}}
+                    text = _answer(body)
+                    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    prompt = sum(len(message["content"].split()) for message in body["messages"])
+                with server.lock:
+                    server.tokens[body["seed"]] = (prompt, len(text.split()))
                 data = json.dumps({"object": "text_completion" if "prompt" in body else "chat.completion",
-                                   "usage": {"completion_tokens": 4}, "choices": [choice]})
+                                   "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split())},
+                                   "choices": [choice]})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

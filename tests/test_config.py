@@ -72,3 +72,37 @@ def test_sparse_final_stage_needs_the_fast_path(tmp_path):
     assert load_config(tmp_path).features.final == "sparse"
     (tmp_path / "prism.yaml").write_text("features:\n  mode: faithful\n")  # the default final is the fast path's
     assert load_config(tmp_path).features.mode == "faithful"
+
+
+@pytest.mark.parametrize("text, line, field, message", [
+    ("generator:\n  backend: openai\n  budget_tokens: -5\n", 3, "generator.budget_tokens", "greater than 0"),
+    ("generator:\n  budget_usd: -0.5\n  prices: {input_usd_per_million: 1, output_usd_per_million: 2}\n", 2,
+     "generator.budget_usd", "greater than 0"),
+    ("generator:\n  prices:\n    input_usd_per_million: 0.15\n", 2, "generator.prices.output_usd_per_million",
+     "Field required"),
+    ("generator:\n  prices: {input_usd_per_million: -1, output_usd_per_million: 2}\n", 2,
+     "generator.prices.input_usd_per_million", "greater than or equal to 0"),
+    ("generator:\n  budget_usd: 5\n", 2, "generator.budget_usd", "a budget in USD needs prices"),
+    ("generator:\n  backend: openai\n  max_requests_per_minute: 0\n", 3, "generator.max_requests_per_minute",
+     "greater than 0"),
+    ("generator:\n  max_tokens_per_minute: 1000\n", 2, "generator.max_tokens_per_minute",
+     "applies to backend 'openai' only"),
+])
+def test_bad_limits_are_one_line_naming_the_key(tmp_path, text, line, field, message):
+    path = tmp_path / "prism.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_config(tmp_path)
+    assert (info.value.line, info.value.field) == (line, field)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_limits_budget_and_prices_are_read(tmp_path):
+    (tmp_path / "prism.yaml").write_text(
+        "generator:\n  backend: openai\n  max_requests_per_minute: 600\n  max_tokens_per_minute: 200000\n"
+        "  budget_usd: 2.5\n  budget_tokens: 1000000\n"
+        "  prices: {input_usd_per_million: 0.15, output_usd_per_million: 0.6}\n")
+    generator = load_config(tmp_path).generator
+    assert (generator.max_requests_per_minute, generator.max_tokens_per_minute) == (600, 200000)
+    assert (generator.budget_usd, generator.budget_tokens) == (2.5, 1000000)
+    assert (generator.prices.input_usd_per_million, generator.prices.output_usd_per_million) == (0.15, 0.6)

@@ -219,9 +219,11 @@ def _write_data(folder: Path, rows: pl.DataFrame, fmt: str) -> None:
 
 def dataset_card(store: Store, rows: pl.DataFrame, read: Sequence[str], *, table: str,
                  span: tuple[str | None, str | None], fmt: str, config: dict | None) -> dict[str, Any]:
-    """The card of an export: format, table, rounds, rows; per round of the rows, their count and the
+    """The card of an export: format, table, rounds, rows; per round of the rows, their count, the
     round's `diversity_scores` (`pool_gvendi`: the pool's G-Vendi after that round; `candidates_gvendi`:
-    G-Vendi of that round's verified samples; null when not scored); `gvendi`: the G-Vendi of exactly
+    G-Vendi of that round's verified samples; null when not scored) and what its generation cost
+    (`usage`, as its generations file records it: prompt, completion and total tokens, cost_usd under
+    `generator.prices`; null for the seed round and rounds written without it); `gvendi`: the G-Vendi of exactly
     the exported rows from their stored gradient features (null when some row has none, or the rounds
     used different projections); the store, each partition read (data version, run), the
     configuration and the code's commit (`git_commit`)."""
@@ -230,8 +232,11 @@ def dataset_card(store: Store, rows: pl.DataFrame, read: Sequence[str], *, table
     for key in sort_rounds(counts):
         scores = (dict(store.read("diversity_scores", key).select("metric", "value").iter_rows())
                   if store.exists("diversity_scores", key) else {})
+        usage = (store.read_metadata("generations", key).get("usage")
+                 if store.exists("generations", key) else None)
         per_round[key] = {"rows": counts[key], "pool_gvendi": scores.get("gvendi"),
-                          "candidates_gvendi": scores.get("gvendi_candidates")}
+                          "candidates_gvendi": scores.get("gvendi_candidates"),
+                          "usage": {name: usage.get(name) for name in _USAGE} if usage else None}
     sources = {}
     for name in read:
         part, key = name.split("/")
@@ -291,15 +296,25 @@ def card_markdown(card: dict[str, Any]) -> str:
              "tags:", "- synthetic", "- prismatic", "---", "", "# Prismatic export", "",
              f"{card['rows']} rows of `{card['table']}` ({', '.join(card['rounds']['present'])}), "
              f"format `{card['format']}`. G-Vendi of these rows: {_number(card['gvendi'])}.", "",
-             "| round | rows | pool G-Vendi | candidates G-Vendi |", "|---|---|---|---|"]
-    lines += [f"| {key} | {v['rows']} | {_number(v['pool_gvendi'])} | {_number(v['candidates_gvendi'])} |"
-              for key, v in card["per_round"].items()]
+             "| round | rows | pool G-Vendi | candidates G-Vendi | tokens (prompt + completion) | cost (USD) |",
+             "|---|---|---|---|---|---|"]
+    for key, v in card["per_round"].items():
+        usage = v.get("usage") or {}
+        tokens = (f"{usage['total_tokens']} ({usage['prompt_tokens']} + {usage['completion_tokens']})"
+                  if usage.get("total_tokens") is not None else "—")
+        cost = f"{usage['cost_usd']:.4f}" if usage.get("cost_usd") is not None else "—"
+        lines.append(f"| {key} | {v['rows']} | {_number(v['pool_gvendi'])} | {_number(v['candidates_gvendi'])} | "
+                     f"{tokens} | {cost} |")
     commit = card["commit"] or {}
     lines += ["", f"Store: `{card['store']}`. Commit: `{commit.get('sha', 'unknown')}`"
                   f"{' (with uncommitted changes)' if commit.get('dirty') else ''}. Created {card['created']}.",
               "", "Configuration (prism.yaml, resolved):", "", "```json", json.dumps(card["config"], indent=2),
               "```", ""]
     return "\n".join(lines)
+
+
+_USAGE = ("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
+"""What the card shows of a round's `usage` (`prismatic.generation.usage.Usage.summary`)."""
 
 
 def _number(value: float | None) -> str:

@@ -1,13 +1,16 @@
 """The journal that makes a generation step resumable (docs/architecture.md).
 
-`Journal` keeps the finished responses of one step as JSONL, one `{"key": …, "text": …}` record per
-request key (`prismatic.generation.requests.request_key`), each append flushed and fsynced to a local
-file. With an S3 store it also flushes them to the store as immutable segments
+`Journal` keeps the finished responses of one step as JSONL, one record per request key
+(`prismatic.generation.requests.request_key`): `{"key", "text", "prompt_tokens", "completion_tokens",
+"latency_s"}` (what the response cost, `prismatic.generation.usage.Completion`; journals written before
+the counts existed hold `{"key", "text"}` records, read as responses without counts), each append
+flushed and fsynced to a local file. With an S3 store it also flushes them to the store as immutable segments
 (`prismatic.storage.segments`), so a step retried on another machine, with an empty `$PRISM_HOME`,
 finds them. `generate_journaled` sends an engine only the requests whose keys are not yet journaled
 and journals each response as the engine reports it, so a step that crashed or was interrupted loses
 only the responses in flight (and, on another machine, those not yet flushed) and, when retried,
-sends only the requests it has no answer for.
+sends only the requests it has no answer for. With a `Budget` it stops sending once the round's
+spending (the journal's responses and those since) reaches it, and fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from prismatic.errors import InputError, PrismError
 from prismatic.faults import fault_point
 from prismatic.generation.engines.base import Engine
 from prismatic.generation.requests import GenerationRequest
+from prismatic.generation.usage import Budget, BudgetExhausted, Completion, Usage
 from prismatic.storage.segments import JournalSegments
 
 log = logging.getLogger(__name__)
 
 
 class Journal:
-    """Finished responses of one generation step: JSONL of `{"key": …, "text": …}`, one per request key.
+    """Finished responses of one generation step: JSONL of `{"key", "text", "prompt_tokens",
+    "completion_tokens", "latency_s"}` records (a value not known left out), one per request key.
 
     Each append is flushed and fsynced to the local file `path` before `append_many` returns. Opening
     a journal whose last line was torn by a crash mid-write drops that line (the file is truncated to
@@ -51,8 +56,8 @@ class Journal:
         self.segments = segments
         self.flush_responses = flush_responses
         self.flush_s = flush_s
-        self._texts: dict[str, str] = {}
-        self._unflushed: dict[str, str] = {}
+        self._records: dict[str, Completion] = {}
+        self._unflushed: dict[str, Completion] = {}
         """Records in the local file that no segment holds yet (segments only)."""
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -60,10 +65,10 @@ class Journal:
         if segments is not None:
             for url, data in segments.read():
                 self._load_segment(url, data)
-        from_segments = set(self._texts)
+        from_segments = set(self._records)
         self._load()
         if segments is not None:
-            self._unflushed = {key: text for key, text in self._texts.items() if key not in from_segments}
+            self._unflushed = {key: record for key, record in self._records.items() if key not in from_segments}
             if self._unflushed:
                 self._start_timer()
 
@@ -77,8 +82,8 @@ class Journal:
             if raw.strip():
                 record = _journal_record(raw)
                 if record is None:
-                    raise InputError(url, "not a journal record {\"key\", \"text\"}", line=line_no)
-                self._texts.setdefault(*record)
+                    raise InputError(url, _NOT_A_RECORD, line=line_no)
+                self._records.setdefault(*record)
 
     def _load(self) -> None:
         if not self.path.exists():
@@ -92,45 +97,58 @@ class Journal:
                 record = _journal_record(raw)
                 if record is None:
                     if not final:
-                        raise InputError(self.path, "not a journal record {\"key\", \"text\"}", line=line_no)
+                        raise InputError(self.path, _NOT_A_RECORD, line=line_no)
                     log.warning("%s: dropping a torn last line (%d bytes)", self.path, len(raw))
                     os.truncate(self.path, offset)
                     return
-                self._texts.setdefault(*record)
+                self._records.setdefault(*record)
                 if final:  # a complete record that lost its newline
                     with self.path.open("ab") as handle:
                         handle.write(b"\n")
             offset += len(raw) + 1
 
     def __contains__(self, key: object) -> bool:
-        return key in self._texts
+        return key in self._records
 
     def __len__(self) -> int:
-        return len(self._texts)
+        return len(self._records)
 
     def get(self, key: str) -> str | None:
-        return self._texts.get(key)
+        record = self._records.get(key)
+        return None if record is None else record.text
 
     def __getitem__(self, key: str) -> str:
-        return self._texts[key]
+        return self._records[key].text
+
+    def completion(self, key: str) -> Completion:
+        """The journaled response of `key`: text, tokens and latency (None where unknown)."""
+        return self._records[key]
 
     @property
     def texts(self) -> dict[str, str]:
         """A copy of key → text of every finished response."""
-        return dict(self._texts)
+        return {key: record.text for key, record in self._records.items()}
 
-    def append(self, key: str, text: str) -> None:
+    def usage(self, keys: Iterable[str] | None = None) -> Usage:
+        """The summed tokens and latencies of the responses of `keys` (each once; keys not journaled are
+        skipped), or of every journaled response."""
+        if keys is None:
+            return Usage.of(self._records.values())
+        return Usage.of(self._records[key] for key in dict.fromkeys(keys) if key in self._records)
+
+    def append(self, key: str, text: str | Completion) -> None:
         self.append_many([(key, text)])
 
-    def append_many(self, items: Iterable[tuple[str, str]]) -> None:
-        """Append records for keys not yet journaled; one write, flush and fsync. With segments, flush
-        them to the store when `flush_responses` are waiting, else start the `flush_s` clock."""
+    def append_many(self, items: Iterable[tuple[str, str | Completion]]) -> None:
+        """Append records (a text alone counts nothing) for keys not yet journaled; one write, flush and
+        fsync. With segments, flush them to the store when `flush_responses` are waiting, else start the
+        `flush_s` clock."""
         due = False
         with self._lock:
-            fresh: dict[str, str] = {}
-            for key, text in items:
-                if key not in self._texts and key not in fresh:
-                    fresh[key] = text
+            fresh: dict[str, Completion] = {}
+            for key, value in items:
+                if key not in self._records and key not in fresh:
+                    fresh[key] = Completion.of(value)
             if not fresh:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +156,7 @@ class Journal:
                 handle.write(_records(fresh))
                 handle.flush()
                 os.fsync(handle.fileno())
-            self._texts.update(fresh)
+            self._records.update(fresh)
             if self.segments is not None:
                 self._unflushed.update(fresh)
                 due = len(self._unflushed) >= self.flush_responses
@@ -202,12 +220,23 @@ class Journal:
         self.flush()
 
 
-def _records(texts: dict[str, str]) -> str:
-    """JSONL of `{"key": …, "text": …}` records, keys in this order, non-ASCII kept."""
-    return "".join(json.dumps({"key": k, "text": t}, ensure_ascii=False) + "\n" for k, t in texts.items())
+_NOT_A_RECORD = 'not a journal record {"key", "text", "prompt_tokens", "completion_tokens", "latency_s"}'
 
 
-def _journal_record(raw: bytes) -> tuple[str, str] | None:
+def _records(records: dict[str, Completion]) -> str:
+    """JSONL records, keys in this order, non-ASCII kept; a count or latency not known is left out (a
+    response without any is the `{"key", "text"}` record earlier code wrote, and reads)."""
+    lines = []
+    for key, c in records.items():
+        record = {"key": key, "text": c.text, "prompt_tokens": c.prompt_tokens,
+                  "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
+        lines.append(json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def _journal_record(raw: bytes) -> tuple[str, Completion] | None:
+    """(key, response) of one line; None when it is not a record. Records written before counts were
+    journaled have only key and text."""
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -215,15 +244,27 @@ def _journal_record(raw: bytes) -> tuple[str, str] | None:
     if not isinstance(value, dict) or not isinstance(value.get("key"), str) \
             or not isinstance(value.get("text"), str):
         return None
-    return value["key"], value["text"]
+    counts = [value.get(name) for name in ("prompt_tokens", "completion_tokens")]
+    latency = value.get("latency_s")
+    if any(c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 0) for c in counts) \
+            or latency is not None and (not isinstance(latency, int | float) or isinstance(latency, bool)):
+        return None
+    return value["key"], Completion(value["text"], *counts, latency)
 
 
-def generate_journaled(engine: Engine, requests: Sequence[GenerationRequest], journal: Journal) -> list[str]:
+def generate_journaled(engine: Engine, requests: Sequence[GenerationRequest], journal: Journal,
+                       budget: Budget | None = None, what: str = "") -> list[str]:
     """Texts of all `requests` in order, sending only those whose key is not in `journal`.
 
-    Each finished response is journaled as the engine reports it, so an interrupted call loses only
-    responses in flight. Requests with the same key are sent once. The journal's segments are
-    flushed when the call returns or fails.
+    Each finished response is journaled, with its tokens and latency, as the engine reports it, so an
+    interrupted call loses only responses in flight. Requests with the same key are sent once. The
+    journal's segments are flushed when the call returns or fails.
+
+    budget: charged with every response journaled (`Budget.charge`; it should start from
+      `journal.usage()`); when the engine stops because it is reached (`BudgetExhausted`), one
+      `PrismError` line names the budget, what was spent and how many of these requests are left, and
+      says that a rerun with a larger budget resumes from the journal. Nothing journaled is lost or
+      sent again. what: the kind of request, for that line (e.g. "solution").
     """
     missing: list[GenerationRequest] = []
     queued: set[str] = set()
@@ -232,14 +273,27 @@ def generate_journaled(engine: Engine, requests: Sequence[GenerationRequest], jo
             missing.append(request)
             queued.add(request.key)
     if missing:
-        def record(pairs: list[tuple[int, str]]) -> None:
-            journal.append_many((missing[position].key, text) for position, text in pairs)
+        def record(pairs: list[tuple[int, str | Completion]]) -> None:
+            fresh = [(missing[position].key, Completion.of(value)) for position, value in pairs]
+            new = [completion for key, completion in fresh if key not in journal]
+            journal.append_many(fresh)
+            if budget is not None:
+                for completion in new:
+                    budget.charge(completion)
 
+        kind = f"{what} requests" if what else "requests"
         try:
-            texts = engine.generate(missing, on_results=record)
+            if budget is not None and budget.reached():
+                raise BudgetExhausted("the generation budget is reached")
+            texts = engine.generate(missing, on_results=record, **({"budget": budget} if budget is not None else {}))
+        except BudgetExhausted:
+            left = sum(1 for request in missing if request.key not in journal)
+            raise PrismError(f"{budget.describe()}; {left} of the {len(missing)} {kind} to send are unanswered. "
+                             f"Nothing answered is lost: a rerun with a larger budget resumes from the journal "
+                             f"{journal.where} and sends only those {left}") from None
         except PrismError as exc:
             left = sum(1 for request in missing if request.key not in journal)
-            raise PrismError(f"{exc} ({len(missing) - left} of the {len(missing)} requests sent finished and are "
+            raise PrismError(f"{exc} ({len(missing) - left} of the {len(missing)} {kind} sent finished and are "
                              f"kept in the journal {journal.where}; a rerun sends only the other {left})") from None
         finally:
             journal.flush()

@@ -33,10 +33,12 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     # Raw LLM outputs. kind: 'problem' | 'solution'; task: 'math' | 'nli'; parent_ids: the few-shot ids a
     # problem was made
     # from, or the problem id a solution answers; request_key: the deterministic request key;
-    # sampling: the sampling parameters as JSON.
+    # sampling: the sampling parameters as JSON; prompt_tokens, completion_tokens, latency_s: what the
+    # request cost (tokens; seconds), shared by the rows of one request, null when not known.
     "generations": {
         "id": _STR, "kind": _STR, "task": _STR, "parent_ids": pl.List(_STR), "text": _STR, "model": _STR,
-        "request_key": _STR, "sampling": _STR,
+        "request_key": _STR, "sampling": _STR, "prompt_tokens": _INT, "completion_tokens": _INT,
+        "latency_s": _FLOAT,
     },
     # Solutions kept by the majority vote. votes: solutions whose answer equals this one;
     # majority_size: the size of the winning answer group of the problem.

@@ -35,6 +35,7 @@ from prismatic.generation.prompts import (
     solution_prompt,
 )
 from prismatic.generation.requests import GenerationRequest, Sampling
+from prismatic.generation.usage import Budget, Completion
 from prismatic.storage.schema import schema
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -191,17 +192,21 @@ def problem_nll(model, tokenizer, texts: Sequence[str], tasks: Sequence[str]) ->
 
 def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config: SynthesisConfig,
                    model: str, key: str, problem_filter: ProblemFilter | None = None,
-                   nll: ProblemNLL | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
+                   nll: ProblemNLL | None = None, budget: Budget | None = None
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
     """(generations, problems, rejections, about) of round `key`: problems, then N solutions per problem.
 
     `problems` has id, task, prompt (the problems that passed screening); generations holds one row
-    per parsed problem and per solution. `screen_problems` (filters, the proxy-NLL rule with `nll`,
-    dedup and decontamination with `problem_filter`) removes problems before they are solved: their
-    problem rows stay in generations (raw outputs), they get no solutions, and each removal is a
-    rejections row with its reason. `about` is what screening used (the NLL thresholds).
+    per parsed problem and per solution, with the tokens and latency of the request that produced it
+    (rows parsed from one answer share them). `screen_problems` (filters, the proxy-NLL rule with
+    `nll`, dedup and decontamination with `problem_filter`) removes problems before they are solved:
+    their problem rows stay in generations (raw outputs), they get no solutions, and each removal is a
+    rejections row with its reason. `about`: `nll_thresholds`, what screening used, and `usage`, the
+    `Usage` of every request of the round (each once, unparseable answers included). `budget`: see
+    `generate_journaled`; a reached budget fails the round with one line.
     """
     jobs = problem_jobs(pool, config, model, key)
-    texts = generate_journaled(engine, [job.request for job in jobs], journal)
+    texts = generate_journaled(engine, [job.request for job in jobs], journal, budget, "problem")
     gen_rows, problem_rows, rejections, parents_of = [], [], [], {}
     for job, text in zip(jobs, texts, strict=True):
         parsed = parse_job(job, text, config.problem_format)
@@ -215,7 +220,8 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
         for pid, problem in parsed:
             problem_rows.append({"id": pid, "task": job.task, "prompt": problem})
             parents_of[pid] = job.parent_ids
-            gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request))
+            gen_rows.append(_generation_row(pid, "problem", job.task, job.parent_ids, problem, model, job.request,
+                                            journal.completion(job.request.key)))
 
     problems = pl.DataFrame(problem_rows, schema={"id": pl.String, "task": pl.String, "prompt": pl.String})
     problems, removed, about = screen_problems(problems, pool, config, problem_filter, nll)
@@ -236,10 +242,12 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
             solution_requests.append((problem["id"], s, GenerationRequest.build(
                 model, messages, label_sampling if constrained else solution_sampling, s,
                 choices=list(NLI_LABELS) if constrained else None)))
-    texts = generate_journaled(engine, [r for _, _, r in solution_requests], journal)
+    texts = generate_journaled(engine, [r for _, _, r in solution_requests], journal, budget, "solution")
     task_of = {p["id"]: p["task"] for p in problem_rows}
     for (pid, s, request), text in zip(solution_requests, texts, strict=True):
-        gen_rows.append(_generation_row(f"{pid}-s{s}", "solution", task_of[pid], [pid], text, model, request))
+        gen_rows.append(_generation_row(f"{pid}-s{s}", "solution", task_of[pid], [pid], text, model, request,
+                                        journal.completion(request.key)))
+    about["usage"] = journal.usage([job.request.key for job in jobs] + [r.key for _, _, r in solution_requests])
     return pl.DataFrame(gen_rows, schema=schema("generations")), problems, rejections, about
 
 
@@ -252,8 +260,11 @@ def solution_examples(pool: pl.DataFrame) -> dict[str, tuple[str, str]]:
     return {row["id"]: (row["prompt"], row["response"]) for row in rows.iter_rows(named=True)}
 
 
-def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest) -> dict:
+def _generation_row(row_id, kind, task, parents, text, model, request: GenerationRequest,
+                    completion: Completion) -> dict:
     sampling = dict(request.sampling.model_dump(), seed=request.seed, choices=request.choices,
                     structured=request.json_schema is not None)
     return {"id": row_id, "kind": kind, "task": task, "parent_ids": parents, "text": text, "model": model,
-            "request_key": request.key, "sampling": json.dumps(sampling, sort_keys=True)}
+            "request_key": request.key, "sampling": json.dumps(sampling, sort_keys=True),
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "latency_s": completion.latency_s}

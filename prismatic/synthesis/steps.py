@@ -36,8 +36,10 @@ from prismatic.synthesis.selection import POOL_FEATURE_RULES, select, selection_
 from prismatic.synthesis.verify import extract_answer, majority_vote, math_equal, nli_label
 
 if TYPE_CHECKING:
+    from prismatic.config import PriceTable
     from prismatic.generation.engines.base import Engine
     from prismatic.generation.journal import Journal
+    from prismatic.generation.usage import Budget
     from prismatic.storage.base import Store
     from prismatic.storage.catalog import Catalog
 
@@ -130,7 +132,8 @@ def pool_rows(verified: pl.DataFrame, origin: str, round_added: str) -> pl.DataF
 
 def generations_step(key: str, config: SynthesisConfig, *, pool: pl.DataFrame | None = None,
                      seeds: pl.DataFrame | None = None, engine: Engine | None = None, journal: Journal | None = None,
-                     model: str = "", nll: ProblemNLL | None = None) -> StepOutput:
+                     model: str = "", nll: ProblemNLL | None = None, budget: Budget | None = None,
+                     prices: PriceTable | None = None) -> StepOutput:
     """Round `key`'s `generations` and `rejections`.
 
     r000: nothing is generated; both tables are empty (fact: note).
@@ -138,12 +141,15 @@ def generations_step(key: str, config: SynthesisConfig, *, pool: pl.DataFrame | 
     problem filter (exact and near duplicates of the pool, 10-gram overlap with the benchmark files
     of `config.decontamination`, read here) and `nll` screen the problems before they are solved
     (`prismatic.synthesis.generate.generate_round`); requests go through `engine` as `model`,
-    journaled in `journal`. Provenance of generations: screening (the NLL thresholds per task).
-    Facts: problems_parsed, problems (kept after screening), solutions, unparseable_answers,
-    problems_removed and removed_<reason> (every filter and quality reason, zeros included),
-    nll_thresholds, output_tokens (the engine's during this step), responses_from_journal
-    (journaled before), responses_generated, tokens_per_s = output tokens ÷ wall seconds of the
-    generation (0.0 when none).
+    journaled in `journal`; `budget` (`generate_journaled`) stops sending once the round's spending
+    reaches it. Provenance of generations: screening (the NLL thresholds per task) and usage
+    (`Usage.summary` of every request of the round, journaled earlier or now: tokens, latency, and
+    cost_usd under `prices`). Facts: problems_parsed, problems (kept after screening), solutions,
+    unparseable_answers, problems_removed and removed_<reason> (every filter and quality reason, zeros
+    included), nll_thresholds, prompt_tokens, completion_tokens, total_tokens and cost_usd (the
+    round's, from usage; cost null without prices), output_tokens (the engine's during this step),
+    responses_from_journal (journaled before), responses_generated, tokens_per_s = output tokens ÷
+    wall seconds of the generation (0.0 when none).
     """
     from prismatic.data.filters import filter_counts
     from prismatic.data.quality import build_filter, removal_counts
@@ -156,12 +162,13 @@ def generations_step(key: str, config: SynthesisConfig, *, pool: pl.DataFrame | 
     tokens_before, journaled_before = engine.output_tokens, len(journal)
     started = time.perf_counter()
     frame, problems, rejections, about = generate_round(engine, journal, pool, config, model, key,
-                                                        problem_filter=problem_filter, nll=nll)
+                                                        problem_filter=problem_filter, nll=nll, budget=budget)
     seconds = time.perf_counter() - started
     tokens = engine.output_tokens - tokens_before
     removed = {**filter_counts(rejections), **removal_counts(rejections)}
+    usage = about.pop("usage").summary(prices)
     return StepOutput({"generations": frame, "rejections": rejections},
-                      provenance={"generations": {"screening": about}}, facts={
+                      provenance={"generations": {"screening": about, "usage": usage}}, facts={
         "problems_parsed": frame.filter(kind="problem").height,
         "problems": len(problems),
         "solutions": frame.filter(kind="solution").height,
@@ -169,6 +176,7 @@ def generations_step(key: str, config: SynthesisConfig, *, pool: pl.DataFrame | 
         "problems_removed": sum(removed.values()),
         **{f"removed_{reason}": count for reason, count in removed.items()},
         "nll_thresholds": about["nll_thresholds"],
+        **{name: usage[name] for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")},
         "output_tokens": tokens,
         "responses_from_journal": journaled_before,
         "responses_generated": len(journal) - journaled_before,

@@ -9,10 +9,10 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import vllm_engine_for
+from fake_openai import FAULTS, fake_servers, shut_down, unused_url
 
 from prismatic.config import SynthesisConfig
 from prismatic.errors import PrismError
@@ -34,150 +34,9 @@ def make_requests(n: int, model: str = "m", **kwargs) -> list[GenerationRequest]
 # ------------------------------------------------------------------------------------------ OpenAI
 
 
-FAULTS = ("500", "garbage", "empty_body", "null_content", "abort", "drop", "hang")
-"""What a misbehaving server does instead of answering: an HTTP 500, a 200 whose body is HTML, an
-empty 200, a completion with `content: null`, one with `finish_reason: "abort"` (vLLM aborting on
-shutdown), closing the connection without a response, answering after the client's timeout."""
-
-
-def shut_down(connections) -> None:
-    """Close every accepted connection as a dying server process would (peers see the connection drop)."""
-    for connection in connections:
-        try:
-            connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class FakeServer:
-    """An OpenAI-compatible chat completions endpoint on 127.0.0.1.
-
-    mode: "ok" answers; "500" fails with a body that echoes the Authorization header (a careless
-    server), "400" refuses. `poison`: requests whose last message contains it get `poison_fault`
-    (default "500"). `faults`: the next requests get these (one of FAULTS each), then answers again.
-    """
-
-    def __init__(self, mode: str = "ok", delay: float = 0.0, port: int = 0):
-        self.mode = mode
-        self.delay = delay
-        self.poison: str | None = None
-        self.poison_fault = "500"
-        self.faults: list[str] = []
-        self.hang = 3.0
-        self.connections: list[socket.socket] = []
-        self.bodies: list[dict] = []
-        self.auth: list[str | None] = []
-        self.hits = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def setup(self):
-                super().setup()
-                with server.lock:
-                    server.connections.append(self.connection)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.hits += 1
-                    server.bodies.append(body)
-                    server.auth.append(self.headers.get("Authorization"))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    fault = server.faults.pop(0) if server.faults else None
-                try:
-                    time.sleep(server.delay)
-                    content = body["messages"][-1]["content"]
-                    if server.poison and server.poison in content:
-                        fault = server.poison_fault
-                    if self.path != "/v1/chat/completions":
-                        self.reply(404, {"error": "no such route"})
-                    elif fault is not None:
-                        self.misbehave(fault)
-                    elif server.mode == "500":
-                        self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
-                    elif server.mode == "400":
-                        self.reply(400, {"error": f"bad request from {self.headers.get('Authorization')}"})
-                    else:
-                        text = body["structured_outputs"]["choice"][0] if "structured_outputs" in body \
-                            else f"echo:{content[-12:]}|seed={body.get('seed')}"
-                        self.reply(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                         "choices": [{"index": 0, "finish_reason": "stop",
-                                                      "message": {"role": "assistant", "content": text}}],
-                                         "usage": {"prompt_tokens": 10, "completion_tokens": 3,
-                                                   "total_tokens": 13}})
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def reply(self, status, payload, raw: bytes | None = None):
-                data = json.dumps(payload).encode() if raw is None else raw
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def misbehave(self, fault):
-                completion = {"choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": None}}]}
-                if fault == "500":
-                    self.reply(500, {"error": f"internal error for {self.headers.get('Authorization')}"})
-                elif fault == "garbage":
-                    self.reply(200, {}, raw=b"<html><body>502 Bad Gateway</body></html>")
-                elif fault == "empty_body":
-                    self.reply(200, {}, raw=b"")
-                elif fault == "null_content":
-                    self.reply(200, completion)
-                elif fault in ("abort", "empty_stop"):
-                    completion["choices"][0].update(finish_reason=fault.removeprefix("empty_"),
-                                                    message={"role": "assistant", "content": ""})
-                    self.reply(200, completion)
-                elif fault == "drop":
-                    self.close_connection = True
-                elif fault == "hang":
-                    time.sleep(server.hang)
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        """Stop as a killed server process would: listening socket and open connections closed."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        shut_down(self.connections)
-
-
 @pytest.fixture
 def servers():
-    started: list[FakeServer] = []
-
-    def start(mode: str = "ok", delay: float = 0.0, port: int = 0) -> FakeServer:
-        started.append(FakeServer(mode, delay, port))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
-
-
-def unused_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    yield from fake_servers()
 
 
 def test_openai_engine_answers_in_order_with_bounded_concurrency(servers):

@@ -14,6 +14,7 @@ from prismatic.errors import InputError
 from prismatic.generation.journal import Journal, generate_journaled
 from prismatic.generation.prompts import solution_prompt
 from prismatic.generation.requests import GenerationRequest, Sampling
+from prismatic.generation.usage import Completion
 from prismatic.storage.segments import JournalSegments
 
 SOLUTION = Sampling.from_config(SynthesisConfig().solution_sampling, seed=0)
@@ -103,10 +104,13 @@ def test_complete_last_record_without_newline_is_kept(tmp_path):
     assert Journal(path).texts == {"a": "x", "b": "y", "c": "z"}
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path):
+@pytest.mark.parametrize("middle", ['not json', '{"key": "b", "text": "y", "prompt_tokens": "many"}',
+                                    '{"key": "b", "text": "y", "completion_tokens": -1}',
+                                    '{"key": "b", "text": "y", "latency_s": "slow"}'])
+def test_corrupt_middle_line_is_an_error(tmp_path, middle):
     path = tmp_path / "j.jsonl"
-    path.write_text('{"key": "a", "text": "x"}\nnot json\n{"key": "b", "text": "y"}\n')
-    with pytest.raises(InputError, match=r"j.jsonl:2"):
+    path.write_text('{"key": "a", "text": "x"}\n' + middle + '\n{"key": "c", "text": "y"}\n')
+    with pytest.raises(InputError, match=r"j.jsonl:2: not a journal record"):
         Journal(path)
 
 
@@ -119,10 +123,14 @@ def test_appends_keep_the_first_text_of_a_key(tmp_path):
 
 
 def test_record_format_is_pinned(tmp_path):
-    """One JSON object per line, keys in this order, non-ASCII kept, as journals of earlier runs were written."""
+    """One JSON object per line, keys in this order, non-ASCII kept, as journals of earlier runs were written;
+    a response with counts adds them after the text, and earlier code's reader (key and text) still reads it."""
     path = tmp_path / "j.jsonl"
-    Journal(path).append_many([("k1", "one"), ("k2", "two\nlines ✓")])
-    assert path.read_bytes() == '{"key": "k1", "text": "one"}\n{"key": "k2", "text": "two\\nlines ✓"}\n'.encode()
+    Journal(path).append_many([("k1", "one"), ("k2", "two\nlines ✓"), ("k3", Completion("three", 12, 4, 0.5))])
+    assert path.read_bytes() == ('{"key": "k1", "text": "one"}\n{"key": "k2", "text": "two\\nlines ✓"}\n'
+                                 '{"key": "k3", "text": "three", "prompt_tokens": 12, "completion_tokens": 4, '
+                                 '"latency_s": 0.5}\n').encode()
+    assert Journal(path).completion("k3") == Completion("three", 12, 4, 0.5)
 
 
 class MemorySegments(JournalSegments):

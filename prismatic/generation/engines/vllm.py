@@ -10,14 +10,16 @@ die with the process that owns the engine, even one killed with SIGKILL (`engine
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from prismatic.errors import PrismError
-from prismatic.generation.engines.base import ResultCallback
+from prismatic.generation.engines.base import BUDGET_CHUNK, ResultCallback
 from prismatic.generation.engines.reaper import EngineReaper
 from prismatic.generation.requests import GenerationRequest
+from prismatic.generation.usage import Budget, BudgetExhausted, Completion
 
 COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
 """vLLM `structured_outputs_config` for JSON without free whitespace."""
@@ -97,33 +99,44 @@ class VLLMEngine:
                               max_tokens=sampling.max_tokens, seed=request.seed, structured_outputs=structured,
                               stop=list(sampling.stop) if sampling.stop else None)
 
-    def generate(self, requests: Sequence[GenerationRequest],
-                 on_results: ResultCallback | None = None) -> list[str]:
-        """Chat requests go through one `LLM.chat` call, raw-text ones through one `LLM.generate`."""
+    def generate(self, requests: Sequence[GenerationRequest], on_results: ResultCallback | None = None,
+                 budget: Budget | None = None) -> list[str]:
+        """Chat requests go through one `LLM.chat` call, raw-text ones through one `LLM.generate`; with a
+        `budget`, through calls of `BUDGET_CHUNK` requests, none started once the budget is reached
+        (then `BudgetExhausted` is raised; the calls before it were reported)."""
         if not requests:
             return []
         texts: list[str] = [""] * len(requests)
         chat = [i for i, r in enumerate(requests) if r.prompt is None]
         raw = [i for i, r in enumerate(requests) if r.prompt is not None]
-        if chat:
-            outputs = self.llm.chat([list(requests[i].messages) for i in chat],
-                                    [self.sampling_params(requests[i]) for i in chat], use_tqdm=False)
-            self._collect(chat, outputs, texts, on_results)
-        if raw:
-            outputs = self.llm.generate([requests[i].prompt for i in raw],
-                                        [self.sampling_params(requests[i]) for i in raw], use_tqdm=False)
-            self._collect(raw, outputs, texts, on_results)
+        size = BUDGET_CHUNK if budget is not None else len(requests)
+        for group in (chat, raw):
+            for start in range(0, len(group), size):
+                if budget is not None and budget.reached():
+                    raise BudgetExhausted("the generation budget is reached")
+                positions = group[start:start + size]
+                params = [self.sampling_params(requests[i]) for i in positions]
+                started = time.perf_counter()
+                if group is chat:
+                    outputs = self.llm.chat([list(requests[i].messages) for i in positions], params, use_tqdm=False)
+                else:
+                    outputs = self.llm.generate([requests[i].prompt for i in positions], params, use_tqdm=False)
+                self._collect(positions, outputs, texts, on_results, time.perf_counter() - started)
         return texts
 
-    def _collect(self, positions: list[int], outputs: list, texts: list[str],
-                 on_results: ResultCallback | None) -> None:
-        """Put one call's outputs at their request positions, count tokens, report them."""
+    def _collect(self, positions: list[int], outputs: list, texts: list[str], on_results: ResultCallback | None,
+                 seconds: float) -> None:
+        """Put one call's outputs at their request positions, count tokens (vLLM's token ids: the
+        prompt's and the output's), report them with the call's `seconds` as each one's latency."""
+        completions = []
         for i, out in zip(positions, outputs, strict=True):
             texts[i] = out.outputs[0].text
-        self.output_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
+            prompt = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
+            completions.append(Completion(texts[i], prompt, len(out.outputs[0].token_ids), round(seconds, 4)))
+        self.output_tokens += sum(c.completion_tokens for c in completions)
         self.completed += len(outputs)
         if on_results is not None:
-            on_results([(i, texts[i]) for i in positions])
+            on_results(list(zip(positions, completions)))
 
     def close(self) -> None:
         """Stop the engine process (a later `generate` starts a new one)."""
