@@ -17,6 +17,7 @@ from prism_assets.diversity import diversity_scores
 from prism_assets.features import build_gradient_features
 from prism_assets.generations import generations
 from prism_assets.jobs import prism_round, round_checks, round_provenance_checks, seed_job
+from prism_assets.report import round_report
 from prism_assets.scaleout import executor_for, io_manager_for
 from prism_assets.schedules import build_round_schedule
 from prism_assets.seeds import seeds
@@ -52,7 +53,7 @@ def build_definitions(home: str | None = None, store: str | None = None) -> Defi
     s3 = s3_resource(config)
     return Definitions(
         assets=[seeds, generations, verified_samples, build_gradient_features(config), selection, pool, clusters,
-                diversity_scores, *([student_eval] if config.student.enabled else [])],
+                diversity_scores, round_report, *([student_eval] if config.student.enabled else [])],
         asset_checks=ROUND_CHECKS,
         jobs=[prism_round, seed_job, round_checks, round_provenance_checks],
         sensors=[next_round_sensor, provenance_sensor, lost_run_sensor],

@@ -29,6 +29,11 @@ STUDENT_ASSETS = ("student_eval",)
 """The opt-in assets of a round (`prism_assets.student`, in the asset group `STUDENT_GROUP`): in the
 definitions only with `student.enabled`; `prism_round` selects the group, which is empty without them."""
 
+REPORT_GROUP = "report"
+REPORT_ASSETS = ("round_report",)
+"""The round's report (`prism_assets.report`, asset group `REPORT_GROUP`): the atlas page, after
+`diversity_scores`. It writes no table; `prism_round` selects its group."""
+
 WRITER = {table: asset for asset, tables in ROUND_ASSET_TABLES.items() for table in tables}
 """The round asset that writes each table last (`pool` → pool, `centroids` → clusters, ...)."""
 
@@ -40,11 +45,12 @@ PROVENANCE_CHECK = "built_on_latest_previous_round"
 """The name of the check, on each asset of `READS_PREVIOUS`, that what it read is still the latest."""
 
 prism_round = define_asset_job(
-    "prism_round", selection=AssetSelection.assets(*ROUND_ASSETS) | AssetSelection.groups(STUDENT_GROUP),
+    "prism_round",
+    selection=AssetSelection.assets(*ROUND_ASSETS) | AssetSelection.groups(STUDENT_GROUP, REPORT_GROUP),
     partitions_def=rounds,
     description="One Prismatic Synthesis round: generate, verify, featurize, select, pool, cluster, score, and "
-                "the round's asset checks (with student.enabled, also train and evaluate the student). Rounds "
-                "run one at a time (pool `prism_rounds`).")
+                "the round's asset checks, then write the round's atlas (with student.enabled, also train and "
+                "evaluate the student). Rounds run one at a time (pool `prism_rounds`).")
 
 seed_job = define_asset_job("seed_job", selection=AssetSelection.assets("seeds"),
                             description="Load and validate the seed set.")

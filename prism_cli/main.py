@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from prism_cli.defaults import default_of
+from prism_cli.report import register as register_report_command
 from prism_cli.student import register as register_student_commands
 from prismatic.errors import PrismError
 
@@ -348,6 +349,7 @@ def models_init(out_dir: Annotated[Path, typer.Argument(help="Folder to write th
 
 
 register_student_commands(app)  # export, train, evaluate (prism_cli/student.py)
+register_report_command(app)  # report (prism_cli/report.py)
 
 
 if __name__ == "__main__":  # pragma: no cover

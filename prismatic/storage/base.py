@@ -28,6 +28,9 @@ PART_FILE = "part-0.parquet"
 PROVENANCE_KEY = b"prismatic.provenance"
 LOCK_DIR = "_locks"
 """Directory under the store root that holds one lock file (S3: object) per round (no table glob matches it)."""
+REPORT_DIR = "_reports"
+"""Directory under the store root that holds each round's reports, `_reports/round=<rNNN>/<name>` (the round
+atlas, `prismatic.report`); no table glob matches it."""
 
 
 class Store(ABC):
@@ -106,6 +109,11 @@ class Store(ABC):
     @abstractmethod
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
         """Make `data` the partition's file at once: before, readers see the old file; after, the new one."""
+
+    @abstractmethod
+    def write_report(self, round_key: str, name: str, data: bytes) -> str:
+        """Publish `data` at once as `<root>/_reports/round=<rNNN>/<name>` (`REPORT_DIR`: a file beside the
+        round's tables that no table glob reads); returns its location, a path or an s3:// URL."""
 
     def journal_segments(self, round_key: str, step: str) -> JournalSegments | None:
         """Where step `step` of round `round_key` flushes its journal's segments (`segments.JournalSegments`),

@@ -17,7 +17,7 @@ from typing import Any
 from prismatic.errors import PrismError
 from prismatic.rounds import ROUND_RE, check_round, round_sort_key
 from prismatic.storage.atomic import fsync_dir, write_atomically
-from prismatic.storage.base import LOCK_DIR, PART_FILE, Store
+from prismatic.storage.base import LOCK_DIR, PART_FILE, REPORT_DIR, Store
 from prismatic.storage.locks import BaseRoundLock, parse_record
 from prismatic.storage.schema import PARTITION_COLUMN, TABLES, check_table
 
@@ -106,6 +106,10 @@ class LocalStore(Store):
                     leftover.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def write_report(self, round_key: str, name: str, data: bytes) -> str:
+        target = self.root / REPORT_DIR / f"{PARTITION_COLUMN}={check_round(round_key)}" / Path(name).name
+        return str(write_atomically(target, data))
 
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
         target = self.path(table, round_key)

@@ -29,7 +29,7 @@ from prismatic.config import S3Config
 from prismatic.errors import PrismError
 from prismatic.faults import fault_point
 from prismatic.rounds import ROUND_RE, check_round, round_sort_key
-from prismatic.storage.base import LOCK_DIR, PART_FILE, Store
+from prismatic.storage.base import LOCK_DIR, PART_FILE, REPORT_DIR, Store
 from prismatic.storage.locks import BaseRoundLock, parse_record
 from prismatic.storage.schema import PARTITION_COLUMN, check_table
 from prismatic.storage.segments import S3JournalSegments
@@ -221,6 +221,13 @@ class S3Store(Store):
             if not page.get("IsTruncated"):
                 return aborted
             kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+    def write_report(self, round_key: str, name: str, data: bytes) -> str:
+        key = self._key(REPORT_DIR, f"{PARTITION_COLUMN}={check_round(round_key)}", name.rsplit("/", 1)[-1])
+        where = f"s3://{self.bucket}/{key}"
+        self._call(where, "put_object", Key=key, Body=data,
+                   ContentType="text/html; charset=utf-8" if name.endswith(".html") else "application/octet-stream")
+        return where
 
     def _publish(self, table: str, round_key: str, data: bytes) -> None:
         key, where = self.key(table, round_key), self.location(table, round_key)

@@ -10,21 +10,21 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 
 import resources.home
 from prism_assets.definitions import build_definitions, defs
-from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
 from prism_assets.partitions import rounds
 from prism_assets.seeds import seeds
 from prismatic.storage.factory import open_store
 from resources.home import PrismHome
 from resources.store import StoreResource
 
-ASSETS = {"seeds", *ROUND_ASSETS}
+ASSETS = {"seeds", *ROUND_ASSETS, *REPORT_ASSETS}
 
 
 def test_definitions_load():
     repo = defs.get_repository_def()
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == ASSETS
-    for name in ROUND_ASSETS:
+    for name in (*ROUND_ASSETS, *REPORT_ASSETS):
         node = graph.get(next(k for k in graph.get_all_asset_keys() if k.to_user_string() == name))
         assert node.partitions_def == rounds and node.code_version
     assert {job.name for job in repo.get_all_jobs()} >= {"prism_round", "seed_job"}
@@ -40,6 +40,7 @@ def test_lineage_inside_a_round_is_declared():
     assert parents["gradient_features"] == {"verified_samples"}
     assert parents["pool"] == {"selection", "verified_samples"}
     assert parents["diversity_scores"] == {"pool", "clusters"}
+    assert parents["round_report"] == {"clusters", "diversity_scores"}
 
 
 def test_seeds_asset_writes_the_store_and_catalog(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
 
 pytestmark = pytest.mark.scaleout
 
@@ -157,4 +157,4 @@ orchestration:
     conn.close()
     assert [(job, status) for _, job, status in rows] == [("seed_job", "SUCCESS"), ("prism_round", "SUCCESS")]
     assert rows[-1][0] == run_id
-    assert materialized == sorted(ROUND_ASSETS)  # one materialization of each asset of the round
+    assert materialized == sorted([*ROUND_ASSETS, *REPORT_ASSETS])  # one materialization of each asset of the round
