@@ -178,6 +178,7 @@ class DirectRound:
 
     def run(self) -> dict:
         """Seconds per asset (and G-Vendi) of one direct r000."""
+        from prismatic.storage.deltas import read_as_of
         from prismatic.synthesis import steps
 
         config, store = self.config, self.store
@@ -209,13 +210,13 @@ class DirectRound:
         self.write(steps.pool_step(SEED_ROUND, seeds=store.read("seeds", SEED_ROUND)), "pool")
         lap("pool")
 
-        members = store.read("pool", SEED_ROUND)
+        members = read_as_of(store, "pool", SEED_ROUND)
         features, projection = steps.pool_features(store, members)
         clusters = steps.clusters_step(members, features, projection, config.synthesis)
         self.write(clusters, "clusters")
         lap("clusters")
 
-        members = store.read("pool", SEED_ROUND)
+        members = read_as_of(store, "pool", SEED_ROUND)
         features, projection = steps.pool_features(store, members)
         candidates = store.read("gradient_features", SEED_ROUND)["feature"].to_numpy()
         scores = steps.diversity_scores_step(config, members, features, projection, candidates,

@@ -34,6 +34,7 @@ from dagster import (
 from prism_assets.jobs import PROVENANCE_CHECK, READS_PREVIOUS, ROUND_ASSET_TABLES
 from prismatic.rounds import SEED_ROUND, previous_round, round_sort_key
 from prismatic.storage.base import Store
+from prismatic.storage.deltas import read_as_of
 from prismatic.storage.schema import schema
 from prismatic.synthesis.steps import pool_gvendi
 from resources.home import PrismHome
@@ -65,7 +66,8 @@ def schema_problems(store: Store, table: str, key: str) -> list[str]:
 
 
 def _ids(store: Store, table: str, key: str) -> pl.Series:
-    return store.read(table, key, columns=["id"])["id"]
+    """The ids of `table` as of round `key` (the pool: of every round up to `key`, `read_as_of`)."""
+    return read_as_of(store, table, key, columns=["id"])["id"]
 
 
 def _schema_check(asset: str) -> AssetChecksDefinition:
@@ -226,7 +228,8 @@ ROUND_CHECKS = [
     _unique_ids_check("generations", "No id occurs twice among the round's generations."),
     _unique_ids_check("verified_samples", "No id occurs twice among the round's verified samples, and none is "
                                           "already in the previous round's pool.", across=_already_pooled),
-    _unique_ids_check("pool", "No id occurs twice in the pool (so no sample was added in two rounds)."),
+    _unique_ids_check("pool", "No id occurs twice in the pool as of the round (so no sample was added twice, in "
+                              "this round or in two)."),
     verified_pass_rate,
     projection_consistent,
     no_empty_clusters,

@@ -31,7 +31,7 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
     else:
         centroids, used = io.read_previous(store, "centroids", previous_round(key))
         candidates = io.read(store, "gradient_features", key)
-        previous_pool, _ = io.read_previous(store, "pool", previous_round(key))
+        previous_pool, _ = io.read_previous(store, "pool", previous_round(key), columns=["id", "round_added"])
         pool_x, _ = pool_features(store.store(), previous_pool)
         output = selection_step(key, synthesis, candidates=candidates, centroids=centroids, pool_features=pool_x)
     version, metadata = io.write_step(context, store, output, previous_centroids=used)
@@ -39,16 +39,18 @@ def selection(context: AssetExecutionContext, prism_home: PrismHome, store: Stor
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[selection, verified_samples], kinds={"polars"}, code_version="1",
+       deps=[selection, verified_samples], kinds={"polars"}, code_version="2",
        group_name="prismatic", owners=["team:prismatic"],
-       description="The pool after this round: the previous round's pool plus the kept candidates.")
+       description="The candidates this round keeps, added to the pool: the table is stored as deltas (each "
+                   "round's partition holds what it added) and read as of a round (the view `pool`, "
+                   "`prismatic.storage.deltas.read_as_of`): the previous round's pool plus the kept candidates.")
 def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     require_previous_round(context, store)
     if key == SEED_ROUND:
         output, used = pool_step(key, seeds=io.read(store, "seeds", SEED_ROUND)), None
     else:
-        previous, used = io.read_previous(store, "pool", previous_round(key))
+        previous, used = io.read_previous(store, "pool", previous_round(key), columns=["id"])
         output = pool_step(key, previous_pool=previous, selection=io.read(store, "selection", key),
                            verified=io.read(store, "verified_samples", key))
     version, metadata = io.write_step(context, store, output, previous_pool=used)
@@ -62,7 +64,7 @@ def pool(context: AssetExecutionContext, store: StoreResource) -> MaterializeRes
                    "of the pool's gradient features; "
                    "writes the per-sample `clusters` table and the `centroids` the next round selects against.")
 def clusters(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
-    members = io.read(store, "pool", context.partition_key)
+    members = io.read(store, "pool", context.partition_key, columns=["id", "round_added"])
     features, projection = pool_features(store.store(), members)
     output = clusters_step(members, features, projection, prism_home.config().synthesis)
     version, metadata = io.write_step(context, store, output)

@@ -3,6 +3,8 @@
 Inside a round, edges are declared Dagster dependencies and data flows through the store. The one
 undeclared edge, round rN reading r(N-1), goes through `read_previous`, which returns what it read
 with the materialization it came from (round, run id, data version) for the asset's metadata.
+Both read a table as of a round (`prismatic.storage.deltas.read_as_of`): the pool, stored as what each
+round added, comes back whole.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import polars as pl
 from dagster import AssetExecutionContext, DataVersion
 
 from prismatic.rounds import SEED_ROUND, round_number
+from prismatic.storage.deltas import read_as_of
 from prismatic.synthesis.steps import StepOutput
 from resources.store import StoreResource
 
@@ -36,14 +39,19 @@ def write_step(context: AssetExecutionContext, resource: StoreResource, output: 
     return version, {"dagster/row_count": len(output.tables[asset]), **output.facts}
 
 
-def read(resource: StoreResource, table: str, round_key: str) -> pl.DataFrame:
-    return resource.store().read(table, round_key)
+def read(resource: StoreResource, table: str, round_key: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """`table` as of round `round_key` (`read_as_of`: the pool's rows of every round up to it); `columns`: only
+    those."""
+    return read_as_of(resource.store(), table, round_key, columns)
 
 
-def read_previous(resource: StoreResource, table: str, round_key: str) -> tuple[pl.DataFrame, dict[str, str]]:
-    """Table of an earlier round, and which materialization it was (for metadata and checks)."""
+def read_previous(resource: StoreResource, table: str, round_key: str,
+                  columns: list[str] | None = None) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Table of an earlier round as of that round (`read`), and which materialization it was (for metadata
+    and checks): the round, run id and data version of the partition `round_key` itself (the pool's
+    rows of that round; an earlier round's rematerialization is traced by that round's own check)."""
     store = resource.store()
-    frame = store.read(table, round_key)
+    frame = read_as_of(store, table, round_key, columns)
     written = store.read_metadata(table, round_key)
     used = {"round": round_key, "run_id": str(written.get("run_id", "")),
             "data_version": store.data_version(table, round_key)}

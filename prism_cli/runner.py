@@ -41,6 +41,7 @@ from prismatic.generation.engines.vllm import orphaned_vllm_engines
 from prismatic.ray_connect import check_head
 from prismatic.rounds import SEED_ROUND, previous_round
 from prismatic.storage.base import Store
+from prismatic.storage.deltas import read_as_of
 from prismatic.storage.factory import open_store
 from prismatic.synthesis.steps import pool_gvendi
 from resources.home import home_config
@@ -248,7 +249,7 @@ def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> 
     (filters, proxy-NLL outliers, duplicates, contamination), with `dropped_by` counting each reason
     (plus `unparseable`: answers with no problem at all); solved: problems sent to solving; verified:
     verified samples (solutions in a problem's winning answer group); kept: candidates the selection
-    kept; pool: pool size; gvendi: the pool's G-Vendi; gain: its change from the previous round;
+    kept; pool: pool size after the round; gvendi: the pool's G-Vendi; gain: its change from the previous round;
     control_gain: the change had the same number of candidates been kept at random
     (`gvendi_control`, mean of `synthesis.control_draws` seeded draws); tokens: prompt + completion
     tokens of the round's generation requests, and cost_usd their cost under `generator.prices` (the
@@ -276,7 +277,7 @@ def round_summary(home: Path, keys: list[str], store_uri: str | None = None) -> 
             "solved": gens.filter(kind="solution")["parent_ids"].list.first().n_unique(),
             "verified": store.read("verified_samples", key).height,
             "kept": int(store.read("selection", key)["kept"].sum()),
-            "pool": store.read("pool", key).height,
+            "pool": read_as_of(store, "pool", key, columns=["id"]).height,
             "gvendi": round(scores["gvendi"], 3),
             "gain": None if previous is None else round(scores["gvendi"] - previous, 3),
             "control_gain": (round(scores["gvendi_control"] - previous, 3)

@@ -18,8 +18,9 @@ partitions read (data version, run), and the commit of the code.
 
 Which rows (`round` below is the partition a row is read from; `rounds` = first..last, inclusive):
 
-    pool              the pool as of `last` (it holds every earlier round's rows), only the rows whose
-                      `round_added` is in the range; a row's round is its `round_added`
+    pool              the pool as of `last`, only the rows whose `round_added` is in the range: what each
+                      round of the range added (`prismatic.storage.deltas.added_rows`); a row's round is
+                      its `round_added`
     verified_samples  every round's verified samples in the range
     selection         every round's kept candidates in the range (their verified samples)
 
@@ -49,6 +50,7 @@ from prismatic.data.samples import jsonl_records
 from prismatic.errors import InputError, PrismError
 from prismatic.rounds import check_round, round_number, sort_rounds
 from prismatic.storage.base import Store
+from prismatic.storage.deltas import added_rows
 
 FORMATS = ("chat-jsonl", "openai", "hf", "parquet")
 TABLES = ("pool", "verified_samples", "selection")
@@ -104,15 +106,8 @@ def export_rows(store: Store, table: str, span: tuple[str | None, str | None] = 
                          f"(it has: {', '.join(have) if have else 'none'})")
     columns = ["id", "round", "task", "prompt", "response", "answer"]
     if table == "pool":
-        last = rounds[-1]
-        pool = store.read("pool", last)
-        added = sort_rounds(pool["round_added"].unique().to_list())
-        wanted = [key for key in added if span[0] is None or round_number(key) >= round_number(span[0])]
-        frame = (pool.filter(pl.col("round_added").is_in(wanted)).rename({"round_added": "round"})
-                 .with_columns(_order=pl.col("round").replace_strict({k: i for i, k in enumerate(wanted)},
-                                                                     return_dtype=pl.Int64))
-                 .sort("_order", maintain_order=True).select(columns))
-        return frame, [f"pool/{last}"]
+        parts = [added_rows(store, "pool", key).rename({"round_added": "round"}).select(columns) for key in rounds]
+        return pl.concat(parts), [f"pool/{key}" for key in rounds]
     parts, read = [], []
     for key in rounds:
         verified = store.read("verified_samples", key)

@@ -11,6 +11,15 @@ shows up in the next query without another refresh; a view is (re)created only w
 none over this store's files yet (its first round), or when the whole catalog is rebuilt. DuckDB
 reads the fixed-size `feature` arrays as `FLOAT[]` lists.
 
+A table stored as deltas (`prismatic.storage.deltas`: the pool) gets two views. `pool_added` reads
+its partitions as above, without the copies of earlier rounds' rows that a partition written before
+the change holds (`round_added` naming an earlier round than `round`): the rows each round added.
+`pool` is the table as of each round: every row of `pool_added` once for each stored round at or
+after the one that added it, with that round as `round` (rounds in numeric order: r999 before r1000;
+the rounds are the partitions' directories, so a round that added nothing is there too). So
+`select round, count(*) from pool group by 1` counts the pool after each round, as `read_as_of`
+reads it in Python.
+
 Concurrency. DuckDB locks the database file: one read-write process at a time, or any number of
 read-only ones, never both. So:
 - `refresh()` (the writer: an asset after it writes, `prism run`) opens the file read-write only for
@@ -43,6 +52,7 @@ import duckdb
 from prismatic.config import S3Config
 from prismatic.errors import PrismError
 from prismatic.storage.base import Store
+from prismatic.storage.deltas import DELTA_TABLES, added_view
 from prismatic.storage.factory import open_store
 from prismatic.storage.s3 import S3Store
 from prismatic.storage.schema import PARTITION_COLUMN, TABLES
@@ -76,10 +86,21 @@ class Catalog:
         return f"Catalog({str(self.db_path)!r}, {self.store.uri!r})"
 
     def view_sql(self, table: str) -> str:
-        """The statement that (re)creates the view of `table`."""
-        return (f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM read_parquet('
-                f"{_sql_string(self.store.glob(table))}, hive_partitioning = true, union_by_name = true, "
-                f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}})")
+        """The statements (`;`-separated) that (re)create the view of `table`, or of a delta table its two
+        views (module docstring): first `<table>_added`, then `<table>`."""
+        files = (f"read_parquet({_sql_string(self.store.glob(table))}, hive_partitioning = true, "
+                 f"union_by_name = true, hive_types = {{'{PARTITION_COLUMN}': VARCHAR}})")
+        if table not in DELTA_TABLES:
+            return f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM {files}'
+        added, column = added_view(table), DELTA_TABLES[table]
+        number = "CAST(substr({}, 2) AS BIGINT)"
+        rounds = (f"SELECT DISTINCT regexp_extract(file, '{PARTITION_COLUMN}=(r[0-9]+)/[^/]*$', 1) "
+                  f"AS {PARTITION_COLUMN} FROM glob({_sql_string(self.store.glob(table))})")
+        return (f'CREATE OR REPLACE VIEW "{added}" AS SELECT * FROM {files} WHERE coalesce('
+                f"TRY_CAST(substr({column}, 2) AS BIGINT) >= {number.format(PARTITION_COLUMN)}, true); "
+                f'CREATE OR REPLACE VIEW "{table}" AS SELECT d.* EXCLUDE ({PARTITION_COLUMN}), r.{PARTITION_COLUMN} '
+                f'FROM "{added}" AS d JOIN ({rounds}) AS r '
+                f"ON {number.format('d.' + PARTITION_COLUMN)} <= {number.format('r.' + PARTITION_COLUMN)}")
 
     def write_partition(self, table: str, round_key: str, frame, metadata: dict) -> None:
         """`store.write(table, round_key, frame, metadata)`, then give the table its view if it has none
@@ -87,11 +108,14 @@ class Catalog:
         by themselves; a view is created when its table gets its first partition, and the whole
         catalog is built when its file is missing. A run killed between a table's first write and
         its view leaves the table without one; its rerun writes that partition again and creates it.
+        A delta table's views are checked by its `_added` view (a catalog made before the pool was
+        stored as deltas has none, so its first new pool partition rebuilds both).
         The check reads the catalog file, not the store: it costs no S3 request."""
         self.store.write(table, round_key, frame, metadata=metadata)
         if not self.db_path.exists():
             self.refresh()
-        elif _sql_string(self.store.glob(table)) not in self._view_definition(table):
+        elif _sql_string(self.store.glob(table)) not in self._view_definition(
+                added_view(table) if table in DELTA_TABLES else table):
             self.refresh([table])
 
     def _view_definition(self, table: str) -> str:
@@ -117,6 +141,8 @@ class Catalog:
                         con.execute(self.view_sql(table))
                     else:
                         con.execute(f'DROP VIEW IF EXISTS "{table}"')
+                        if table in DELTA_TABLES:
+                            con.execute(f'DROP VIEW IF EXISTS "{added_view(table)}"')
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")

@@ -3,7 +3,8 @@
     seeds ─▶ r000: the seeds are the verified samples, all kept, and form the pool
     pool(r−1) ──generations_step──▶ generations ──verified_samples_step──▶ verified candidates
       ──feature_shard_step ×S, gradient_features_step──▶ features ──selection_step (pool(r−1)'s centroids)──▶
-      kept ──pool_step──▶ pool(r) ──clusters_step──▶ clusters, centroids ──diversity_scores_step──▶ scores
+      kept ──pool_step──▶ pool(r) (what r adds; the pool as of r: prismatic.storage.deltas.read_as_of)
+      ──clusters_step──▶ clusters, centroids ──diversity_scores_step──▶ scores
 
 Each step takes frames, arrays and config (and an engine, journal or proxy callable where it needs
 one) and returns a `StepOutput`: the tables to write, the provenance each file carries, and plain
@@ -338,14 +339,21 @@ def selection_step(key: str, config: SynthesisConfig, *, seeds: pl.DataFrame | N
 
 def pool_step(key: str, *, seeds: pl.DataFrame | None = None, previous_pool: pl.DataFrame | None = None,
               selection: pl.DataFrame | None = None, verified: pl.DataFrame | None = None) -> StepOutput:
-    """The `pool` after round `key`. r000: the seeds (origin 'seed'). rN: r(N−1)'s pool, then the
-    round's verified samples whose `selection` row is kept (origin 'generated'). Facts: added."""
+    """The rows round `key` adds to the pool: the `pool` table is stored as deltas, and the pool after
+    round `key` is what every round up to `key` added (`prismatic.storage.deltas.read_as_of`).
+    r000: the seeds (origin 'seed'). rN: the round's verified samples whose `selection` row is kept
+    (origin 'generated'); `previous_pool` is r(N−1)'s pool as of that round (its `id` column is enough),
+    and a kept id already in it is a `PrismError` (an id is added once). Facts: added, pool_size (the
+    pool after the round: previous pool + added)."""
     if key == SEED_ROUND:
         frame = pool_rows(seeds_as_verified(seeds), "seed", SEED_ROUND)
-        return StepOutput({"pool": frame}, facts={"added": len(frame)})
+        return StepOutput({"pool": frame}, facts={"added": len(frame), "pool_size": len(frame)})
     kept_ids = selection.filter("kept")["id"]
     added = pool_rows(verified.filter(pl.col("id").is_in(kept_ids.implode())), "generated", key)
-    return StepOutput({"pool": pl.concat([previous_pool, added])}, facts={"added": len(added)})
+    again = added.filter(pl.col("id").is_in(previous_pool["id"].implode()))["id"]
+    if len(again):
+        raise PrismError(f"table 'pool': round {key} keeps id(s) already in the pool, e.g. {again.head(3).to_list()}")
+    return StepOutput({"pool": added}, facts={"added": len(added), "pool_size": len(previous_pool) + len(added)})
 
 
 # ------------------------------------------------------------------------------------ clusters and scores

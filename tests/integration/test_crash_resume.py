@@ -34,6 +34,7 @@ from fake_llm import ROUND_CONFIG, DeterministicServer
 from prism_assets import io
 from prism_assets.partitions import rounds
 from prismatic.storage import schema
+from prismatic.storage.deltas import read_as_of
 from prismatic.storage.factory import open_store
 from prismatic.storage.schema import empty
 from prismatic.synthesis.steps import StepOutput
@@ -241,7 +242,7 @@ def test_synthesis_round_killed_five_times_then_resumed(homes, server, driver, t
     code, out = driver.run(home, "query", "--json", "select round, count(*) as n from pool group by 1 order by 1")
     rows = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["rows"]
     assert code == 0 and [row["n"] for row in rows] == [
-        open_store(reference / "store").read("pool", key).height for key in ("r000", "r001")]
+        read_as_of(open_store(reference / "store"), "pool", key).height for key in ("r000", "r001")]
     assert server.auth == {f"Bearer {API_KEY}"}
     for path in [*home.rglob("*"), *reference.rglob("*"), *driver.logs.glob("*")]:
         if path.is_file():

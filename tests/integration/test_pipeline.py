@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey
 
 from prismatic.storage.catalog import Catalog
+from prismatic.storage.deltas import read_as_of
 from prismatic.storage.factory import open_store
 from prismatic.storage.schema import ROUND_TABLES as TABLES
 
@@ -59,7 +60,7 @@ def test_every_table_has_every_round_with_provenance(demo_home):
     assert store.rounds("seeds") == ["r000"]
     for key in ROUNDS:
         for table in ("verified_samples", "gradient_features", "pool", "clusters", "diversity_scores"):
-            assert store.read(table, key).height > 0, (table, key)
+            assert read_as_of(store, table, key).height > 0, (table, key)  # the pool: as of the round
             meta = store.read_metadata(table, key)
             assert meta["round"] == key and meta["run_id"], (table, key)
     for key in ROUNDS[1:]:
@@ -73,9 +74,10 @@ def test_every_table_has_every_round_with_provenance(demo_home):
         used = store.read_metadata("generations", key)["previous_pool"]
         assert used["round"] == f"r{int(key[1:]) - 1:03d}"
         assert used["run_id"] == store.read_metadata("pool", used["round"])["run_id"]
-        pool_before = store.read("pool", used["round"]).height
+        pool_before = read_as_of(store, "pool", used["round"]).height
         kept = store.read("selection", key).filter("kept").height
-        assert store.read("pool", key).height == pool_before + kept
+        assert read_as_of(store, "pool", key).height == pool_before + kept
+        assert store.read("pool", key).height == kept  # the partition holds what the round added
     rows = {row["round"]: row for row in summary["rounds"]}
     assert rows["r000"]["pool"] == 84 and rows["r001"]["problems"] > 0
     assert all(1.0 < rows[k]["gvendi"] <= rows[k]["pool"] for k in ROUNDS)

@@ -192,17 +192,19 @@ def test_write_partition_creates_a_view_only_where_the_store_has_none(tmp_path, 
     real_refresh = Catalog.refresh
     monkeypatch.setattr(Catalog, "refresh", lambda self, tables=None: rebuilt.append(tables) or real_refresh(
         self, tables))
-    catalog.write_partition("pool", "r000", sample_frame("pool", n=3), {})
+    catalog.write_partition("verified_samples", "r000", sample_frame("verified_samples", n=3), {})
     catalog.write_partition("clusters", "r000", sample_frame("clusters", n=3), {})
-    catalog.write_partition("pool", "r001", sample_frame("pool", n=4), {})  # pool has its view: nothing to do
-    assert rebuilt == [None, ["clusters"]] and catalog.views() == ["clusters", "pool"]
-    assert catalog.query("select round, count(*) from pool group by 1 order by 1")[1] == [("r000", 3), ("r001", 4)]
+    # verified_samples has its view: nothing to do
+    catalog.write_partition("verified_samples", "r001", sample_frame("verified_samples", n=4), {})
+    assert rebuilt == [None, ["clusters"]] and catalog.views() == ["clusters", "verified_samples"]
+    counts = catalog.query("select round, count(*) from verified_samples group by 1 order by 1")[1]
+    assert counts == [("r000", 3), ("r001", 4)]
     # A run killed between a table's first write and its view: the rerun's write creates it.
     with catalog._connect(read_only=False) as con:
         con.execute('DROP VIEW "clusters"')
     catalog.write_partition("clusters", "r000", sample_frame("clusters", n=3), {})
-    assert rebuilt[-1] == ["clusters"] and catalog.views() == ["clusters", "pool"]
+    assert rebuilt[-1] == ["clusters"] and catalog.views() == ["clusters", "verified_samples"]
     # The same catalog file over another store: each table's view moves to it on the table's first write there.
     other = Catalog(tmp_path / "catalog.duckdb", open_store(tmp_path / "b"))
-    other.write_partition("pool", "r000", sample_frame("pool", n=5), {})
-    assert rebuilt[-1] == ["pool"] and other.query("select count(*) from pool")[1] == [(5,)]
+    other.write_partition("verified_samples", "r000", sample_frame("verified_samples", n=5), {})
+    assert rebuilt[-1] == ["verified_samples"] and other.query("select count(*) from verified_samples")[1] == [(5,)]

@@ -3,8 +3,8 @@ no generation, no proxy), `tiny_student_base` (a base model that trains in secon
 this process) and `reference_nll` (the NLL of a reference answer, computed independently of the code).
 
 r000: the first 6 bundled seeds form the pool; r001: 4 verified samples (copies of seeds 6..9 under
-generated ids), 3 of them kept, so r001's pool has 9 rows. Each round has random unit gradient
-features (dim 8) and its `diversity_scores` (the G-Vendi of those features)."""
+generated ids), 3 of them kept, so r001's pool has 9 rows (its partition: the 3 it added). Each round
+has random unit gradient features (dim 8) and its `diversity_scores` (the G-Vendi of those features)."""
 
 from __future__ import annotations
 
@@ -71,8 +71,7 @@ def fill_rounds(store: Store) -> dict[str, np.ndarray]:
         "gain": [0.3, 0.1, 0.2, 0.4], "kept": kept, "rule": ["novelty"] * 4}))
     added = generated.filter(pl.Series(kept)).select("id", "prompt", "response", "answer", "task").with_columns(
         origin=pl.lit("generated"), round_added=pl.lit("r001"))
-    store.write("pool", "r001", pl.concat([pool0, added]), metadata={"run_id": "run-r001",
-                                                                     "previous_pool": {"round": "r000"}})
+    store.write("pool", "r001", added, metadata={"run_id": "run-r001", "previous_pool": {"round": "r000"}})
     x1 = _features(store, "r001", generated["id"].to_list(), rng)
     _scores(store, "r001", np.concatenate([x0, x1[kept]]), x1)
     store.write("rejections", "r001", pl.DataFrame([{"id": "r001-p009", "reason": "no_majority",

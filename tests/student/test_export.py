@@ -21,6 +21,7 @@ from prismatic.data.export import export_dataset, read_training_chats
 from prismatic.errors import InputError, PrismError
 from prismatic.metrics.vendi import gvendi
 from prismatic.storage.catalog import Catalog
+from prismatic.storage.deltas import read_as_of
 from prismatic.storage.factory import open_store
 
 
@@ -55,8 +56,9 @@ def test_hf_export_loads_back_with_the_rows_of_prism_query(home, tmp_path):
     queried = json.loads(stdout)["rows"]
     assert sorted((r["id"], r["round"], r["task"], r["prompt"], r["response"], r["answer"]) for r in loaded) == sorted(
         (r["id"], r["round_added"], r["task"], r["prompt"], r["response"], r["answer"]) for r in queried)
-    assert loaded["id"] == store.read("pool", "r001")["id"].to_list()  # the pool's own order
-    assert loaded["messages"] == chats_of(store.read("pool", "r001"))
+    pool = read_as_of(store, "pool", "r001")
+    assert loaded["id"] == pool["id"].to_list()  # the pool's own order
+    assert loaded["messages"] == chats_of(pool)
 
     card = json.loads((out / "dataset_card.json").read_text())
     assert card["per_round"]["r000"]["rows"] == 6 and card["per_round"]["r001"]["rows"] == 3
@@ -67,6 +69,7 @@ def test_hf_export_loads_back_with_the_rows_of_prism_query(home, tmp_path):
     assert card["gvendi"] == pytest.approx(gvendi(pool_x), rel=1e-9)
     assert card["config"]["student"]["base"] == "smollm2-135m-instruct" and card["store"] == str(home / "store")
     assert len(card["commit"]["sha"]) == 40
+    assert list(card["sources"]) == ["pool/r000", "pool/r001"]  # the pool as of r001: what each round added
     assert card["sources"]["pool/r001"]["data_version"] == store.data_version("pool", "r001")
     assert "| r001 | 3 |" in (out / "README.md").read_text()
 

@@ -58,8 +58,8 @@ def test_eval_problems_planted_in_the_pool_are_removed_before_training(tmp_path,
     home = student_home(tmp_path, tiny_base, f"[{{path: {gsm}, name: gsm}}, {{path: {svamp}}}]")
     store = open_store(tmp_path / "store")
     fill_rounds(store)
-    pool = store.read("pool", "r001")
-    planted = pool["id"][7]  # a generated row of r001 becomes GSM8K's third problem, in other case and spacing
+    pool = store.read("pool", "r001")  # what r001 added to the pool
+    planted = pool["id"][1]  # a generated row of r001 becomes GSM8K's third problem, in other case and spacing
     store.write("pool", "r001", pool.with_columns(prompt=pl.when(pl.col("id") == planted).then(
         pl.lit("  " + GSM[2]["question"].upper().replace(" ", "  "))).otherwise("prompt")))
     stale = pl.DataFrame([{"id": "old", "reason": REASON, "detail": "{}"}], schema=schema("rejections"))

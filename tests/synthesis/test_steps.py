@@ -151,7 +151,8 @@ def test_seed_round_steps_write_whole_tables_with_their_provenance(tmp_path):
             assert conform(table, out).schema == schema(table), table  # what the store writes
     assert verified.tables["verified_samples"]["id"].to_list() == frame["id"].to_list()
     assert selection.tables["selection"]["kept"].all() and selection.facts == {"kept": len(frame)}
-    assert set(pool.tables["pool"]["origin"]) == {"seed"} and pool.facts == {"added": len(frame)}
+    assert set(pool.tables["pool"]["origin"]) == {"seed"}
+    assert pool.facts == {"added": len(frame), "pool_size": len(frame)}
 
     store = open_store(tmp_path / "store")
     catalog = Catalog(tmp_path / "catalog.duckdb", store)
