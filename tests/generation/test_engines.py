@@ -338,3 +338,37 @@ def test_vllm_engine_plain_choices_json_and_seed(vllm_engine, tmp_path):
     assert generate_journaled(vllm_engine, plain, Journal(tmp_path / "j.jsonl")) == texts
     assert vllm_engine.output_tokens == tokens  # nothing was generated the second time
 
+
+
+@pytest.mark.slow
+def test_vllm_engine_counts_tokens_and_stops_between_calls_at_a_budget(vllm_engine, tiny_model_dir, tmp_path,
+                                                                       monkeypatch):
+    """Prompt tokens are the chat template's tokens of the request (counted here with the model's own
+    tokenizer), completion tokens the ones generated; a budget stops the engine between batched calls."""
+    from transformers import AutoTokenizer
+
+    import prismatic.generation.engines.vllm as vllm_module
+    from prismatic.generation.usage import Budget
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short = PROBLEM.model_copy(update={"max_tokens": 12})
+    requests = [GenerationRequest.build("tiny", [{"role": "user", "content": f"Write problem {i} of {'x ' * i}."}],
+                                        short, i) for i in range(5)]
+    reported, before = {}, vllm_engine.output_tokens
+    vllm_engine.generate(requests, on_results=lambda pairs: reported.update(pairs))
+    for i, request in enumerate(requests):
+        prompt = tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        assert reported[i].prompt_tokens == len(prompt)
+        assert 1 <= reported[i].completion_tokens <= 12 and reported[i].latency_s > 0
+    assert sum(c.completion_tokens for c in reported.values()) == vllm_engine.output_tokens - before
+
+    monkeypatch.setattr(vllm_module, "BUDGET_CHUNK", 2)  # batched calls of 2 requests
+    path = tmp_path / "j.jsonl"
+    with pytest.raises(PrismError, match=r"generator.budget_tokens = 1 reached: .* on 2 responses of this round; "
+                                         r"3 of the 5 requests to send are unanswered"):
+        generate_journaled(vllm_engine, requests, Journal(path), Budget(tokens=1))
+    assert len(Journal(path)) == 2  # the first call's two, then nothing
+    journal = Journal(path)
+    generate_journaled(vllm_engine, requests, journal, Budget(tokens=10**6, spent=journal.usage()))
+    assert journal.usage().total_tokens == sum(c.total_tokens for c in reported.values())  # seeded: same counts
