@@ -138,9 +138,10 @@ def gather(store: Store, round_key: str, *, projection: str = "pca", max_points:
     notes = []
     if total > max_points:
         points = _sample_points(points, max_points, seed)
+        candidates = status_counts[STATUSES[2]] + status_counts[STATUSES[3]]
         notes.append(f"The map shows {len(points):,} of {total:,} points, a seeded uniform sample: "
-                     f"{_count_current(points):,} of the {status_counts[STATUSES[2]] + status_counts[STATUSES[3]]:,} "
-                     f"candidates of {round_key} (at most half the places) and the rest from the earlier pool.")
+                     f"{_count_current(points):,} of the {candidates:,} candidates of {round_key} (they take at most "
+                     f"half the places unless the earlier pool leaves more) and the rest from the earlier pool.")
     rejections, rejection_counts = _rejections(store, round_key, seed)
     if sum(rejection_counts.values()) > len(rejections):
         notes.append(f"The sample table lists {len(rejections):,} of {sum(rejection_counts.values()):,} "

@@ -4,10 +4,12 @@ sample records all inside it, so it opens from `file://` with the network off.
 Sample records. One record per map point (in the order of `Atlas.points`, so a trace's `customdata` is
 the record's index) then one per listed rejection, as columnar JSON, gzip-compressed and base64-encoded
 (the page inflates it with the browser's `DecompressionStream`). Texts (problem, solution, rejection
-detail) are kept whole while the encoded records fit `TEXT_BUDGET` bytes; otherwise every text is cut
-at one length L, the largest that fits, and the page says so: L is found from the raw text lengths,
-aiming at the budget times the compression ratio measured on the full records, and halved again
-while the encoded records are still over the budget.
+detail) are kept whole while the encoded records fit `TEXT_BUDGET` bytes. Otherwise the texts of the
+samples before this round are cut at one length L, the largest that fits, while this round's
+candidates and rejections stay whole (if those alone would take over 80% of the room, every text is
+cut at one L), and the page says so. L is found from the raw text lengths, aiming at the budget times
+the compression ratio measured on the full records, and halved again while the encoded records are
+still over the budget.
 """
 
 from __future__ import annotations
@@ -69,34 +71,43 @@ def _encode(records: dict[str, list]) -> str:
     return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
 
 
-def _clip(records: dict[str, list], limit: int) -> dict[str, list]:
+def _clip(records: dict[str, list], limit: int, rows: np.ndarray) -> dict[str, list]:
+    """`records` with the texts of the records where `rows` is True cut at `limit` characters (+ `ELLIPSIS`)."""
     clipped = dict(records)
     for name in TEXT_COLUMNS:
-        clipped[name] = [t if t is None or len(t) <= limit else t[:limit] + ELLIPSIS for t in records[name]]
+        clipped[name] = [t if t is None or not cut or len(t) <= limit else t[:limit] + ELLIPSIS
+                         for t, cut in zip(records[name], rows)]
     return clipped
 
 
-def fit_records(records: dict[str, list], budget: int = TEXT_BUDGET) -> tuple[str, int | None]:
-    """(the encoded records, L) where L is the length texts were cut at, None when none was cut."""
+def fit_records(records: dict[str, list], budget: int = TEXT_BUDGET, whole: np.ndarray | None = None
+                ) -> tuple[str, int | None, bool]:
+    """(the encoded records, L, only_others): texts are cut at L characters (None: nothing was cut). `whole`
+    marks the records whose texts stay whole while the others' cut can make room (only_others True);
+    otherwise every text is cut at one L."""
     encoded = _encode(records)
     if len(encoded) <= budget:
-        return encoded, None
-    lengths = np.array([len(t) for name in TEXT_COLUMNS for t in records[name] if t], dtype=np.int64)
-    text_total = max(int(lengths.sum()), 1)
+        return encoded, None, False
+    n = len(records["id"])
+    whole = np.zeros(n, dtype=bool) if whole is None else np.asarray(whole, dtype=bool)
+    lengths = np.array([[len(t or "") for t in records[name]] for name in TEXT_COLUMNS], dtype=np.int64)
     raw_total = len(json.dumps(records, ensure_ascii=False, separators=(",", ":")).encode())
     ratio = raw_total / len(encoded)  # raw JSON bytes per encoded byte
-    target_text = max(0.0, budget * ratio - (raw_total - text_total)) * 0.95
-    limit = _largest_limit(lengths, target_text)
+    target = max(0.0, budget * ratio - (raw_total - int(lengths.sum()))) * 0.95  # raw text bytes that fit
+    kept_whole = int(lengths[:, whole].sum())
+    only_others = whole.any() and kept_whole <= 0.8 * target
+    rows = ~whole if only_others else np.ones(n, dtype=bool)
+    limit = _largest_limit(lengths[:, rows].ravel(), target - (kept_whole if only_others else 0))
     while True:
-        encoded = _encode(_clip(records, limit))
+        encoded = _encode(_clip(records, limit, rows))
         if len(encoded) <= budget or limit <= 8:
-            return encoded, limit
+            return encoded, limit, only_others
         limit //= 2
 
 
 def _largest_limit(lengths: np.ndarray, total: float) -> int:
     """The largest L with Σ min(length, L) ≤ total (at least 8)."""
-    low, high = 8, int(lengths.max()) if len(lengths) else 8
+    low, high = 8, max(8, int(lengths.max()) if len(lengths) else 8)
     while low < high:
         middle = (low + high + 1) // 2
         if np.minimum(lengths, middle).sum() <= total:
@@ -135,14 +146,19 @@ def render(atlas: Atlas) -> str:
 
     from prismatic.report.figures import all_figures
 
-    encoded, clipped_at = fit_records(_records(atlas))
+    current = atlas.points["status"].is_in(list(STATUSES[2:])).to_numpy()
+    whole = np.concatenate([current, np.ones(len(atlas.rejections), dtype=bool)])
+    encoded, clipped_at, only_earlier = fit_records(_records(atlas), whole=whole)
     notes = list(atlas.notes)
     if clipped_at is not None:
-        notes.append(f"Texts are cut at {clipped_at:,} characters to keep this file small; the store holds them "
-                     f"whole (prism query \"select prompt, response from verified_samples where id = '…'\").")
+        which = f"Texts of the samples before {atlas.round_key}" if only_earlier else "Texts"
+        tables = "pool" if only_earlier else "pool, or verified_samples for a candidate not kept"
+        notes.append(f"{which} are cut at {clipped_at:,} characters to keep this file small; the store holds them "
+                     f"whole (prism query \"select prompt, response from pool where id = '…'\": {tables}).")
     meta = {"summary": summary(atlas), "statuses": [*STATUSES, REJECTED], "threshold": atlas.threshold,
             "clustering_round": atlas.clustering_round, "store": atlas.store_uri, "notes": notes,
             "rejection_counts": atlas.rejection_counts, "clipped_at": clipped_at,
+            "clipped_only_earlier": only_earlier,
             "examples": _examples(atlas), "figures": {k: _figure_json(f) for k, f in all_figures(atlas).items()}}
     page = Template((ASSETS / "atlas.html").read_text())
     return page.substitute(

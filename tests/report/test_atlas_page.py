@@ -53,16 +53,32 @@ def test_the_page_holds_everything_it_needs(atlas, tmp_path):
 
 def test_texts_are_cut_at_one_length_to_fit_the_budget(atlas):
     records = _records(atlas)
-    whole, cut = fit_records(records)
+    whole, cut, _ = fit_records(records)
     assert cut is None and decode(whole) == json.loads(json.dumps(records))
     budget = len(whole) // 3
-    encoded, limit = fit_records(records, budget=budget)
-    assert len(encoded) <= budget and limit is not None and limit >= 8
+    encoded, limit, only_others = fit_records(records, budget=budget)
+    assert len(encoded) <= budget and limit is not None and limit >= 8 and not only_others
     clipped = decode(encoded)
     for name in ("prompt", "response", "detail"):
         for before, after in zip(records[name], clipped[name]):
-            if before is None or len(before) <= limit:
-                assert after == before
-            else:
-                assert after == before[:limit] + ELLIPSIS
+            assert after == (before if before is None or len(before) <= limit else before[:limit] + ELLIPSIS)
     assert clipped["id"] == records["id"] and clipped["gain"] == records["gain"]
+
+
+def test_this_rounds_texts_stay_whole_while_the_earlier_ones_make_room(atlas):
+    records = _records(atlas)
+    current = np.zeros(len(records["id"]), dtype=bool)
+    current[-8:] = True  # a few of this round's records (the page marks its candidates and rejections)
+    full, _, _ = fit_records(records)
+    budget = int(len(full) * 0.7)
+    encoded, limit, only_others = fit_records(records, budget=budget, whole=current)
+    assert len(encoded) <= budget and only_others and limit is not None
+    clipped = decode(encoded)
+    for name in ("prompt", "response"):
+        for before, after, keep in zip(records[name], clipped[name], current):
+            expected = before if keep or before is None or len(before) <= limit else before[:limit] + ELLIPSIS
+            assert after == expected
+    assert any(after.endswith(ELLIPSIS) for after in clipped["prompt"] if after)
+    # when this round's texts alone would not leave the others room, every text is cut at one length
+    _, limit, only_others = fit_records(records, budget=len(full) // 4, whole=np.ones(len(current), dtype=bool))
+    assert not only_others and limit is not None

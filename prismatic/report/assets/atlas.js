@@ -65,7 +65,7 @@
     if (s.task) parts.push(`task <b>${esc(s.task)}</b>`);
     if (s.votes !== null && s.votes !== undefined) parts.push(`votes <b>${s.majority} of ${s.votes}</b> agree`);
     if (s.cluster !== null && s.cluster !== undefined)
-      parts.push(`cluster <b>${s.cluster}</b>, size <b>${s.size}</b> (${s.sparse ? "sparse" : "not sparse"}: m = ${fmt(meta.threshold, 1)})`);
+      parts.push(`cluster <b>${s.cluster}</b>, size <b>${s.size}</b> (${s.sparse ? "sparse: below" : "not sparse: at or above"} m = ${fmt(meta.threshold, 1)})`);
     if (s.gain !== null && s.gain !== undefined) parts.push(`selection gain <b>${fmt(s.gain, 4)}</b> nats (${esc(s.gain_round)})`);
     return `<div class="kv">${parts.join(" · ")}</div>`;
   }
@@ -76,7 +76,8 @@
     if (s.response) out += `<div class="kv">${short ? "solution (start)" : "solution"}</div><div class="text">${esc(clip(s.response, n[1]))}</div>`;
     if (s.answer !== null && s.answer !== undefined) out += `<div class="kv">final answer <b>${esc(s.answer)}</b></div>`;
     if (s.detail) out += `<div class="kv">detail</div><div class="text">${esc(s.detail)}</div>`;
-    if (!short && meta.clipped_at) out += `<p class="muted">Texts in this file are cut at ${fmt(meta.clipped_at)} characters.</p>`;
+    if (!short && meta.clipped_at && (!meta.clipped_only_earlier || s.status < 2))
+      out += `<p class="muted">Texts of this sample are cut at ${fmt(meta.clipped_at)} characters in this file; the store holds them whole.</p>`;
     return out;
   }
 
@@ -98,7 +99,7 @@
       tip.style.top = Math.max(8, Math.min(e.clientY + 14, window.innerHeight - h - 8)) + "px";
     });
     map.on("plotly_unhover", () => { tip.hidden = true; });
-    map.on("plotly_click", (ev) => showDetail(row(records, ev.points[0].customdata)));
+    map.on("plotly_click", (ev) => { tip.hidden = true; showDetail(row(records, ev.points[0].customdata)); });
     el("detail-close").onclick = () => { el("detail").hidden = true; };
     el("detail").onclick = (ev) => { if (ev.target === el("detail")) el("detail").hidden = true; };
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") el("detail").hidden = true; });
