@@ -31,7 +31,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dagster._core.execution.api import execute_run
 
 from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import ROUND_ASSETS, STUDENT_ASSETS
+from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS, STUDENT_ASSETS
 from prismatic.config_file import CONFIG_FILE
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, read_benchmark_texts
@@ -206,8 +206,8 @@ FINAL_STEPS = {"gradient_features": "gradient_features.merge_feature_shards"}
 
 
 def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
-    """Seconds per finished asset of a run (`ROUND_ASSETS`, `STUDENT_ASSETS`; asset checks are left out), in finishing
-    order: from the first STEP_START of the asset's steps to the STEP_SUCCESS of its final step
+    """Seconds per finished asset of a run (`ROUND_ASSETS`, `STUDENT_ASSETS`, `REPORT_ASSETS`; asset checks are left
+    out), in finishing order: from the first STEP_START of the asset's steps to the STEP_SUCCESS of its final step
     (`FINAL_STEPS`, else the step named like the asset)."""
     started: dict[str, float] = {}
     ended: dict[str, float] = {}
@@ -216,7 +216,7 @@ def asset_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
         if event is None or event.step_key is None:
             continue
         asset = event.step_key.split(".", 1)[0]
-        if asset not in ROUND_ASSETS and asset not in STUDENT_ASSETS:  # an asset check's step
+        if asset not in (*ROUND_ASSETS, *STUDENT_ASSETS, *REPORT_ASSETS):  # an asset check's step
             continue
         if event.event_type == DagsterEventType.STEP_START:
             started.setdefault(asset, entry.timestamp)
