@@ -10,7 +10,7 @@ Home A runs r000 and r001 without interruption (the reference). Other homes run 
 with SIGKILLs at fault points (`prismatic.faults`) and at a random moment, rerunning after each:
 r000 from scratch, r001 from a copy of A taken after r000. After every kill, every partition a
 reader can see must be a whole Parquet file equal to A's; the final tables must equal A's (the
-timings some metrics record in `details` aside). The last tests stop a run while it holds its
+timings some metrics record in `details`, and generation latencies, aside). The last tests stop a run while it holds its
 round (SIGSTOP) and check that a second run of that round is refused, for `prism run` and for a
 run Dagster launches.
 """
@@ -148,7 +148,10 @@ def assert_consistent_with(home: Path, reference: Path, keys: list[str]) -> list
 
 
 def assert_frame_equal(got: pl.DataFrame, want: pl.DataFrame, what: str) -> None:
-    """Equal tables, except for the timings some metrics record in `details`."""
+    """Equal tables, except for the timings some metrics record in `details` and the seconds each
+    generation request took (`latency_s`)."""
+    if "latency_s" in got.columns:
+        got, want = got.drop("latency_s"), want.drop("latency_s")
     if "details" in got.columns:
         got, want = (frame.with_columns(pl.col("details").map_elements(_without_timing, return_dtype=pl.String))
                      for frame in (got, want))

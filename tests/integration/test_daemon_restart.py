@@ -56,7 +56,10 @@ def run_rounds_in_process(home: Path) -> None:
 
 
 def frame_without_timings(frame: pl.DataFrame) -> pl.DataFrame:
-    """The table with the timings some metrics record in `details` (key `seconds`) removed."""
+    """The table with the timings some metrics record in `details` (key `seconds`) and the seconds each
+    generation request took (`latency_s`) removed."""
+    if "latency_s" in frame.columns:
+        frame = frame.drop("latency_s")
     if "details" not in frame.columns:
         return frame
 
