@@ -1,7 +1,8 @@
 """The atlas's Plotly figures, built from an `Atlas` (`prismatic.report.gather`).
 
 map        one WebGL scatter trace (`scattergl`) per status; a point's `customdata` is its index in the
-           page's sample records. Points in sparse clusters (s_j < m) are larger and outlined.
+           page's sample records; its shape is its task. Points in sparse clusters (s_j < m) are larger and
+           outlined.
 clusters   per cluster of the clustering the round was judged against, smallest first: its pool size
            s_j, and stacked on it the candidates of this round kept and not kept in it; a line at m.
 gvendi     the pool's G-Vendi per round, and the control: G-Vendi had as many candidates been kept at
@@ -10,6 +11,7 @@ gains      per round, the selection's G-Vendi gain beside the control's (G-Vendi
 counts     per round: candidates kept, candidates not kept, problems and requests rejected.
 tokens     per round, each generation token column summed (only when `generations` records tokens).
 reasons    this round's rejection counts by reason.
+A figure with nothing to draw (gains and reasons in r000) says so in its middle.
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ import polars as pl
 
 from prismatic.report.gather import STATUSES, Atlas
 
-COLOURS = {"seed": "#9a9a9a", "kept earlier": "#4e79a7", "kept this round": "#2ca02c",
+COLOURS = {"seed": "#8a8a8a", "kept earlier": "#4e79a7", "kept this round": "#2ca02c",
            "not kept this round": "#e15759"}
 DRAW_ORDER = ("seed", "kept earlier", "not kept this round", "kept this round")
 SIZE_DENSE, SIZE_SPARSE = 5, 9
 TEMPLATE = "plotly_white"
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x", "star", "hexagon")
+"""Marker symbols of the tasks, in sorted task order (the page's help line says which is which)."""
+
+
+def task_symbols(atlas: Atlas) -> dict[str, str]:
+    """Each task of the map's points → its marker symbol (`SYMBOLS`, cycled)."""
+    tasks = sorted(t for t in atlas.points["task"].unique().to_list() if t is not None)
+    return {task: SYMBOLS[i % len(SYMBOLS)] for i, task in enumerate(tasks)}
 
 
 def _layout(title: str, **more) -> dict:
@@ -36,6 +46,7 @@ def map_figure(atlas: Atlas) -> go.Figure:
     """The 2-D map (module docstring); axis titles say which projection (PCA: each axis's variance share)."""
     figure = go.Figure()
     points = atlas.points.with_row_index("record")
+    symbols = task_symbols(atlas)
     for status in DRAW_ORDER:
         part = points.filter(status=status)
         sparse = part["sparse"].fill_null(False).to_numpy()
@@ -43,7 +54,8 @@ def map_figure(atlas: Atlas) -> go.Figure:
             x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=f"{status} ({len(part):,})",
             customdata=part["record"].to_numpy().astype(np.int32), hoverinfo="none",
             marker={"color": COLOURS[status], "size": np.where(sparse, SIZE_SPARSE, SIZE_DENSE).astype(np.int8),
-                    "opacity": 0.55 if status in ("seed", "kept earlier") else 0.85,
+                    "symbol": [symbols.get(task, SYMBOLS[0]) for task in part["task"].to_list()],
+                    "opacity": 0.7 if status in ("seed", "kept earlier") else 0.9,
                     "line": {"color": "#222", "width": np.where(sparse, 1.0, 0.0).astype(np.float32)}}))
     about = atlas.projection
     if about.get("method") == "pca":
@@ -116,6 +128,15 @@ def gains_figure(atlas: Atlas) -> go.Figure:
     ])
     figure.update_layout(**_layout("G-Vendi gain: selection vs chance", barmode="group", height=340,
                                    yaxis={"title": {"text": "G-Vendi gain"}}))
+    return _note_if_empty(figure, not rounds, f"no selection yet: {atlas.round_key} is the seed round")
+
+
+def _note_if_empty(figure: go.Figure, empty: bool, note: str) -> go.Figure:
+    """`figure` with `note` in its middle and no axes when it has nothing to draw."""
+    if empty:
+        figure.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, annotations=[{
+            "text": note, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False,
+            "font": {"size": 13, "color": "#6a737d"}}])
     return figure
 
 
@@ -155,7 +176,7 @@ def reasons_figure(atlas: Atlas) -> go.Figure:
                                    height=max(220, 60 + 28 * len(reasons)), yaxis={"autorange": "reversed"},
                                    xaxis={"title": {"text": "rows"}},
                                    margin={"l": 190, "r": 15, "t": 45, "b": 45}))
-    return figure
+    return _note_if_empty(figure, not reasons, f"no rejections in {atlas.round_key}")
 
 
 def all_figures(atlas: Atlas) -> dict[str, go.Figure]:

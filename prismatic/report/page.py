@@ -144,7 +144,7 @@ def render(atlas: Atlas) -> str:
     """The page's HTML (module docstring)."""
     from plotly.offline import get_plotlyjs
 
-    from prismatic.report.figures import all_figures
+    from prismatic.report.figures import all_figures, task_symbols
 
     current = atlas.points["status"].is_in(list(STATUSES[2:])).to_numpy()
     whole = np.concatenate([current, np.ones(len(atlas.rejections), dtype=bool)])
@@ -158,7 +158,7 @@ def render(atlas: Atlas) -> str:
     meta = {"summary": summary(atlas), "statuses": [*STATUSES, REJECTED], "threshold": atlas.threshold,
             "clustering_round": atlas.clustering_round, "store": atlas.store_uri, "notes": notes,
             "rejection_counts": atlas.rejection_counts, "clipped_at": clipped_at,
-            "clipped_only_earlier": only_earlier,
+            "clipped_only_earlier": only_earlier, "task_symbols": task_symbols(atlas),
             "examples": _examples(atlas), "figures": {k: _figure_json(f) for k, f in all_figures(atlas).items()}}
     page = Template((ASSETS / "atlas.html").read_text())
     return page.substitute(

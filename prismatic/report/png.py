@@ -6,27 +6,36 @@ import io
 
 import numpy as np
 
-from prismatic.report.figures import COLOURS, DRAW_ORDER, SIZE_DENSE, SIZE_SPARSE
+from prismatic.report.figures import COLOURS, DRAW_ORDER, SIZE_DENSE, SIZE_SPARSE, task_symbols
 from prismatic.report.gather import Atlas
+
+MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "cross": "P", "x": "X", "star": "*",
+           "hexagon": "h"}
+"""matplotlib's marker for each of the page's task symbols."""
 
 
 def map_png(atlas: Atlas, *, width_in: float = 6.0, height_in: float = 4.2, dpi: int = 80) -> bytes:
     """The map as a PNG (`width_in` × `height_in` inches at `dpi`): the page's colours, draw order and
-    larger outlined markers for points in sparse clusters; the legend counts each status's points shown."""
+    task shapes, and larger outlined markers for points in sparse clusters; the legend counts each status's
+    points shown."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width_in, height_in), dpi=dpi)
     axes = figure.add_subplot()
     points = atlas.points
+    symbols = task_symbols(atlas)
     for status in DRAW_ORDER:
         part = points.filter(status=status)
         if part.is_empty():
             continue
-        sparse = part["sparse"].fill_null(False).to_numpy()
-        area = np.where(sparse, SIZE_SPARSE, SIZE_DENSE).astype(float) ** 2 / 2.5
-        axes.scatter(part["x"].to_numpy(), part["y"].to_numpy(), s=area, c=COLOURS[status],
-                     edgecolors=np.where(sparse, "#222222", "none"), linewidths=0.5,
-                     alpha=0.6 if status in ("seed", "kept earlier") else 0.9, label=f"{status} ({len(part):,})")
+        for n, (task, symbol) in enumerate(symbols.items()):
+            group = part.filter(task=task)
+            sparse = group["sparse"].fill_null(False).to_numpy()
+            area = np.where(sparse, SIZE_SPARSE, SIZE_DENSE).astype(float) ** 2 / 2.5
+            axes.scatter(group["x"].to_numpy(), group["y"].to_numpy(), s=area, c=COLOURS[status],
+                         marker=MARKERS.get(symbol, "o"), edgecolors=np.where(sparse, "#222222", "none"),
+                         linewidths=0.5, alpha=0.6 if status in ("seed", "kept earlier") else 0.9,
+                         label=f"{status} ({len(part):,})" if n == 0 else None)
     axes.set_title(f"{atlas.round_key}: {len(points):,} points"
                    f"{f' of {atlas.total_points:,}' if atlas.sampled else ''} ({atlas.projection.get('method', '')})",
                    fontsize=10)

@@ -35,8 +35,10 @@
     ];
     el("cards").innerHTML = cards.map(([k, v, s]) => `<div class="card" data-card="${k}"><span>${k}</span><b>${v}</b><span>${esc(s)}</span></div>`).join("");
     el("notes").innerHTML = meta.notes.map((n) => `<li>${esc(n)}</li>`).join("");
+    const shapes = {circle: "●", diamond: "◆", square: "■", "triangle-up": "▲", cross: "✚", x: "✖", star: "★", hexagon: "⬢"};
+    const tasks = Object.entries(meta.task_symbols).map(([task, symbol]) => `${shapes[symbol] || symbol} ${esc(task)}`).join(", ");
     el("map-help").innerHTML = meta.statuses.slice(0, 4).map((s, i) => `<span class="dot s${i}"></span>${esc(s)}`).join(" &nbsp; ") +
-      ` &nbsp;·&nbsp; large outlined points lie in sparse clusters (pool size below m = ${fmt(meta.threshold, 1)}). ` +
+      ` &nbsp;·&nbsp; shapes: ${tasks} &nbsp;·&nbsp; large outlined points lie in sparse clusters (pool size below m = ${fmt(meta.threshold, 1)}). ` +
       "Drag to zoom, double-click to reset, click a legend entry to hide a group.";
     el("clusters-help").textContent = `The clustering ${S.round}'s candidates were judged against (${meta.clustering_round}), ` +
       `smallest first; the dashed line is the sparse threshold m (the median size). Green and red stack this round's ` +
