@@ -141,8 +141,8 @@ class GeneratorConfig(Section):
       to the store as one immutable journal segment (`<store>/_journal/<round>/generations/`) every
       `journal_flush_responses` responses or `journal_flush_s` seconds after the oldest unflushed one,
       whichever comes first, and on close; a retry anywhere sends only what no segment holds.
-    max_requests_per_minute, max_tokens_per_minute (openai): limits over all `base_urls` together in any
-      60-second window (tokens: prompt + completion, estimated at sending, then the server's count).
+    max_requests_per_minute, max_tokens_per_minute (openai): limits over all `base_urls` together, as an even
+      pace (tokens: prompt + completion, estimated at sending, then the server's count).
     budget_tokens, budget_usd: a round's budget in tokens (prompt + completion) or USD (needs `prices`):
       once reached no request is sent and the round fails; a rerun with a larger one resumes from the journal.
     prices: USD per million input and output tokens; with it rounds and dataset cards show their cost.

@@ -15,7 +15,7 @@ A request therefore ends within `(max_retries + 1) · request_timeout` seconds p
 (and the rate-limit waits).
 
 Rate limits (`max_requests_per_minute`, `max_tokens_per_minute`) hold for the engine as a whole, all
-URLs together: one `RateLimiter` (a sliding window) admits every attempt, retries included. A 429 or
+URLs together: one `RateLimiter` (an even pace) admits every attempt, retries included. A 429 or
 503 answer with a `Retry-After` header (seconds, or an HTTP date) rests its URL for exactly that long:
 no request is sent to it before then (others take the work; when every URL rests, requests wait).
 With a `Budget`, no attempt is sent once the budget is reached (`prismatic.generation.usage`).
@@ -366,7 +366,7 @@ class OpenAIEngine:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            ticket = await self.limiter.acquire(self.estimate(body)) if self.limiter is not None else None
+            ticket = await self.limiter.acquire(lambda: self.estimate(body)) if self.limiter is not None else None
             self._go_on(abort, budget)
             if self._rest_left(url) <= 0:
                 return url, ticket

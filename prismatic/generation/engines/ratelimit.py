@@ -1,14 +1,20 @@
 """`RateLimiter`: requests and tokens per minute, shared by every URL of an `OpenAIEngine`.
 
-A sliding window (a log of the sends of the last `window_s` seconds, not a token bucket): a send is
-admitted only when, counting it, the sends of the last `window_s` seconds number at most `requests`
-and their tokens at most `tokens`. So any `window_s`-long stretch of time sees at most `requests`
-sends (a bucket of that size, refilled continuously, would allow twice as many in its first window).
+The limits are kept as an even pace (GCRA, the virtual-scheduling form of a token bucket that saves up
+no burst): after a send charged c tokens, the next send may go `window_s / requests` seconds later
+and `c · window_s / tokens` seconds later, whichever is later; time left unused is not saved up. So
+
+- any `window_s`-long stretch of sending holds at most `requests` sends (they are at least
+  `window_s / requests` apart), and at most `tokens` tokens plus those of its last send;
+- sends are spread evenly, not sent in bursts at window edges, so a server that counts arrivals in
+  its own windows sees the same limits give or take the spread of its network and queueing delays
+  (a burst-then-wait scheme can show it up to twice the limit in one window when delays vary).
 
 The tokens of a request are known only when its response comes: a send is charged an estimate (its
 prompt's estimated tokens plus `max_tokens`, `OpenAIEngine.estimate`), which `settle` replaces by the
-server's count (prompt + completion) when the response arrives. A request whose estimate alone is
-above `tokens` is sent once the window is empty (else it could never be sent).
+server's count (prompt + completion): the pace moves earlier by what was overestimated, or later by
+what was underestimated, never earlier than the last send's own share. A waiting send looks again at
+least every `min(1 s, window_s / 20)`, so a settled estimate frees time at once.
 """
 
 from __future__ import annotations
@@ -16,26 +22,25 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 
 
 class _Send:
-    """One send: when (monotonic seconds), the tokens charged, and whether it is still in the window."""
+    """One send: when (monotonic seconds) and the tokens charged to it."""
 
-    __slots__ = ("at", "tokens", "live")
+    __slots__ = ("at", "tokens")
 
     def __init__(self, at: float, tokens: int):
         self.at = at
         self.tokens = tokens
-        self.live = True
 
 
 class RateLimiter:
-    """At most `requests` sends and `tokens` tokens in any `window_s` seconds (None: that limit is off).
+    """At most `requests` sends and `tokens` tokens per `window_s` seconds (None: that limit is off).
 
-    `acquire` waits (asyncio) until a send fits and records it; `settle` corrects its tokens. One
-    limiter may serve several event loops in turn (its state is guarded by a thread lock and it
-    holds no loop objects).
+    `acquire` waits (asyncio) until the pace lets a send go and records it; `settle` corrects its
+    tokens. One limiter may serve several event loops in turn (its state is guarded by a thread lock
+    and it holds no loop objects).
     """
 
     def __init__(self, requests: int | None = None, tokens: int | None = None, window_s: float = 60.0):
@@ -44,49 +49,36 @@ class RateLimiter:
         self.requests = requests
         self.tokens = tokens
         self.window_s = window_s
-        self._sends: deque[_Send] = deque()
-        self._window_tokens = 0
+        self._per_request = window_s / requests if requests else 0.0
+        self._per_token = window_s / tokens if tokens else 0.0
+        self._next_request = 0.0
+        self._next_token = 0.0
+        """Monotonic times from which the request pace and the token pace let the next send go."""
+        self._last: _Send | None = None
         self._lock = threading.Lock()
 
-    def _expire(self, now: float) -> None:
-        while self._sends and self._sends[0].at <= now - self.window_s:
-            send = self._sends.popleft()
-            send.live = False
-            self._window_tokens -= send.tokens
-
-    def _wait_for(self, estimate: int, now: float) -> float:
-        """Seconds until a send of `estimate` tokens fits (0: it fits now). Call with the lock held."""
-        self._expire(now)
-        wait = 0.0
-        if self.requests is not None and len(self._sends) >= self.requests:
-            # the oldest sends must leave until requests − 1 remain
-            wait = self._sends[len(self._sends) - self.requests].at + self.window_s - now
-        if self.tokens is not None and self._sends and self._window_tokens + estimate > self.tokens:
-            left = self._window_tokens
-            for send in self._sends:  # oldest first: when enough has left the window
-                left -= send.tokens
-                if left + estimate <= self.tokens or left <= 0:
-                    wait = max(wait, send.at + self.window_s - now)
-                    break
-        return max(wait, 0.0)
-
-    async def acquire(self, estimate: int = 0) -> _Send:
-        """Wait until a send charged `estimate` tokens fits both limits, record it and return its entry
-        (for `settle`)."""
+    async def acquire(self, estimate: int | Callable[[], int] = 0) -> _Send:
+        """Wait until the pace lets a send charged `estimate` tokens go (a number, or a function giving
+        the current estimate), record it and return its entry (for `settle`)."""
+        recheck = min(1.0, self.window_s / 20)
         while True:
+            cost = estimate() if callable(estimate) else estimate
             with self._lock:
                 now = time.monotonic()
-                wait = self._wait_for(estimate, now)
+                wait = max(self._next_request, self._next_token) - now
                 if wait <= 0:
-                    send = _Send(now, estimate)
-                    self._sends.append(send)
-                    self._window_tokens += estimate
+                    send = _Send(now, cost)
+                    self._next_request = now + self._per_request
+                    self._next_token = now + cost * self._per_token
+                    self._last = send
                     return send
-            await asyncio.sleep(wait)
+            await asyncio.sleep(min(wait, recheck))
 
     def settle(self, send: _Send, tokens: int) -> None:
-        """Replace a send's estimate by the tokens it used (a send already out of the window is gone)."""
+        """Replace a send's estimate by the tokens it used: the token pace moves by the difference, but
+        never before the end of the last send's own share."""
         with self._lock:
-            if send.live:
-                self._window_tokens += tokens - send.tokens
+            moved = self._next_token + (tokens - send.tokens) * self._per_token
             send.tokens = tokens
+            last = self._last
+            self._next_token = max(moved, last.at + last.tokens * self._per_token)
