@@ -107,7 +107,7 @@ def ngram_vendi(texts: Sequence[str], max_n: int = 4) -> float:
 
 def embedding_vendi(embeddings: np.ndarray) -> float:
     """Vendi Score of the cosine kernel of sentence embeddings E (N × d): exp(−Σ μ log μ),
-    μ = eig(ÊÊᵀ / N) with Ê the unit rows, computed in the d × d form (as G-Vendi)."""
+    μ = eig(ÊÊᵀ / N) with Ê the unit rows, computed as G-Vendi (N × N form when N < d, else d × d)."""
     return gvendi(np.asarray(embeddings, dtype=np.float64))
 
 

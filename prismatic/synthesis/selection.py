@@ -39,9 +39,18 @@ Rules (Jung et al., 2025; docs/formulas.md#selection-rules):
 
                 A⁻¹ ← A⁻¹ − u uᵀ / (1 + ℓ(x*)),      ℓ(x_i) ← ℓ(x_i) − (x_iᵀ u)² / (1 + ℓ(x*)),
 
-            so a step costs O(d² + #candidates · d) after one O(n d² + d³ + #candidates · d²) start,
-            never an eigendecomposition; total O(d³ + (n + #candidates) d² + B (d² + #candidates d)),
-            within the O(B · #candidates · d²) bound. Maximizing log det(XᵀX + εI) spreads the spectrum
+            never an eigendecomposition. A⁻¹ is held in one of two forms (`GreedyLogDet`), chosen like
+            G-Vendi's (`prismatic.metrics.vendi.gram_form`) by the rows r = n + (kept so far) against d:
+
+              Gram form (r < d), Woodbury with M = εI_n + P Pᵀ (n × n, P the unit pool rows):
+                A⁻¹ = (I_d − Pᵀ M⁻¹ P)/ε − Σ_kept u uᵀ/(1 + ℓ(x*)), never formed; start
+                O(n²d + n³ + #candidates · n d), a step O((n + kept) d + n² + #candidates · d);
+              moment form (r ≥ d): A⁻¹ as a dense d × d matrix; start O(n d² + d³ + #candidates · d²),
+                a step O(d² + #candidates · d).
+
+            The Gram form turns into the moment form once r reaches d (A⁻¹ formed once, O(r d²)).
+            Both hold the same A⁻¹ (and by Sylvester log det A = (d − n) log ε + log det M), so they
+            keep the same candidates with the same gains. Maximizing log det(XᵀX + εI) spreads the spectrum
             of XᵀX, the matrix whose normalized eigenvalues G-Vendi takes the entropy of. ε (> 0,
             in units of one unit-norm row's contribution) is the prior weight of every direction:
             a direction that pool and kept rows cover with eigenvalue λ counts as new in proportion to
@@ -71,8 +80,8 @@ candidate was kept or, for a rejected one, after the last step), gain (float64: 
 when a kept candidate was kept or, for a rejected one, after the last step; null for `paper` and
 `balanced`), kept (bool), rule (str). Ids must be unique; they are compared as strings.
 
-`random_control` is the chance baseline every round records: the pool G-Vendi after adding the same
-number of candidates drawn uniformly at random, averaged over seeded draws.
+The chance baseline every round records beside the selection, the pool G-Vendi after adding as many
+candidates drawn at random, is `prismatic.synthesis.control.random_control`.
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from prismatic.metrics.vendi import gram_form
 from prismatic.storage.schema import schema
 from prismatic.synthesis.kmeans import Clustering, assign, unit_rows
 
@@ -206,31 +216,62 @@ def select_balanced(candidate_ids: Sequence, candidate_features: np.ndarray,
 class GreedyLogDet:
     """The state of greedy maximum-volume selection (module docstring, `logdet`).
 
-    inverse: A⁻¹ (d × d float64) for A = εI + Σ_pool p pᵀ + Σ_kept x xᵀ over unit rows.
     leverage: ℓ_i = x_iᵀ A⁻¹ x_i for every candidate (kept ones too), kept current by rank-1 updates.
     kept: candidate indices in the order they were kept.
-    Memory: two d × d float64 matrices plus the candidates in float64 (#candidates × d × 8 bytes).
+    A⁻¹ (`inverse`) for A = εI + Σ_pool p pᵀ + Σ_kept x xᵀ over unit rows is held in the Gram form while
+    n + kept < d (`form` "auto"; "gram" or "moment" force one form): the unit pool rows P (n × d), M⁻¹
+    (n × n) and the rows w = u / √(1 + ℓ(x*)) of the kept steps, so A⁻¹ y = (y − Pᵀ M⁻¹ P y)/ε − Wᵀ W y;
+    else as a dense d × d matrix. Memory: the candidates in float64 (#candidates × d × 8 bytes) plus
+    (n + kept) × d + n × n (Gram form) or two d × d float64 matrices (moment form).
     """
 
-    def __init__(self, pool_features: np.ndarray | None, candidate_features: np.ndarray, epsilon: float):
+    def __init__(self, pool_features: np.ndarray | None, candidate_features: np.ndarray, epsilon: float,
+                 form: str = "auto"):
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         self.candidates = unit_rows(candidate_features, "candidate features", dtype=np.float64)
         d = self.candidates.shape[1]
-        gram = np.eye(d) * float(epsilon)
+        self.pool = None
         if pool_features is not None and len(pool_features):
-            pool = np.asarray(pool_features)
-            if pool.ndim != 2 or pool.shape[1] != d:
-                raise ValueError(f"pool features must be an n × {d} matrix, got shape {pool.shape}")
-            for start in range(0, pool.shape[0], _GRAM_ROWS):
-                block = unit_rows(pool[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
-                gram += block.T @ block
+            self.pool = np.asarray(pool_features)
+            if self.pool.ndim != 2 or self.pool.shape[1] != d:
+                raise ValueError(f"pool features must be an n × {d} matrix, got shape {self.pool.shape}")
         self.epsilon = float(epsilon)
-        self.pool = pool_features
-        self.inverse = _spd_inverse(gram)
-        self.leverage = np.sum((self.candidates @ self.inverse) * self.candidates, axis=1)
+        self.form = form
         self.kept: list[int] = []
         self._open = np.ones(self.candidates.shape[0], dtype=bool)
+        self._pool_size = 0 if self.pool is None else len(self.pool)
+        squared_norms = np.einsum("ij,ij->i", self.candidates, self.candidates)
+        if gram_form(self._pool_size, d, form):
+            self._dense = None
+            self._rows = np.zeros((0, d)) if self.pool is None else unit_rows(self.pool, "pool features",
+                                                                             dtype=np.float64)
+            self._m_inverse = _spd_inverse(self.epsilon * np.eye(self._pool_size) + self._rows @ self._rows.T)
+            self._steps = np.zeros((0, d))  # the rows w of the kept steps, [:len(kept)] in use
+            q = self.candidates @ self._rows.T
+            self.leverage = (squared_norms - np.einsum("ij,ij->i", q @ self._m_inverse, q)) / self.epsilon
+        else:
+            gram = np.eye(d) * self.epsilon
+            for block in self._pool_blocks():
+                gram += block.T @ block
+            self._dense = _spd_inverse(gram)
+            self.leverage = np.einsum("ij,ij->i", self.candidates @ self._dense, self.candidates)
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """A⁻¹ as a d × d float64 matrix (formed here in the Gram form: O((n + kept) d²))."""
+        if self._dense is not None:
+            return self._dense
+        steps = self._steps[:len(self.kept)]
+        return ((np.eye(self._rows.shape[1]) - self._rows.T @ self._m_inverse @ self._rows) / self.epsilon
+                - steps.T @ steps)
+
+    def _solve(self, x: np.ndarray) -> np.ndarray:
+        """A⁻¹ x (the forms as in the class docstring)."""
+        if self._dense is not None:
+            return self._dense @ x
+        steps = self._steps[:len(self.kept)]
+        return (x - self._rows.T @ (self._m_inverse @ (self._rows @ x))) / self.epsilon - steps.T @ (steps @ x)
 
     def best(self) -> int:
         """Index of the open candidate with the largest leverage (ties: lowest index); -1 if none."""
@@ -245,28 +286,41 @@ class GreedyLogDet:
         if not self._open[index]:
             raise ValueError(f"candidate {index} is already kept")
         x = self.candidates[index]
-        u = self.inverse @ x
+        u = self._solve(x)
         denominator = 1.0 + float(x @ u)
-        self.inverse -= np.outer(u, u) / denominator
+        if self._dense is not None:
+            self._dense -= np.outer(u, u) / denominator
+        else:
+            k = len(self.kept)
+            if k == len(self._steps):  # capacity doubles: appending costs O(d) a step on average
+                self._steps = np.concatenate([self._steps, np.zeros((max(k, 1), len(x)))])
+            self._steps[k] = u / np.sqrt(denominator)
         self.leverage -= (self.candidates @ u) ** 2 / denominator
         self._open[index] = False
         self.kept.append(index)
+        if self._dense is None and not gram_form(self._pool_size + len(self.kept), len(x), self.form):
+            self._dense = self.inverse
+            self._rows = self._m_inverse = self._steps = None
 
     def skip(self, index: int) -> None:
         """Decide candidate `index` without keeping it (A is unchanged)."""
         self._open[index] = False
 
     def pool_leverages(self) -> np.ndarray:
-        """h_p = pᵀ A⁻¹ p of every pool row, against A before any candidate was kept (call first)."""
+        """h_p = pᵀ A⁻¹ p of every pool row, against A before any candidate was kept (call first).
+        Gram form: h = 1 − ε diag(M⁻¹), since P A⁻¹ Pᵀ = P Pᵀ M⁻¹ = I − ε M⁻¹."""
         if self.kept:
             raise ValueError("pool leverages are taken before any candidate is kept")
-        if self.pool is None or not len(self.pool):
+        if self.pool is None:
             return np.zeros(0)
-        parts = []
-        for start in range(0, len(self.pool), _GRAM_ROWS):
-            block = unit_rows(self.pool[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
-            parts.append(np.sum((block @ self.inverse) * block, axis=1))
-        return np.concatenate(parts)
+        if self._dense is None:
+            return 1.0 - self.epsilon * np.diag(self._m_inverse)
+        return np.concatenate([np.einsum("ij,ij->i", block @ self._dense, block) for block in self._pool_blocks()])
+
+    def _pool_blocks(self):
+        """The pool's unit rows in float64 blocks of `_GRAM_ROWS` (the pool itself may be float32 and large)."""
+        for start in range(0, self._pool_size, _GRAM_ROWS):
+            yield unit_rows(self.pool[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
 
     def run(self, count: int) -> list[int]:
         """Keep up to `count` candidates greedily; returns their indices in the order kept."""
@@ -280,35 +334,35 @@ class GreedyLogDet:
 
 def select_logdet(candidate_ids: Sequence, candidate_features: np.ndarray, pool_features: np.ndarray | None,
                   count: int, *, clustering: Clustering | None = None,
-                  epsilon: float = DEFAULT_EPSILON) -> pl.DataFrame:
+                  epsilon: float = DEFAULT_EPSILON, form: str = "auto") -> pl.DataFrame:
     """Log-det rule: keep min(count, #candidates) candidates by greedy maximum volume.
 
     Candidates are processed in id order, so ties go to the lowest id and the input order does not
     matter. With a `clustering`, `cluster` and `cluster_size_at_decision` are filled as in the module
-    docstring; without one they are −1 and 0.
+    docstring; without one they are −1 and 0. `form` forces the Gram or moment form of A⁻¹ (`GreedyLogDet`).
     """
     if count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
     return _greedy_selection("logdet", candidate_ids, candidate_features, pool_features, clustering, epsilon,
-                             limit=count, novelty=False)
+                             limit=count, novelty=False, form=form)
 
 
 def select_novelty(candidate_ids: Sequence, candidate_features: np.ndarray, pool_features: np.ndarray, *,
                    clustering: Clustering | None = None, epsilon: float = DEFAULT_EPSILON,
-                   count: int | None = None) -> pl.DataFrame:
+                   count: int | None = None, form: str = "auto") -> pl.DataFrame:
     """Novelty rule: greedy log-det, keeping while the gain log(1 + ℓ(x)) ≥ τ, the pool's median
     leave-one-out gain (module docstring); `count` caps how many are kept. Copies (cosine ≥
-    `COPY_COSINE` to a pool row or a kept candidate) are skipped. Ties and columns as `select_logdet`.
+    `COPY_COSINE` to a pool row or a kept candidate) are skipped. Ties, columns and `form` as `select_logdet`.
     """
     if count is not None and count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
     return _greedy_selection("novelty", candidate_ids, candidate_features, pool_features, clustering, epsilon,
-                             limit=count, novelty=True)
+                             limit=count, novelty=True, form=form)
 
 
 def _greedy_selection(rule: str, candidate_ids: Sequence, candidate_features: np.ndarray,
                       pool_features: np.ndarray | None, clustering: Clustering | None, epsilon: float,
-                      limit: int | None, novelty: bool) -> pl.DataFrame:
+                      limit: int | None, novelty: bool, form: str = "auto") -> pl.DataFrame:
     """Greedy maximum volume in id order, up to `limit` kept (None: no limit); with `novelty`, only
     while the gain reaches τ and never a copy. The rows of the `selection` table (module docstring)."""
     ids = _unique_ids(candidate_ids)
@@ -326,7 +380,7 @@ def _greedy_selection(rule: str, candidate_ids: Sequence, candidate_features: np
         raise ValueError(f"candidate features must be a {n} × d matrix, got shape {features.shape}")
     if n:
         order = sorted(range(n), key=lambda i: ids[i])
-        greedy = GreedyLogDet(pool_features, features[order], epsilon)
+        greedy = GreedyLogDet(pool_features, features[order], epsilon, form)
         threshold = novelty_threshold(greedy.pool_leverages()) if novelty else -np.inf
         nearest = _max_cosine(greedy.candidates, pool_features if novelty else None)  # pool, then what is kept
         while len(greedy.kept) < (n if limit is None else limit) and (position := greedy.best()) >= 0:
@@ -369,60 +423,6 @@ def _max_cosine(candidates: np.ndarray, pool_features: np.ndarray | None) -> np.
         block = unit_rows(pool_features[start:start + _GRAM_ROWS], "pool features", dtype=np.float64)
         best = np.maximum(best, (candidates @ block.T).max(axis=1))
     return best
-
-
-def random_control(pool_features: np.ndarray, candidate_features: np.ndarray, count: int,
-                   draws: int = 5, seed: int = 0) -> dict:
-    """The chance baseline of a selection that kept `count` candidates:
-
-        control = (1/D) Σ_{s<D} G-Vendi(pool ∪ S_s),   S_s = `count` candidates drawn uniformly
-                  without replacement with numpy's default_rng(seed + s)
-
-    Returns {"count", "draws", "seed", "gvendi" (the mean), "gvendi_sd" (sample sd; 0 for one draw),
-    "gvendi_draws"}. With count = 0 every draw is the pool itself.
-    """
-    from prismatic.metrics.vendi import gvendi
-
-    candidates = np.asarray(candidate_features, dtype=np.float32)
-    pool = np.asarray(pool_features, dtype=np.float32)
-    if not 0 <= count <= len(candidates):
-        raise ValueError(f"count must be in [0, {len(candidates)}], got {count}")
-    if draws < 1:
-        raise ValueError(f"draws must be ≥ 1, got {draws}")
-    values = []
-    for s in range(draws):
-        chosen = np.random.default_rng(seed + s).choice(len(candidates), size=count, replace=False)
-        values.append(gvendi(np.concatenate([pool, candidates[np.sort(chosen)]])))
-    mean = float(np.mean(values))
-    return {"count": int(count), "draws": draws, "seed": seed, "gvendi": mean,
-            "gvendi_sd": float(np.std(values, ddof=1)) if draws > 1 else 0.0, "gvendi_draws": values}
-
-
-def selection_outcome(pool_features: np.ndarray, candidate_features: np.ndarray | None, kept: np.ndarray,
-                      draws: int = 5, seed: int = 0) -> dict:
-    """What a round's selection bought over chance, in G-Vendi of the pool:
-
-        gain = G-Vendi(pool ∪ kept) − G-Vendi(pool),
-        control_gain = control − G-Vendi(pool)     (`random_control` with the same count).
-
-    Returns {"kept", "candidates", "gvendi_before", "gvendi_after", "gain", "control_gain",
-    "control"}; without candidates both gains are 0.
-    """
-    from prismatic.metrics.vendi import gvendi
-
-    pool = np.asarray(pool_features, dtype=np.float32)
-    before = gvendi(pool)
-    kept = np.asarray(kept, dtype=bool)
-    n = 0 if candidate_features is None else len(candidate_features)
-    count = int(kept.sum())
-    if n:
-        after = gvendi(np.concatenate([pool, np.asarray(candidate_features, dtype=np.float32)[kept]]))
-        control = random_control(pool, candidate_features, count, draws=draws, seed=seed)
-    else:
-        after = before
-        control = {"count": 0, "draws": 0, "seed": seed, "gvendi": before, "gvendi_sd": 0.0, "gvendi_draws": []}
-    return {"kept": count, "candidates": n, "gvendi_before": before, "gvendi_after": after, "gain": after - before,
-            "control_gain": control["gvendi"] - before, "control": control}
 
 
 def _unique_ids(candidate_ids) -> list[str]:

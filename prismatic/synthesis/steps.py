@@ -31,9 +31,10 @@ from prismatic.gradients.featureset import FeatureSet, Shard, feature_table, mer
 from prismatic.metrics.vendi import gvendi
 from prismatic.rounds import SEED_ROUND, sort_rounds
 from prismatic.storage.schema import empty, schema
+from prismatic.synthesis.control import selection_outcome
 from prismatic.synthesis.generate import ProblemNLL, generate_round
 from prismatic.synthesis.kmeans import Clustering, num_clusters, spherical_kmeans
-from prismatic.synthesis.selection import POOL_FEATURE_RULES, select, selection_outcome
+from prismatic.synthesis.selection import POOL_FEATURE_RULES, select
 from prismatic.synthesis.verify import extract_answer, majority_vote, math_equal, nli_label
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarra
     """The `diversity_scores` rows of a round: one per metric result of the pool (value, pool size,
     details as JSON), then `gvendi_candidates`, the G-Vendi of the round's candidate features (when
     there are any), whose details are the projection `about`, then `gvendi_control`, the pool
-    G-Vendi had the selection kept as many candidates at random (`prismatic.synthesis.selection.random_control`,
+    G-Vendi had the selection kept as many candidates at random (`prismatic.synthesis.control.random_control`,
     from the selection's recorded outcome; not in the seed round)."""
     rows = [{"metric": name, "value": result.value, "n": pool_size, "details": json.dumps(result.details)}
             for name, result in results.items()]

@@ -16,7 +16,7 @@ from prismatic.metrics.baselines import distinct_n, self_repetition
 from prismatic.metrics.vendi import gvendi
 from prismatic.storage.base import Store
 from prismatic.storage.factory import open_store
-from prismatic.synthesis.selection import selection_outcome
+from prismatic.synthesis.control import selection_outcome
 from resources.generator import GeneratorResource
 from resources.home import PrismHome
 from resources.proxy import ProxyResource

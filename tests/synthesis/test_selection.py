@@ -5,18 +5,17 @@ import pytest
 
 from prismatic.metrics.vendi import gvendi
 from prismatic.storage.schema import schema
+from prismatic.synthesis.control import random_control, selection_outcome
 from prismatic.synthesis.kmeans import Clustering, assign, spherical_kmeans
 from prismatic.synthesis.selection import (
     GreedyLogDet,
     novelty_threshold,
     paper_count,
-    random_control,
     select,
     select_balanced,
     select_logdet,
     select_novelty,
     select_paper,
-    selection_outcome,
     sparse_threshold,
 )
 
