@@ -13,6 +13,8 @@ import numpy as np
 
 from prismatic.metrics.vendi import SecondMoment
 
+_CHUNK_ROWS = 65536  # pool rows normalized and multiplied at a time
+
 
 def random_control(pool_features: np.ndarray, candidate_features: np.ndarray, count: int,
                    draws: int = 5, seed: int = 0, *, form: str = "auto") -> dict:
@@ -48,9 +50,10 @@ def _control(base: SecondMoment, candidates: np.ndarray, count: int, draws: int,
 
 
 def _moment(rows: np.ndarray, form: str) -> SecondMoment:
-    """The `SecondMoment` of feature rows (n × d)."""
+    """The `SecondMoment` of feature rows (n × d), fed in chunks of `_CHUNK_ROWS` (as `gvendi` does)."""
     moment = SecondMoment(rows.shape[1], form)
-    moment.update(rows)
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        moment.update(rows[start:start + _CHUNK_ROWS])
     return moment
 
 

@@ -241,21 +241,24 @@ class GreedyLogDet:
         self.kept: list[int] = []
         self._open = np.ones(self.candidates.shape[0], dtype=bool)
         self._pool_size = 0 if self.pool is None else len(self.pool)
-        squared_norms = np.einsum("ij,ij->i", self.candidates, self.candidates)
         if gram_form(self._pool_size, d, form):
             self._dense = None
             self._rows = np.zeros((0, d)) if self.pool is None else unit_rows(self.pool, "pool features",
                                                                              dtype=np.float64)
             self._m_inverse = _spd_inverse(self.epsilon * np.eye(self._pool_size) + self._rows @ self._rows.T)
             self._steps = np.zeros((0, d))  # the rows w of the kept steps, [:len(kept)] in use
-            q = self.candidates @ self._rows.T
-            self.leverage = (squared_norms - np.einsum("ij,ij->i", q @ self._m_inverse, q)) / self.epsilon
         else:
             gram = np.eye(d) * self.epsilon
             for block in self._pool_blocks():
                 gram += block.T @ block
             self._dense = _spd_inverse(gram)
-            self.leverage = np.einsum("ij,ij->i", self.candidates @ self._dense, self.candidates)
+        self.leverage = np.concatenate([np.zeros(0)] + [
+            self._leverages(self.candidates[start:start + _GRAM_ROWS])
+            for start in range(0, len(self.candidates), _GRAM_ROWS)])
+
+    @property
+    def in_gram_form(self) -> bool:
+        return self._dense is None
 
     @property
     def inverse(self) -> np.ndarray:
@@ -265,6 +268,13 @@ class GreedyLogDet:
         steps = self._steps[:len(self.kept)]
         return ((np.eye(self._rows.shape[1]) - self._rows.T @ self._m_inverse @ self._rows) / self.epsilon
                 - steps.T @ steps)
+
+    def _leverages(self, rows: np.ndarray) -> np.ndarray:
+        """xᵀ A⁻¹ x of each row, before any candidate is kept: Gram form (‖x‖² − qᵀ M⁻¹ q)/ε with q = P x."""
+        if self._dense is not None:
+            return np.einsum("ij,ij->i", rows @ self._dense, rows)
+        q = rows @ self._rows.T
+        return (np.einsum("ij,ij->i", rows, rows) - np.einsum("ij,ij->i", q @ self._m_inverse, q)) / self.epsilon
 
     def _solve(self, x: np.ndarray) -> np.ndarray:
         """A⁻¹ x (the forms as in the class docstring)."""
@@ -315,7 +325,7 @@ class GreedyLogDet:
             return np.zeros(0)
         if self._dense is None:
             return 1.0 - self.epsilon * np.diag(self._m_inverse)
-        return np.concatenate([np.einsum("ij,ij->i", block @ self._dense, block) for block in self._pool_blocks()])
+        return np.concatenate([self._leverages(block) for block in self._pool_blocks()])
 
     def _pool_blocks(self):
         """The pool's unit rows in float64 blocks of `_GRAM_ROWS` (the pool itself may be float32 and large)."""

@@ -66,6 +66,7 @@ def test_greedy_inverse_and_leverages_equal_a_direct_recomputation_in_every_form
     pool, cands = _unit(rng.normal(size=(6, 15))), _unit(rng.normal(size=(25, 15)))
     eps = 0.05
     greedy = GreedyLogDet(pool, cands, eps, form)
+    assert greedy.in_gram_form == (form != "moment")
     gram = eps * np.eye(15) + pool.T @ pool
     direct = np.linalg.inv(gram)
     assert np.allclose(greedy.pool_leverages(), np.einsum("ij,jk,ik->i", pool, direct, pool), rtol=1e-9)
@@ -75,13 +76,13 @@ def test_greedy_inverse_and_leverages_equal_a_direct_recomputation_in_every_form
         direct = np.linalg.inv(gram)
         assert np.abs(greedy.inverse - direct).max() <= 1e-8 * np.abs(direct).max(), step
         assert np.allclose(greedy.leverage, np.einsum("ij,jk,ik->i", cands, direct, cands), rtol=1e-8, atol=0)
-    assert (greedy._dense is None) == (form == "gram")  # auto has switched to the moment form
+    assert greedy.in_gram_form == (form == "gram")  # auto has switched to the moment form
 
 
 def test_greedy_without_a_pool_in_the_gram_form():
     cands = _unit(np.random.default_rng(8).normal(size=(9, 30)))
     greedy = GreedyLogDet(None, cands, 0.5)
-    assert greedy._dense is None and np.allclose(greedy.leverage, 2.0)  # ℓ = ‖x‖²/ε before anything is kept
+    assert greedy.in_gram_form and np.allclose(greedy.leverage, 2.0)  # ℓ = ‖x‖²/ε before anything is kept
     assert greedy.pool_leverages().shape == (0,)
     moment = GreedyLogDet(None, cands, 0.5, "moment")
     assert greedy.run(5) == moment.run(5)
