@@ -52,7 +52,7 @@ class FakeServer:
         self.poison: str | None = None
         self.poison_fault = "500"
         self.faults: list[str] = []
-        self.hang = 3.0
+        self.hang = 60.0  # a hung answer: far beyond any engine timeout of the tests
         self.completion_tokens = 3
         self.connections: list[socket.socket] = []
         self.bodies: list[dict] = []

@@ -25,6 +25,10 @@ API_KEY = "sk-test-SECRET-4f9a1c"
 SOLUTION = Sampling.from_config(SynthesisConfig().solution_sampling, seed=0)
 PROBLEM = Sampling.from_config(SynthesisConfig().problem_sampling, seed=0)
 
+HEALTHY_S = 3.0
+"""The engine's timeout in the fault tests: a bound on how long a healthy local answer may take on a busy
+machine (the hung, dripping or faulty answers take far longer: they never complete)."""
+
 
 def make_requests(n: int, model: str = "m", **kwargs) -> list[GenerationRequest]:
     return [GenerationRequest.build(model, solution_prompt(f"What is {i} + {i}?", "math"), SOLUTION, 0,
@@ -116,7 +120,7 @@ def test_openai_resume_journals_each_response_as_it_completes(servers, tmp_path,
     server.poison = requests[-1].messages[-1]["content"][-12:]
     server.poison_fault = fault
     journal_path = tmp_path / "j.jsonl"
-    engine = OpenAIEngine([server.url], "m", max_concurrency=1, max_retries=1, timeout=0.3, backoff=0.001)
+    engine = OpenAIEngine([server.url], "m", max_concurrency=1, max_retries=1, timeout=HEALTHY_S, backoff=0.001)
     with pytest.raises(PrismError) as info:
         generate_journaled(engine, requests, Journal(journal_path))
     assert "failed after 2 attempts" in str(info.value)
@@ -134,9 +138,8 @@ def test_openai_resume_journals_each_response_as_it_completes(servers, tmp_path,
 def test_each_kind_of_server_fault_is_retried_with_backoff(servers, fault, caplog):
     server = servers()
     server.faults = [fault, fault]  # the first request fails twice, then succeeds
-    server.hang = 1.0
     requests = make_requests(3)
-    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, timeout=0.3,
+    engine = OpenAIEngine([server.url], "m", api_key=API_KEY, max_concurrency=1, max_retries=2, timeout=HEALTHY_S,
                           backoff=0.01)
     with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines.openai"):
         texts = engine.generate(requests)
@@ -243,7 +246,7 @@ def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline(servers, dr
     healthy = servers()
     requests = make_requests(6)
     engine = OpenAIEngine([drip_server.url, healthy.url], "m", max_concurrency=6, max_retries=2, timeout=30,
-                          request_timeout=2.0, backoff=0.01)
+                          request_timeout=HEALTHY_S, backoff=0.01)
     journal_path = tmp_path / "j.jsonl"
     started = time.time()
     with caplog.at_level(logging.WARNING, logger="prismatic.generation.engines.openai"):
@@ -254,8 +257,8 @@ def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline(servers, dr
     dripped = engine.endpoint_stats[drip_server.url]
     assert (dripped.sent, dripped.failed, dripped.ok) == (3, 3, 0)
     assert engine.endpoint_stats[healthy.url].ok == healthy.hits == 6
-    abandoned = [r.created - started for r in caplog.records if "request_timeout_s = 2 s; abandoned" in r.message]
-    assert len(abandoned) == 3 and min(abandoned) >= 2.0  # not before the deadline
+    abandoned = [r.created - started for r in caplog.records if f"request_timeout_s = {HEALTHY_S:g} s; abandoned" in r.message]
+    assert len(abandoned) == 3 and min(abandoned) >= HEALTHY_S  # not before the deadline
     deadline = time.monotonic() + 10
     while len(drip_server.sent) < 3:  # the server notices the closed connections at its next byte
         assert time.monotonic() < deadline
@@ -263,7 +266,7 @@ def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline(servers, dr
     assert max(drip_server.sent) < 100  # the responses (~180 bytes at 1 byte/s) were never complete
     lines = [json.loads(line) for line in journal_path.read_text().splitlines()]
     assert sorted(line["key"] for line in lines) == sorted(r.key for r in requests)  # each response once
-    print(f"\nrequest_timeout 2 s: abandoned at {', '.join(f'{t:.2f}' for t in abandoned)} s; "
+    print(f"\nrequest_timeout {HEALTHY_S:g} s: abandoned at {', '.join(f'{t:.2f}' for t in abandoned)} s; "
           f"bytes the dripping server sent {sorted(drip_server.sent)}; all 6 answered in {elapsed:.2f} s")
 
 
