@@ -25,7 +25,14 @@ from prismatic.report.gather import STATUSES, Atlas
 COLOURS = {"seed": "#8a8a8a", "kept earlier": "#4e79a7", "kept this round": "#2ca02c",
            "not kept this round": "#e15759"}
 DRAW_ORDER = ("seed", "kept earlier", "not kept this round", "kept this round")
-SIZE_DENSE, SIZE_SPARSE = 5, 9
+SIZES = {"seed": (5, 9), "kept earlier": (5, 9), "kept this round": (8, 12), "not kept this round": (7, 11)}
+"""Marker size (px) of each status's points: (in a cluster at or above m, in a sparse cluster)."""
+
+
+def marker_sizes(status: str, sparse: np.ndarray) -> np.ndarray:
+    """Marker sizes of `status`'s points, larger in sparse clusters (`SIZES`)."""
+    dense, sparse_size = SIZES[status]
+    return np.where(sparse, sparse_size, dense).astype(np.int8)
 TEMPLATE = "plotly_white"
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x", "star", "hexagon")
 """Marker symbols of the tasks, in sorted task order (the page's help line says which is which)."""
@@ -53,7 +60,7 @@ def map_figure(atlas: Atlas) -> go.Figure:
         figure.add_trace(go.Scattergl(
             x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=f"{status} ({len(part):,})",
             customdata=part["record"].to_numpy().astype(np.int32), hoverinfo="none",
-            marker={"color": COLOURS[status], "size": np.where(sparse, SIZE_SPARSE, SIZE_DENSE).astype(np.int8),
+            marker={"color": COLOURS[status], "size": marker_sizes(status, sparse),
                     "symbol": [symbols.get(task, SYMBOLS[0]) for task in part["task"].to_list()],
                     "opacity": 0.7 if status in ("seed", "kept earlier") else 0.9,
                     "line": {"color": "#222", "width": np.where(sparse, 1.0, 0.0).astype(np.float32)}}))

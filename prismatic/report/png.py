@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from prismatic.report.figures import COLOURS, DRAW_ORDER, SIZE_DENSE, SIZE_SPARSE, task_symbols
+from prismatic.report.figures import COLOURS, DRAW_ORDER, marker_sizes, task_symbols
 from prismatic.report.gather import Atlas
 
 MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "cross": "P", "x": "X", "star": "*",
@@ -31,7 +31,7 @@ def map_png(atlas: Atlas, *, width_in: float = 6.0, height_in: float = 4.2, dpi:
         for n, (task, symbol) in enumerate(symbols.items()):
             group = part.filter(task=task)
             sparse = group["sparse"].fill_null(False).to_numpy()
-            area = np.where(sparse, SIZE_SPARSE, SIZE_DENSE).astype(float) ** 2 / 2.5
+            area = marker_sizes(status, sparse).astype(float) ** 2 / 2.5
             axes.scatter(group["x"].to_numpy(), group["y"].to_numpy(), s=area, c=COLOURS[status],
                          marker=MARKERS.get(symbol, "o"), edgecolors=np.where(sparse, "#222222", "none"),
                          linewidths=0.5, alpha=0.6 if status in ("seed", "kept earlier") else 0.9,

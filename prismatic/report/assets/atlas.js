@@ -96,9 +96,12 @@
       el("hovered").innerHTML = sampleHtml(s, true);
       tip.innerHTML = sampleHtml(s, true);
       tip.hidden = false;
+      // beside the point, on the side of the window with more room
       const e = ev.event, w = tip.offsetWidth, h = tip.offsetHeight;
-      tip.style.left = Math.min(e.clientX + 14, window.innerWidth - w - 8) + "px";
-      tip.style.top = Math.max(8, Math.min(e.clientY + 14, window.innerHeight - h - 8)) + "px";
+      const left = e.clientX > window.innerWidth / 2 ? e.clientX - w - 14 : e.clientX + 14;
+      const top = e.clientY > window.innerHeight / 2 ? e.clientY - h - 14 : e.clientY + 14;
+      tip.style.left = Math.max(8, Math.min(left, window.innerWidth - w - 8)) + "px";
+      tip.style.top = Math.max(8, Math.min(top, window.innerHeight - h - 8)) + "px";
     });
     map.on("plotly_unhover", () => { tip.hidden = true; });
     map.on("plotly_click", (ev) => { tip.hidden = true; showDetail(row(records, ev.points[0].customdata)); });
