@@ -4,13 +4,15 @@
 (`prismatic.generation.requests.request_key`): `{"key", "text", "prompt_tokens", "completion_tokens",
 "latency_s"}` (what the response cost, `prismatic.generation.usage.Completion`; journals written before
 the counts existed hold `{"key", "text"}` records, read as responses without counts), each append
-flushed and fsynced to a local file. With an S3 store it also flushes them to the store as immutable segments
-(`prismatic.storage.segments`), so a step retried on another machine, with an empty `$PRISM_HOME`,
-finds them. `generate_journaled` sends an engine only the requests whose keys are not yet journaled
-and journals each response as the engine reports it, so a step that crashed or was interrupted loses
-only the responses in flight (and, on another machine, those not yet flushed) and, when retried,
-sends only the requests it has no answer for. With a `Budget` it stops sending once the round's
-spending (the journal's responses and those since) reaches it, and fails with one line saying so.
+written to a local file before it returns (a killed process loses none) and fsynced within `sync_s`
+(one fsync for all the responses of that interval). With an S3 store it also flushes them to the
+store as immutable segments (`prismatic.storage.segments`), so a step retried on another machine,
+with an empty `$PRISM_HOME`, finds them. `generate_journaled` sends an engine only the requests whose
+keys are not yet journaled and journals each response as the engine reports it, so a step that
+crashed or was interrupted loses only the responses in flight (and, on another machine, those not
+yet flushed) and, when retried, sends only the requests it has no answer for. With a `Budget` it
+stops sending once the round's spending (the journal's responses and those since) reaches it, and
+fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ class Journal:
     """Finished responses of one generation step: JSONL of `{"key", "text", "prompt_tokens",
     "completion_tokens", "latency_s"}` records (a value not known left out), one per request key.
 
-    Each append is flushed and fsynced to the local file `path` before `append_many` returns. Opening
-    a journal whose last line was torn by a crash mid-write drops that line (the file is truncated to
-    the last complete record); any other unreadable line is an error naming the line. Thread-safe.
+    Each append is written to the local file `path` (handed to the kernel, through one handle kept
+    open) before `append_many` returns, so a process killed at any point loses no journaled response;
+    the file is fsynced `sync_s` seconds after the first write it does not yet hold on disk, and by
+    `sync()`, `flush()` and `close()`: a machine that loses power loses at most the responses of the
+    last `sync_s` seconds, and a step appending thousands of responses a second pays one fsync per
+    interval, not one per response. Opening a journal whose last line was torn by a crash mid-write
+    drops that line (the file is truncated to the last complete record); any other unreadable line
+    is an error naming the line. Thread-safe.
 
     segments: the store's segments of this step (`Store.journal_segments`; None: the local file only).
     Responses appended are then also written to the store as one new segment when
@@ -51,11 +58,16 @@ class Journal:
     """
 
     def __init__(self, path: str | Path, *, segments: JournalSegments | None = None, flush_responses: int = 64,
-                 flush_s: float = 30.0):
+                 flush_s: float = 30.0, sync_s: float = 0.05):
         self.path = Path(path)
         self.segments = segments
         self.flush_responses = flush_responses
         self.flush_s = flush_s
+        self.sync_s = sync_s
+        self._handle = None
+        """The local file, opened for appending on the first append and kept open until `close`."""
+        self._sync_timer: threading.Timer | None = None
+        """Set while written records wait for their fsync."""
         self._records: dict[str, Completion] = {}
         self._unflushed: dict[str, Completion] = {}
         """Records in the local file that no segment holds yet (segments only)."""
@@ -140,9 +152,9 @@ class Journal:
         self.append_many([(key, text)])
 
     def append_many(self, items: Iterable[tuple[str, str | Completion]]) -> None:
-        """Append records (a text alone counts nothing) for keys not yet journaled; one write, flush and
-        fsync. With segments, flush them to the store when `flush_responses` are waiting, else start the
-        `flush_s` clock."""
+        """Append records (a text alone counts nothing) for keys not yet journaled: one write, handed to
+        the kernel before this returns, fsynced within `sync_s` (class docstring). With segments, flush
+        them to the store when `flush_responses` are waiting, else start the `flush_s` clock."""
         due = False
         with self._lock:
             fresh: dict[str, Completion] = {}
@@ -151,11 +163,15 @@ class Journal:
                     fresh[key] = Completion.of(value)
             if not fresh:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(_records(fresh))
-                handle.flush()
-                os.fsync(handle.fileno())
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = self.path.open("a", encoding="utf-8")
+            self._handle.write(_records(fresh))
+            self._handle.flush()
+            if self._sync_timer is None:
+                self._sync_timer = threading.Timer(self.sync_s, self.sync)
+                self._sync_timer.daemon = True
+                self._sync_timer.start()
             self._records.update(fresh)
             if self.segments is not None:
                 self._unflushed.update(fresh)
@@ -166,10 +182,21 @@ class Journal:
             self.flush()
         fault_point("journal.append")
 
+    def sync(self) -> None:
+        """fsync the local file if a written record is not yet on disk."""
+        with self._lock:
+            if self._sync_timer is None:
+                return
+            self._sync_timer.cancel()
+            self._sync_timer = None
+            descriptor = self._handle.fileno()
+            os.fsync(descriptor)  # under the lock: `close` cannot close the file meanwhile
+
     def flush(self) -> None:
-        """Write the responses that no segment holds yet as one new segment (no request when there are
-        none). A failed write is logged and tried again `flush_s` seconds later (and at the next flush):
-        the responses stay in the local file meanwhile."""
+        """`sync`, then write the responses that no segment holds yet as one new segment (no request when
+        there are none). A failed write is logged and tried again `flush_s` seconds later (and at the
+        next flush): the responses stay in the local file meanwhile."""
+        self.sync()
         if self.segments is None:
             return
         with self._flushing:
@@ -190,10 +217,13 @@ class Journal:
             log.debug("flushed %d journaled response(s) to %s", len(batch), url)
 
     def close(self) -> None:
-        """Flush what waits (see `flush`) and stop the flush clock."""
+        """Flush what waits (see `flush`), stop the flush clock and close the local file."""
         self.flush()
         with self._lock:
             self._stop_timer()
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
     def __enter__(self) -> Journal:
         return self

@@ -247,3 +247,40 @@ def test_a_corrupt_segment_is_an_error_naming_it_and_the_line(tmp_path):
     segments = MemorySegments({"mem://journal/seg-0.jsonl": b'{"key": "a", "text": "x"}\n{"key": 1}\n'})
     with pytest.raises(InputError, match=r"^mem://journal/seg-0.jsonl:2: not a journal record"):
         Journal(tmp_path / "j.jsonl", segments=segments)
+
+
+def test_a_killed_process_loses_no_appended_response_and_fsyncs_are_grouped(tmp_path, monkeypatch):
+    """Each append reaches the kernel before it returns (a SIGKILLed process loses none); fsync comes once
+    per `sync_s` interval for all the appends in it, and at once on `sync`, `flush` and `close`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.jsonl"
+    script = ("import os, signal, sys\nfrom prismatic.generation.journal import Journal\n"
+              "journal = Journal(sys.argv[1], sync_s=3600)\n"
+              "for i in range(500):\n    journal.append(f'k{i}', f'text {i}')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    reopened = Journal(path)
+    assert len(reopened) == 500 and reopened["k499"] == "text 499"
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    journal = Journal(tmp_path / "grouped.jsonl", sync_s=2.0)
+    journal.append("a", "first")
+    for i in range(999):
+        journal.append(f"b{i}", "more")
+    assert synced == []  # nothing waits on disk within the interval
+    deadline = time.monotonic() + 10
+    while not synced and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(synced) == 1  # one fsync for the 1000 appends of the interval
+    journal.append("c", "after")
+    journal.sync()
+    assert len(synced) == 2
+    journal.close()
+    assert len(synced) == 2 and len(Journal(tmp_path / "grouped.jsonl")) == 1001  # nothing was left to sync

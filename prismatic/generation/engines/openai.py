@@ -8,9 +8,13 @@ key is never put in errors or logs.
 Every attempt has a wall-clock deadline (`request_timeout`, prism.yaml `generator.request_timeout_s`)
 from sending the request to the last byte of the response, enforced by `asyncio.timeout` around the
 whole exchange: a server that answers slowly, even one byte a second, is abandoned at the deadline
-(its connection closed) and the request moves on. httpx's own timeout (`timeout`,
-`generator.timeout_s`) bounds each network operation alone — connecting, one write, the wait for the
-next bytes — and starts again with every byte received, so by itself it cannot bound an attempt.
+(its connection closed) and the request moves on. The HTTP client's own timeout (`timeout`,
+`generator.timeout_s`) bounds each network operation alone — connecting, the wait for the next bytes
+— and starts again with every byte received, so by itself it cannot bound an attempt.
+
+The client is aiohttp, one session per `generate` with keep-alive connections (at most
+`max_concurrency` per URL), chosen for its CPU cost per request, which bounds how many responses a
+second a fast server can deliver (httpx's was several times higher: benchmarks/results/scale.md).
 A request therefore ends within `(max_retries + 1) · request_timeout` seconds plus the backoff sleeps
 (and the rate-limit waits).
 
@@ -190,19 +194,21 @@ class OpenAIEngine:
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _http(self) -> Any:
-        """A new async client (one per `generate`: a client belongs to the event loop it runs on)."""
+        """A new aiohttp session (one per `generate`: a session belongs to the event loop it runs on);
+        `timeout` bounds connecting and each wait for bytes (`sock_connect`, `sock_read`)."""
         try:
-            import httpx
+            import aiohttp
         except ImportError:
-            raise PrismError("the openai generator needs the `httpx` package") from None
+            raise PrismError("the openai generator needs the `aiohttp` package") from None
 
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        connections = self.max_concurrency * len(self.base_urls)
-        return httpx.AsyncClient(headers=headers, timeout=self.timeout,
-                                 limits=httpx.Limits(max_connections=connections,
-                                                     max_keepalive_connections=connections))
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency * len(self.base_urls),
+                                         limit_per_host=self.max_concurrency)
+        return aiohttp.ClientSession(headers=headers, connector=connector, trust_env=True,
+                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                                                   sock_read=self.timeout))
 
     def close(self) -> None:
         """Nothing to release: each `generate` closes its connections when it returns."""
@@ -286,32 +292,35 @@ class OpenAIEngine:
     async def _attempt(self, client: Any, url: str, body: dict[str, Any], ticket: Any) -> Completion:
         """One attempt on `url`; `ticket` is its rate-limiter admission (None without limits), settled
         with the tokens the server counted."""
-        import httpx
+        import aiohttp
 
         chat = "messages" in body  # else a raw-text completion (`body`)
         with self._lock:
             self.endpoint_stats[url].sent += 1
         started = time.monotonic()
+        deadline = asyncio.timeout(self.request_timeout)
         try:
-            async with asyncio.timeout(self.request_timeout):
-                response = await client.post(f"{url}/{'chat/completions' if chat else 'completions'}", json=body)
+            async with deadline:
+                async with client.post(f"{url}/{'chat/completions' if chat else 'completions'}",
+                                       data=json.dumps(body)) as response:
+                    status, retry_header = response.status, response.headers.get("retry-after")
+                    text = (await response.read()).decode("utf-8", errors="replace")
         except TimeoutError:
-            raise _Retryable(f"{url}: no complete response within request_timeout_s = {self.request_timeout:g} s; "
-                             "abandoned") from None
-        except httpx.TimeoutException:
+            if deadline.expired():
+                raise _Retryable(f"{url}: no complete response within request_timeout_s = "
+                                 f"{self.request_timeout:g} s; abandoned") from None
             raise _Retryable(f"{url}: timed out after {self.timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise _Retryable(f"{url}: {type(exc).__name__}: {exc}") from None
         latency = time.monotonic() - started
-        status = response.status_code
         if status >= 500 or status in _RETRY_STATUS:
-            wait = retry_after_s(response.headers.get("retry-after")) if status in _RETRY_AFTER_STATUS else None
+            wait = retry_after_s(retry_header) if status in _RETRY_AFTER_STATUS else None
             rest = f" (Retry-After: {wait:g} s before this URL is tried again)" if wait is not None else ""
-            raise _Retryable(f"{url}: HTTP {status}{rest}: {response.text[:300]}", retry_after=wait)
+            raise _Retryable(f"{url}: HTTP {status}{rest}: {text[:300]}", retry_after=wait)
         if status >= 400:
-            raise PrismError(self._scrub(f"{url} refused the request: HTTP {status}: {response.text[:500]}"))
+            raise PrismError(self._scrub(f"{url} refused the request: HTTP {status}: {text[:500]}"))
         try:
-            data = response.json()
+            data = json.loads(text)
             choice = data["choices"][0]
             content = choice["message"].get("content") if chat else choice["text"]
             usage = data.get("usage") or {}
@@ -319,7 +328,7 @@ class OpenAIEngine:
             completion_tokens = _count(usage.get("completion_tokens"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable(f"{url}: not a {'chat completion' if chat else 'completion'} response: "
-                             f"{response.text[:300]!r}") from None
+                             f"{text[:300]!r}") from None
         finish = choice.get("finish_reason")
         if not isinstance(content, str) or finish not in _FINISHED or (not content and finish != "stop"):
             raise _Retryable(f"{url}: incomplete completion (finish_reason={finish!r}, "
