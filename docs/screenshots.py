@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1440, "height": 860}
+VIEWPORT = {"width": 1600, "height": 900}
 
 
 def free_port() -> int:
@@ -53,8 +53,17 @@ def start_webserver(home: Path, port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"dagster-webserver did not answer within 180 s; its log: {log}")
 
 
-def shoot(context, url: str, expect: str, out: Path, action=None) -> None:
-    """Open `url`, wait for the text `expect` and for the page to settle, run `action(page)`, save `out`."""
+def graph_area(page) -> dict:
+    """The rectangle around every node of the asset graph, with a margin: the graph without the empty canvas."""
+    boxes = [box for node in page.locator("svg foreignObject").all() if (box := node.bounding_box())]
+    left, top = min(b["x"] for b in boxes) - 24, min(b["y"] for b in boxes) - 24
+    right, bottom = max(b["x"] + b["width"] for b in boxes) + 24, max(b["y"] + b["height"] for b in boxes) + 24
+    return {"x": max(left, 0), "y": max(top, 0), "width": right - max(left, 0), "height": bottom - max(top, 0)}
+
+
+def shoot(context, url: str, expect: str, out: Path, action=None, clip=None) -> None:
+    """Open `url`, wait for the text `expect` and for the page to settle, run `action(page)`, save `out` (the
+    rectangle `clip(page)` when given, else the window)."""
     page = context.new_page()
     page.goto(url, wait_until="domcontentloaded", timeout=90_000)
     try:
@@ -65,15 +74,31 @@ def shoot(context, url: str, expect: str, out: Path, action=None) -> None:
     if action is not None:
         action(page)
     page.wait_for_timeout(1500)  # let the graph layout and charts finish drawing
-    page.screenshot(path=str(out))
+    page.screenshot(path=str(out), clip=clip(page) if clip else None)
     page.close()
     print(out)
 
 
+def expand_groups(page) -> None:
+    """The global lineage shows each asset group folded when there are several: unfold every group, reload."""
+    page.locator("foreignObject").first.wait_for(timeout=90_000)
+    icons = page.locator('foreignObject [aria-label="unfold_more"]')
+    for _ in range(10):  # each click redraws the graph: click the first folded group until none is left
+        if icons.count() == 0:
+            break
+        icons.first.click()
+        page.wait_for_timeout(1000)
+    page.reload(wait_until="domcontentloaded")  # the unfolded groups are remembered; a fresh load fits the view
+    page.get_by_text("diversity_scores", exact=True).first.wait_for(timeout=90_000)
+    page.wait_for_load_state("networkidle", timeout=60_000)
+
+
 def open_backfill_dialog(page) -> None:
-    """Click "Materialize all" on the asset graph: Dagster asks which rounds (partitions) to launch."""
+    """Unfold the groups, click "Materialize all" and choose every round (partition) in the dialog."""
+    expand_groups(page)
     page.get_by_role("button", name="Materialize all").first.click()
-    page.get_by_text("Launch", exact=False).last.wait_for(timeout=30_000)
+    page.get_by_text("Partition selection", exact=False).first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="All", exact=True).first.click()  # every round: r000 … the last
 
 
 def main() -> None:
@@ -96,13 +121,15 @@ def main() -> None:
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            context = browser.new_context(viewport=VIEWPORT)
-            shoot(context, f"{url}/asset-groups", "diversity_scores", args.out / "ui-asset-graph.png")
-            shoot(context, f"{url}/assets/pool?view=partitions", "r002", args.out / "ui-pool-partitions.png")
+            context = browser.new_context(viewport=VIEWPORT, device_scale_factor=2)  # sharp text when scaled down
+            shoot(context, f"{url}/asset-groups", "Global asset lineage", args.out / "ui-asset-graph.png",
+                  action=expand_groups, clip=graph_area)
+            shoot(context, f"{url}/assets/pool?view=partitions&partition=r002", "dagster/row_count",
+                  args.out / "ui-pool-partitions.png")
             shoot(context, f"{url}/assets/diversity_scores?view=partitions&partition=r002", "gvendi",
                   args.out / "ui-diversity-scores.png")
             shoot(context, f"{url}/automation", "next_round_sensor", args.out / "ui-automation.png")
-            shoot(context, f"{url}/asset-groups", "diversity_scores", args.out / "ui-backfill.png",
+            shoot(context, f"{url}/asset-groups", "Global asset lineage", args.out / "ui-backfill.png",
                   action=open_backfill_dialog)
             browser.close()
     finally:
