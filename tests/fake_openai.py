@@ -62,6 +62,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -146,7 +147,7 @@ class FakeServer:
                 elif fault == "drop":
                     self.close_connection = True
                 elif fault == "hang":
-                    time.sleep(server.hang)
+                    server.stopping.wait(server.hang)  # until the hang is over or the server closes
                     self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -156,7 +157,9 @@ class FakeServer:
         self.thread.start()
 
     def close(self):
-        """Stop as a killed server process would: listening socket and open connections closed."""
+        """Stop as a killed server process would: listening socket and open connections closed (a hung
+        answer ends at once)."""
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         shut_down(self.connections)
