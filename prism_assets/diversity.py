@@ -28,7 +28,8 @@ from resources.store import StoreResource
 def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                      proxy: ProxyResource, generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
-    members = io.read(store, "pool", key)
+    # G-Vendi needs the pool's ids and rounds (its features); the other metrics (metrics.names) its texts.
+    members = io.read(store, "pool", key, columns=None if prism_home.config().metrics.names else ["id", "round_added"])
     pool_x, projection = pool_features(store.store(), members)
     candidates = io.read(store, "gradient_features", key)["feature"].to_numpy()
     outcome = store.store().read_metadata("selection", key).get("outcome") if key != SEED_ROUND else None

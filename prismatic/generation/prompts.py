@@ -50,39 +50,56 @@ def sample_few_shot(pool: list[dict], k: int, rng: random.Random, *, weight_key:
     This is successive weighted sampling (like `numpy.random.choice(replace=False, p=w)`): drawn by
     bisection on the cumulative weights and redrawing an example already taken, which gives exactly
     the conditional distribution over the remaining ones. Deterministic for a seeded `rng`.
-    Rows without `weight_key` get `default_weight`, or are refused when it is None.
+    Rows without `weight_key` get `default_weight`, or are refused when it is None. Many draws from
+    one pool: `FewShotSampler` (the same draws, the weights summed once).
     """
     if k < 0:
         raise PrismError(f"cannot draw {k} few-shot examples")
     if k > len(pool):
         raise PrismError(f"cannot draw {k} distinct few-shot examples from a pool of {len(pool)}")
-    weights = []
-    for i, row in enumerate(pool):
-        weight = row.get(weight_key, default_weight)
-        if weight is None:
-            raise PrismError(f"few-shot pool row {row.get('id', i)!r} has no {weight_key!r}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise PrismError(f"few-shot pool row {row.get('id', i)!r}: {weight_key!r} must be a positive "
-                             f"number, got {weight!r}")
-        weights.append(float(weight))
-    cumulative = list(itertools.accumulate(weights))
-    total = cumulative[-1] if cumulative else 0.0
-    chosen: list[int] = []
-    taken: set[int] = set()
-    attempts = 0
-    while len(chosen) < k:
-        attempts += 1
-        if attempts > 50 * (k + 1):  # heavy weights keep being redrawn: draw among the rest directly
-            rest = [i for i in range(len(pool)) if i not in taken]
-            rest_cum = list(itertools.accumulate(weights[i] for i in rest))
-            index = rest[min(bisect.bisect_right(rest_cum, rng.random() * rest_cum[-1]), len(rest) - 1)]
-        else:
-            index = min(bisect.bisect_right(cumulative, rng.random() * total), len(pool) - 1)
-            if index in taken:
-                continue
-        chosen.append(index)
-        taken.add(index)
-    return [pool[i] for i in chosen]
+    return FewShotSampler(pool, weight_key=weight_key, default_weight=default_weight).draw(k, rng)
+
+
+class FewShotSampler:
+    """The draws of `sample_few_shot` from one pool, whose weights and cumulative sums are computed once:
+    a draw of k costs O(k log n) (bisections) instead of O(n), so a round's P prompts cost O(n + P·k log n)
+    rather than O(P·n). `draw(k, rng)` gives exactly what `sample_few_shot(pool, k, rng)` gives."""
+
+    def __init__(self, pool: list[dict], *, weight_key: str = "level", default_weight: float | None = None):
+        weights = []
+        for i, row in enumerate(pool):
+            weight = row.get(weight_key, default_weight)
+            if weight is None:
+                raise PrismError(f"few-shot pool row {row.get('id', i)!r} has no {weight_key!r}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise PrismError(f"few-shot pool row {row.get('id', i)!r}: {weight_key!r} must be a positive "
+                                 f"number, got {weight!r}")
+            weights.append(float(weight))
+        self.pool = pool
+        self.weights = weights
+        self.cumulative = list(itertools.accumulate(weights))
+
+    def draw(self, k: int, rng: random.Random) -> list[dict]:
+        pool, weights, cumulative = self.pool, self.weights, self.cumulative
+        if k < 0 or k > len(pool):
+            raise PrismError(f"cannot draw {k} distinct few-shot examples from a pool of {len(pool)}")
+        total = cumulative[-1] if cumulative else 0.0
+        chosen: list[int] = []
+        taken: set[int] = set()
+        attempts = 0
+        while len(chosen) < k:
+            attempts += 1
+            if attempts > 50 * (k + 1):  # heavy weights keep being redrawn: draw among the rest directly
+                rest = [i for i in range(len(pool)) if i not in taken]
+                rest_cum = list(itertools.accumulate(weights[i] for i in rest))
+                index = rest[min(bisect.bisect_right(rest_cum, rng.random() * rest_cum[-1]), len(rest) - 1)]
+            else:
+                index = min(bisect.bisect_right(cumulative, rng.random() * total), len(pool) - 1)
+                if index in taken:
+                    continue
+            chosen.append(index)
+            taken.add(index)
+        return [pool[i] for i in chosen]
 
 
 # --------------------------------------------------------------------------------------- prompts

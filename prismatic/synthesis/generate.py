@@ -26,12 +26,12 @@ from prismatic.generation.journal import Journal, generate_journaled
 from prismatic.generation.prompts import (
     CONTINUATION_STOP,
     NLI_LABELS,
+    FewShotSampler,
     continuation_prompt,
     nli_prompt,
     parse_continuation,
     parse_problems,
     problem_prompt,
-    sample_few_shot,
     solution_prompt,
 )
 from prismatic.generation.requests import GenerationRequest, Sampling
@@ -108,14 +108,15 @@ def problem_jobs(pool: pl.DataFrame, config: SynthesisConfig, model: str, key: s
     rng = random.Random(f"{config.seed}:{key}:problems")
     level = pl.col("level").fill_null(GENERATED_LEVEL) if "level" in pool.columns else pl.lit(GENERATED_LEVEL)
     pool = pool.with_columns(level=level)
-    rows_by_task = {task: pool.filter(task=task).to_dicts() for task in config.tasks}
+    rows_by_task = {task: pool.filter(task=task).select("id", "prompt", "level").to_dicts() for task in config.tasks}
+    samplers = {task: FewShotSampler(rows) for task, rows in rows_by_task.items() if rows}
     jobs = []
     tasks = [task for task in config.tasks if rows_by_task[task]]
     sampling = Sampling.from_config(config.problem_sampling, seed=config.seed)
     for index in range(config.prompts_per_round if tasks else 0):
         task = tasks[index % len(tasks)]
         rows = rows_by_task[task]
-        examples = sample_few_shot(rows, min(config.few_shot, len(rows)), rng)
+        examples = samplers[task].draw(min(config.few_shot, len(rows)), rng)
         parents = [row["id"] for row in examples]
         if config.problem_format == "fewshot":
             prompt = continuation_prompt(examples, task)
@@ -231,7 +232,8 @@ def generate_round(engine: Engine, journal: Journal, pool: pl.DataFrame, config:
     solution_sampling = Sampling.from_config(config.solution_sampling, seed=config.seed)
     # A label constrained to the label set must not be cut by max_tokens (any tokenizer spells one in < 32).
     label_sampling = solution_sampling.model_copy(update={"max_tokens": max(32, solution_sampling.max_tokens)})
-    demonstrations = solution_examples(pool)
+    parents = {i for ids in parents_of.values() for i in ids}  # the only rows looked up: not the whole pool
+    demonstrations = solution_examples(pool.filter(pl.col("id").is_in(list(parents))))
     for problem in problem_rows:
         constrained = problem["task"] == "nli" and config.nli_solutions == "label"
         example = None

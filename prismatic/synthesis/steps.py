@@ -82,11 +82,15 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
     """Features of every pool row (n × d float32, in pool order), gathered from the `gradient_features`
     of the rounds that added them, and their projection (proxy and the projection's identity).
 
-    Features made with different projections (proxy, mode, dim, seed) are refused, never mixed.
+    `pool` needs `id` and `round_added`. Each round's file is read (its `id` and `feature` columns) one
+    at a time and only its pool rows are kept, so memory holds the pool's n × d and one round's file,
+    not every candidate of every round. Features made with different projections (proxy, mode, dim,
+    seed) are refused, never mixed.
     """
-    parts, projection, first_round = [], None, None
+    positions = pool.select("id", "round_added").with_row_index("position")
+    out, projection, first_round = None, None, None
+    filled = np.zeros(len(pool), dtype=bool)
     for round_added in sort_rounds(pool["round_added"].unique().to_list()):
-        stored = store.read("gradient_features", round_added)
         meta = store.read_metadata("gradient_features", round_added)
         identity = {"proxy": meta.get("proxy"), **(meta.get("projection") or {})}
         if projection is None:
@@ -94,12 +98,19 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
         elif identity != projection:
             raise PrismError(f"gradient_features of {round_added} were made with a different projection than "
                              f"{first_round} ({identity} vs {projection}); rematerialize them with one config")
-        parts.append(stored.select("id", "feature"))
-    table = pool.select("id").join(pl.concat(parts), on="id", how="left")
-    if table["feature"].null_count():
-        missing = table.filter(pl.col("feature").is_null())["id"].head(3).to_list()
+        stored = store.read("gradient_features", round_added, columns=["id", "feature"])
+        matched = positions.filter(round_added=round_added).join(stored, on="id", how="inner")
+        if not len(matched):
+            continue
+        x = np.asarray(matched["feature"].to_numpy(), dtype=np.float32)
+        out = np.empty((len(pool), x.shape[1]), dtype=np.float32) if out is None else out
+        rows = matched["position"].to_numpy()
+        out[rows] = x
+        filled[rows] = True
+    if not filled.all():
+        missing = pool["id"].filter(pl.Series(~filled)).head(3).to_list()
         raise PrismError(f"pool rows without gradient features, e.g. {missing}")
-    return np.asarray(table["feature"].to_numpy(), dtype=np.float32), projection or {}
+    return (np.zeros((0, 1), dtype=np.float32) if out is None else out), projection or {}
 
 
 # ------------------------------------------------------------------------------------ seeds

@@ -12,6 +12,7 @@ from prismatic.data.samples import bundled_seeds_path
 from prismatic.errors import PrismError
 from prismatic.generation.prompts import (
     NLI_QUESTION,
+    FewShotSampler,
     nli_prompt,
     parse_nli_pair,
     parse_problems,
@@ -190,3 +191,24 @@ def test_heavily_skewed_weights_still_finish():
     pool = [{"id": "big", "level": 1e9}] + [{"id": str(i), "level": 1} for i in range(5)]
     chosen = sample_few_shot(pool, 6, random.Random(3))
     assert {c["id"] for c in chosen} == {p["id"] for p in pool}
+
+
+def test_a_sampler_draws_what_sample_few_shot_draws_and_reads_each_weight_once():
+    """`FewShotSampler` (what a round's prompts draw from) gives the draws of `sample_few_shot` for the
+    same seeded rng, reading each row's weight once however many draws follow."""
+    class CountingRow(dict):
+        reads = 0
+
+        def get(self, key, default=None):
+            CountingRow.reads += key == "level"
+            return super().get(key, default)
+
+    levels = [1, 5, 2, 4, 3, 1, 1, 5, 2, 2, 3, 4] * 10
+    pool = [CountingRow(id=f"r{i}", level=level) for i, level in enumerate(levels)]
+    plain = [dict(row) for row in pool]
+    sampler, one, other = FewShotSampler(pool), random.Random(11), random.Random(11)
+    for k in (5, 1, 5, 7, 0, 5) * 20:
+        assert sampler.draw(k, one) == sample_few_shot(plain, k, other)
+    assert CountingRow.reads == len(pool)  # 120 draws, the weights read once
+    with pytest.raises(PrismError, match="cannot draw 121 distinct few-shot examples from a pool of 120"):
+        sampler.draw(121, one)

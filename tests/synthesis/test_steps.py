@@ -184,3 +184,35 @@ def test_gradient_features_step_without_samples_writes_an_empty_table():
     output = gradient_features_step(no_samples, [shard])
     assert output.tables["gradient_features"].equals(empty("gradient_features"))
     assert output.provenance == {} and output.facts == {}
+
+
+def test_pool_features_gathers_each_rounds_kept_rows_in_pool_order(tmp_path):
+    """`pool_features`: the features of the pool's rows, read from the round that added each (only its pool
+    rows kept), in the pool's own order; a pool row without features, or rounds of different
+    projections, are refused."""
+    import pytest
+
+    from prismatic.errors import PrismError
+    from prismatic.synthesis.steps import pool_features
+
+    rng = np.random.default_rng(5)
+    store = open_store(tmp_path / "store")
+    features = {}
+    for key, n in (("r000", 4), ("r001", 7)):
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        ids = [f"{key}-{i}" for i in range(n)]
+        features.update(zip(ids, x, strict=True))
+        store.write("gradient_features", key, pl.DataFrame({
+            "id": ids, "feature": pl.Series(x, dtype=pl.Array(pl.Float32, 6)), "proxy": "p", "mode": "fast",
+            "dim": 6, "n_tokens": 3, "truncated": False}), metadata={"proxy": "p", "projection": {"seed": 0, "dim": 6}})
+    order = ["r001-5", "r000-2", "r000-0", "r001-1", "r000-3", "r000-1", "r001-6"]  # 3 of r001's 7 candidates
+    pool = pl.DataFrame({"id": order, "round_added": [i.split("-")[0] for i in order]})
+    x, projection = pool_features(store, pool)
+    assert x.dtype == np.float32 and np.array_equal(x, np.stack([features[i] for i in order]))
+    assert projection == {"proxy": "p", "seed": 0, "dim": 6}
+    with pytest.raises(PrismError, match=r"pool rows without gradient features, e.g. \['r001-9'\]"):
+        pool_features(store, pool.vstack(pl.DataFrame({"id": ["r001-9"], "round_added": ["r001"]})))
+    frame = store.read("gradient_features", "r001")
+    store.write("gradient_features", "r001", frame, metadata={"proxy": "p", "projection": {"seed": 1, "dim": 6}})
+    with pytest.raises(PrismError, match="gradient_features of r001 were made with a different projection"):
+        pool_features(store, pool)
