@@ -27,6 +27,11 @@ matches removes a problem, in this order:
 so of two duplicates within a round the first is kept. Each removal is a `rejections` row
 (id, reason, detail) with a JSON detail: the matched pool/round id (and J for near duplicates), or
 the benchmark file, its line (JSONL) or row (Parquet, 1-based) and the shared n-gram.
+
+The index over the pool is rebuilt every round, so it is kept small: per indexed text its exact key,
+its text (a candidate's shingles are computed again when a query finds it) and its LSH entry, whose
+band keys are 8-byte BLAKE2b digests of the bands (a digest collision only adds a candidate, which the
+exact J then rejects).
 """
 
 from __future__ import annotations
@@ -191,9 +196,9 @@ class ProblemFilter:
         self.dedup = dedup
         self.benchmarks = benchmarks
         self._exact: dict[str, tuple[str, str]] = {}  # key → (origin, id)
-        self._shingles: dict[str, frozenset[str]] = {}
+        self._texts: dict[str, str] = {}  # id → text of what the LSH holds
         self._origin: dict[str, str] = {}
-        self._lsh = (MinHashLSH(threshold=dedup.threshold, num_perm=dedup.permutations)
+        self._lsh = (MinHashLSH(threshold=dedup.threshold, num_perm=dedup.permutations, hashfunc=_band_key)
                      if dedup.near else None)
         for row_id, prompt in zip(pool["id"].to_list(), pool["prompt"].to_list(), strict=True):
             if exact_key(prompt) not in self._exact:
@@ -202,10 +207,9 @@ class ProblemFilter:
     def _index(self, row_id: str, text: str, origin: str) -> None:
         self._exact.setdefault(exact_key(text), (origin, row_id))
         if self._lsh is not None:
-            shingle_set = shingles(text, self.dedup.shingle_words)
-            self._shingles[row_id] = shingle_set
+            self._texts[row_id] = text
             self._origin[row_id] = origin
-            self._lsh.insert(row_id, self._minhash(shingle_set), check_duplication=False)
+            self._lsh.insert(row_id, self._minhash(shingles(text, self.dedup.shingle_words)), check_duplication=False)
 
     def _minhash(self, shingle_set: frozenset[str]) -> MinHash:
         minhash = MinHash(num_perm=self.dedup.permutations, seed=MINHASH_SEED)
@@ -227,7 +231,7 @@ class ProblemFilter:
             shingle_set = shingles(text, self.dedup.shingle_words)
             best = None
             for other in self._lsh.query(self._minhash(shingle_set)):
-                similarity = jaccard(shingle_set, self._shingles[other])
+                similarity = jaccard(shingle_set, shingles(self._texts[other], self.dedup.shingle_words))
                 # Highest J first, then pool before round, then the lowest id.
                 rank = (-similarity, self._origin[other] != "pool", other)
                 if similarity >= self.dedup.threshold and (best is None or rank < best[0]):
@@ -251,6 +255,11 @@ class ProblemFilter:
                 rejections.append({"id": str(row_id), "reason": reason, "detail": json.dumps(detail)})
         return (problems.filter(pl.Series(keep, dtype=pl.Boolean)),
                 pl.DataFrame(rejections, schema=schema("rejections")))
+
+
+def _band_key(band: bytes) -> bytes:
+    """The key an LSH bucket stores for one band of a MinHash: its 8-byte BLAKE2b digest."""
+    return hashlib.blake2b(band, digest_size=8).digest()
 
 
 def removal_counts(rejections: pl.DataFrame) -> dict[str, int]:
