@@ -67,10 +67,14 @@ def added_rows(store: Store, table: str, key: str, columns: list[str] | None = N
 def rounds_as_of(store: Store, table: str, key: str) -> list[str]:
     """The stored rounds of `table` up to and including `key`, in round order; `key` must be stored (a
     `PrismError` naming table, round and store when it is not)."""
+    number = round_number(key)
+    if number == 0:  # nothing before it: no listing (an S3 LIST), only the partition's own check
+        if not store.exists(table, key):
+            raise store._missing(table, key)
+        return [key]
     stored = store.rounds(table)
     if key not in stored:
         raise store._missing(table, key)
-    number = round_number(key)
     return [r for r in sort_rounds(stored) if round_number(r) <= number]
 
 

@@ -157,7 +157,7 @@ def test_rounds_past_r999_are_ordered_by_number(tmp_path):
     assert counts(catalog, "pool") == {"r998": 1, "r999": 3, "r1000": 6}  # "r1000" < "r999" as text
 
 
-def test_a_kept_id_already_in_the_pool_is_refused_and_a_missing_round_named(deltas):
+def test_a_kept_id_already_in_the_pool_is_refused_and_a_missing_round_named(deltas, tmp_path):
     store, _ = deltas
     inputs = open_store(FIXTURE)
     verified = inputs.read("verified_samples", "r002").with_columns(
@@ -167,4 +167,6 @@ def test_a_kept_id_already_in_the_pool_is_refused_and_a_missing_round_named(delt
         pool_step("r002", previous_pool=read_as_of(store, "pool", "r001"), selection=selection, verified=verified)
     with pytest.raises(PrismError, match="table 'pool' has no round 'r007'"):
         read_as_of(store, "pool", "r007")
+    with pytest.raises(PrismError, match="table 'pool' has no round 'r000'"):
+        read_as_of(open_store(tmp_path / "empty"), "pool", "r000")
     assert read_as_of(inputs, "selection", "r001").equals(inputs.read("selection", "r001"))  # a plain table
