@@ -16,7 +16,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-SPIN = "while True:\n    pass\n"
+SPIN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+"""A busy loop that ends when its parent does (a killed test run leaves no hog behind)."""
 
 
 @contextmanager

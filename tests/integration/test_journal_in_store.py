@@ -82,9 +82,11 @@ def test_a_seed_round_on_s3_makes_at_most_150_requests(seed_round):
     assert len(seed_round) <= SEED_ROUND_BUDGET, counts
     store = open_store(URI)
     puts = [path for method, path in seed_round if method == "PUT"]
-    # One PUT per table written, the lock's conditional create, and its heartbeats (every lease/4 = 75 s).
-    assert sorted(p for p in puts if "/_locks/" not in p) == sorted(
+    # One PUT per table written, one for the round atlas, the lock's conditional create, and its heartbeats
+    # (every lease/4 = 75 s).
+    assert sorted(p for p in puts if "/_locks/" not in p and "/_reports/" not in p) == sorted(
         f"/{BUCKET}/runs/{table}/round=r000/part-0.parquet" for table in store.tables())
+    assert [p for p in puts if "/_reports/" in p] == [f"/{BUCKET}/runs/_reports/round=r000/atlas.html"]
     assert len(store.tables()) == 10
 
 
