@@ -51,11 +51,13 @@ class RayNode:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the node's whole process group: its raylet, workers and actors die at once."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL every process of the node's session, as a lost machine would go: its raylet, workers and
+        actors die at once (a worker in a process group of its own included)."""
+        for pid in [self.process.pid, *self.session_pids()]:
+            try:
+                os.killpg(pid, signal.SIGKILL) if pid == self.process.pid else os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait(timeout=30)
 
     def session_pids(self) -> list[int]:
