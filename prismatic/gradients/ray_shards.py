@@ -7,8 +7,10 @@ for `num_cpus_per_shard` CPUs and `num_gpus_per_shard` GPUs and spread over the 
 the proxy once, computes its shard's whole contiguous run of the batch plan
 (`prismatic.gradients.featureset.shard_units`), so the merged features equal the unsharded ones bit
 for bit, and is stopped as soon as its result is in, which frees its CPUs/GPUs for a shard still
-waiting or being retried. A worker node that dies mid-shard takes its actor with it: Ray restarts the
-actor on another node (up to `shard_retries` times) and runs the shard again there.
+waiting or being retried. A worker node that dies mid-shard takes its actor with it: the shard is placed
+again, with backoff, on a node that is alive (`prismatic.ray_connect.LiveNodes`: Ray's view of the nodes, less
+the one it was lost on, which Ray may still count alive for a while) until `orchestration.ray.retry_deadline_s`
+passes. Finished shards are kept.
 
 Each shard reports where it ran (`Placement`): its sample count, node id, node name (`ray start --node-name`, default
 the node's IP), IP, worker pid, whether its actor was a retry (and which attempt), and its proxy-load and compute

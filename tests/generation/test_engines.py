@@ -257,7 +257,8 @@ def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline(servers, dr
     dripped = engine.endpoint_stats[drip_server.url]
     assert (dripped.sent, dripped.failed, dripped.ok) == (3, 3, 0)
     assert engine.endpoint_stats[healthy.url].ok == healthy.hits == 6
-    abandoned = [r.created - started for r in caplog.records if f"request_timeout_s = {HEALTHY_S:g} s; abandoned" in r.message]
+    mark = f"request_timeout_s = {HEALTHY_S:g} s; abandoned"
+    abandoned = [r.created - started for r in caplog.records if mark in r.message]
     assert len(abandoned) == 3 and min(abandoned) >= HEALTHY_S  # not before the deadline
     deadline = time.monotonic() + 10
     while len(drip_server.sent) < 3:  # the server notices the closed connections at its next byte
