@@ -327,6 +327,19 @@ def verdicts(rounds: list[dict], engine: dict, query: dict) -> dict:
             for name, value in measured.items()}
 
 
+def slopes(rounds: list[dict]) -> dict | None:
+    """Least-squares slopes, over `rounds`, of the MB a round writes and of its peak RSS against its pool
+    rows (per 1,000 rows); None with fewer than two rounds or one pool size."""
+    import numpy as np
+
+    pool = np.array([r["pool_rows"] for r in rounds], dtype=float)
+    if len(rounds) < 2 or np.ptp(pool) == 0:
+        return None
+    written = np.polyfit(pool / 1000, [r["store_bytes_added"] / 1e6 for r in rounds], 1)[0]
+    rss = np.polyfit(pool / 1000, [r["peak_rss_mb"] for r in rounds], 1)[0]
+    return {"rounds": len(rounds), "mb_per_1000": round(float(written), 4), "rss_mb_per_1000": round(float(rss), 2)}
+
+
 def plot(rounds: list[dict]) -> Path:
     import matplotlib
 
@@ -334,18 +347,19 @@ def plot(rounds: list[dict]) -> Path:
     import matplotlib.pyplot as plt
 
     keys = [r["round"] for r in rounds[1:]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"wspace": 0.55})
     tables = sorted({t for r in rounds[1:] for t in r["store_bytes_by_table"]},
                     key=lambda t: -sum(r["store_bytes_by_table"].get(t, 0) for r in rounds[1:]))
     bottom = [0.0] * len(keys)
     for index, table in enumerate(tables):
         values = [r["store_bytes_by_table"].get(table, 0) / 1e6 for r in rounds[1:]]
-        left.bar(keys, values, bottom=bottom, label=table, color=f"C{index % 10}")
+        label = "atlas (_reports)" if table == "_reports" else table  # matplotlib hides labels starting with _
+        left.bar(keys, values, bottom=bottom, label=label, color=f"C{index % 10}")
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     left.axhline(TARGETS["bytes_ratio"] * rounds[1]["store_bytes_added"] / 1e6, color="k", ls="--", lw=1,
                  label=f"{TARGETS['bytes_ratio']} × {rounds[1]['round']}")
     left.set_title("MB written under the store per round, by table")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     right.plot([r["round"] for r in rounds], [r["peak_rss_mb"] for r in rounds], "o-", label="peak RSS (MB)")
     twin = right.twinx()
     twin.plot([r["round"] for r in rounds], [r["pool_rows"] for r in rounds], "s:", color="C1", label="pool rows")
@@ -394,6 +408,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['round']} | " + " | ".join(
             f"{r['store_bytes_by_table'].get(t, 0) / 1e6:.2f}" for t in sorted(d["per_round"][-1][
                 "store_bytes_by_table"])) + " |")
+    growth = slopes(d["per_round"][1:])
+    if growth:
+        lines += ["", f"Growth with the pool, least squares over {growth['rounds']} generated rounds: each 1,000 "
+                      f"pool rows add {growth['mb_per_1000']:+.3f} MB to what a round writes and "
+                      f"{growth['rss_mb_per_1000']:+.1f} MB to its peak RSS."]
     e, q = d["engine"], d["query"]
     lines += ["", "## Engine and query", "",
               f"Engine: {e['journaled']} solution requests journaled in {e['seconds']} s = **{e['responses_per_s']} "
