@@ -174,3 +174,15 @@ def resolved(ref: Any) -> Any:
         return ray.get(ready[0])
     except Exception:  # its actor died before it answered
         return None
+
+
+def next_ready(refs: list[Any], timeout: float | None) -> Any:
+    """The first of `refs` to be ready within `timeout` seconds (None: no limit), else None; with no refs,
+    it sleeps the timeout out (a retry is due then)."""
+    import ray
+
+    if not refs:
+        time.sleep(timeout or 0.0)
+        return None
+    ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+    return ready[0] if ready else None

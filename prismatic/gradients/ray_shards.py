@@ -31,7 +31,7 @@ import polars as pl
 from prismatic.config import FeaturesConfig, RayConfig
 from prismatic.errors import PrismError
 from prismatic.gradients.featureset import FeatureSet
-from prismatic.ray_connect import LiveNodes, backoff_s, connect, first_line, on_node, resolved
+from prismatic.ray_connect import LiveNodes, backoff_s, connect, first_line, next_ready, on_node, resolved
 from prismatic.synthesis.steps import feature_shard_step
 
 
@@ -166,15 +166,12 @@ def ray_feature_shards(samples: pl.DataFrame, count: int, features: FeaturesConf
             wait_s = max(0.0, min(due.values()) - time.monotonic()) if due else None
             if set(pending.values()) & set(first_loss):
                 wait_s = min(wait_s or 1.0, 1.0)
-            if not pending:
-                time.sleep(wait_s or 0.0)
+            ready = next_ready(list(pending), wait_s)
+            if ready is None:
                 continue
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
-            if not ready:
-                continue
-            index = pending.pop(ready[0])
+            index = pending.pop(ready)
             try:
-                results[index] = ray.get(ready[0])
+                results[index] = ray.get(ready)
             except RayTaskError as exc:
                 raise (exc.cause if isinstance(exc.cause, PrismError) else exc) from None
             except RayActorError as exc:  # its node was lost (or its worker process died): place it again

@@ -33,7 +33,7 @@ from prismatic.errors import PrismError
 from prismatic.generation.engines.base import Engine, ResultCallback
 from prismatic.generation.requests import GenerationRequest
 from prismatic.generation.usage import Budget, BudgetExhausted, Completion
-from prismatic.ray_connect import LiveNodes, backoff_s, connect, first_line, on_node, resolved
+from prismatic.ray_connect import LiveNodes, backoff_s, connect, first_line, next_ready, on_node, resolved
 
 CHUNKS_PER_REPLICA = 4
 """Chunks per replica in one `generate`: more chunks journal sooner and balance better; fewer batch
@@ -154,15 +154,12 @@ class RayReplicaEngine:
                 slot, chunk = idle.pop(), chunks.popleft()
                 in_flight[slot.actor.generate.remote([requests[i] for i in chunk])] = (slot, chunk)
             wait_s = max(0.0, min(replacements) - time.monotonic()) if replacements else None
-            if not in_flight:
-                time.sleep(wait_s or 0.0)
+            ready = next_ready(list(in_flight), wait_s)
+            if ready is None:
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
-            if not ready:
-                continue
-            slot, chunk = in_flight.pop(ready[0])
+            slot, chunk = in_flight.pop(ready)
             try:
-                answers, node = ray.get(ready[0])
+                answers, node = ray.get(ready)
             except RayTaskError as exc:
                 raise (exc.cause if isinstance(exc.cause, PrismError) else exc) from None
             except RayActorError as exc:  # its node was lost: the chunk goes back, a replacement is placed
