@@ -142,6 +142,8 @@ def test_multiprocess_executor_gets_max_concurrent(tmp_path, limit, expected):
     executor_def = defs.resolve_job_def("prism_round").executor_def
     assert executor_def.name == "multiprocess"
     assert executor_config(executor_def)["max_concurrent"] == expected
+    assert executor_config(executor_def)["start_method"] == {  # steps fork from a server that imported the code
+        "forkserver": {"preload_modules": ["prism_assets.definitions"]}}
     assert "io_manager" not in defs.resources  # Dagster's default: files, which local processes share
     assert shard_op_tags(load_config(home)) == {}
 

@@ -8,6 +8,7 @@ The services are started once for the module; every test reads what they produce
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,12 +23,15 @@ from prism_assets.checks import ROUND_CHECKS
 from prism_assets.clustering import pool
 from prism_assets.definitions import build_definitions
 from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
 from prism_assets.seeds import seeds
 from prismatic.storage.catalog import Catalog
 from prismatic.storage.factory import open_store
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "docs"))
+from screenshots import CHROMIUM, expand_groups  # noqa: E402  (docs/screenshots.py: the docs' UI pictures)
+
 ARTIFACTS = REPO / "tests" / "artifacts"
 ROUNDS = ["r000", "r001"]
 CONFIG = TINY_CONFIG + """
@@ -36,7 +40,6 @@ rounds:
 metrics:
   names: [gvendi]
 """
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -215,12 +218,14 @@ def browser():
             context.close()
 
 
-def open_page(browser, url: str, expect: str, screenshot: str):
-    """Open `url`, wait for the text `expect` and for the page to settle, save a screenshot."""
+def open_page(browser, url: str, expect: str, screenshot: str, action=None):
+    """Open `url`, wait for the text `expect` and for the page to settle, run `action(page)`, save a screenshot."""
     page = browser.new_page()
     page.goto(url, wait_until="domcontentloaded", timeout=90_000)
     page.get_by_text(expect, exact=False).first.wait_for(timeout=90_000)
     page.wait_for_load_state("networkidle", timeout=60_000)
+    if action:
+        action(page)
     out = ARTIFACTS / "ui"
     out.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out / screenshot), full_page=True)
@@ -229,9 +234,11 @@ def open_page(browser, url: str, expect: str, screenshot: str):
 
 def test_ui_shows_the_round_assets_and_their_partitions(services, browser):
     services.graphql("mutation { setNuxSeen }")  # what "Skip" on the first-visit community dialog does
-    graph = open_page(browser, f"{services.url}/asset-groups", "diversity_scores", "asset_graph.png")
+    # The global lineage folds each asset group (prismatic, report) when there are several: unfold them as a user would.
+    graph = open_page(browser, f"{services.url}/asset-groups", "Global asset lineage", "asset_graph.png",
+                      action=expand_groups)
     nodes = " ".join(graph.locator("svg foreignObject").all_text_contents())  # the graph's nodes, not the list
-    for name in ["seeds", *ROUND_ASSETS]:
+    for name in ["seeds", *ROUND_ASSETS, *REPORT_ASSETS]:
         assert name in nodes, name
 
     clusters = open_page(browser, f"{services.url}/assets/clusters?view=partitions&partition=r001", "cluster_sizes",
