@@ -1,5 +1,6 @@
 """The real services: `dagster-webserver` and `dagster-daemon` on 127.0.0.1 with a temporary
-DAGSTER_HOME, a 2-round backfill launched through GraphQL (tiny random model, real vLLM), the round
+DAGSTER_HOME, a 2-round backfill launched through GraphQL (tiny random proxy; generation against the
+deterministic OpenAI-compatible server of tests/fake_llm.py: the engine is not what is tested here), the round
 checks on a good and on a crafted bad round, staleness after a rematerialization, and the UI in
 headless Chromium (screenshots under tests/artifacts/ui/).
 
@@ -16,8 +17,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, DagsterInstance, materialize
+from fake_llm import ROUND_CONFIG, DeterministicServer
 from services import BACKFILL, RUNS, Services, tag
-from test_pipeline import CONFIG as TINY_CONFIG
 
 from prism_assets.checks import ROUND_CHECKS
 from prism_assets.clustering import pool
@@ -34,12 +35,7 @@ from screenshots import CHROMIUM, expand_groups  # noqa: E402  (docs/screenshots
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 ROUNDS = ["r000", "r001"]
-CONFIG = TINY_CONFIG + """
-rounds:
-  max_rounds: 1
-metrics:
-  names: [gvendi]
-"""
+API_KEY = "sk-services-test-0b7e21"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -47,18 +43,30 @@ pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def llm():
+    started = DeterministicServer()
+    yield started
+    started.close()
+
+
+def config(llm: DeterministicServer) -> str:
+    """prism.yaml of the module: the home's tiny proxy, generation against `llm`, one round at most."""
+    return ROUND_CONFIG.format(proxy="tiny", url=llm.url) + "rounds:\n  max_rounds: 1\n"
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, llm):
     """Seeds materialized, then the webserver; rounds r000 and r001 added and backfilled through GraphQL,
     then the daemon, which runs the backfill. Yields once the backfill is done."""
     from prismatic.models import init_model
 
     home = tmp_path_factory.mktemp("services")
     init_model("tiny", home / "models" / "tiny")
-    (home / "prism.yaml").write_text(CONFIG)
+    (home / "prism.yaml").write_text(config(llm))
     ensure_instance_settings(home / "dagster")
     logs = ARTIFACTS / "services"
     logs.mkdir(parents=True, exist_ok=True)
-    running = Services(home, logs)
+    running = Services(home, logs, env={"PRISM_TEST_API_KEY": API_KEY})
     with DagsterInstance.from_config(str(running.dagster_home)) as instance:
         assert materialize([seeds], instance=instance, resources=build_definitions(str(home)).resources).success
     try:
@@ -138,8 +146,8 @@ def run_round_checks(home: Path, key: str) -> dict[str, bool]:
     return {f"{e.asset_key.to_user_string()}.{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
 
 
-def test_checks_pass_on_the_good_round_and_fail_on_a_crafted_bad_one(services, tmp_path):
-    (tmp_path / "prism.yaml").write_text(CONFIG)
+def test_checks_pass_on_the_good_round_and_fail_on_a_crafted_bad_one(services, llm, tmp_path):
+    (tmp_path / "prism.yaml").write_text(config(llm))
     shutil.copytree(services.home / "store", tmp_path / "store")
     good = run_round_checks(tmp_path, "r001")
     assert len(good) == len(ROUND_CHECKS) and all(
