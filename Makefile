@@ -50,11 +50,12 @@ ui: install
 	$(PY) -m prism_assets.instance
 	DAGSTER_HOME=$(PRISM_HOME)/dagster $(VENV)/bin/dagster dev -w workspace.yaml
 
-# Two workers, each module whole on one of them (its module fixtures started once): much of the suite waits on
-# daemons, servers and subprocesses, so two share the 2-core CI machine well. TEST_WORKERS=0: one process.
+# Two workers, each module whole on one of them (its module fixtures started once), the long modules first
+# (tests/conftest.py): much of the suite waits on daemons, servers and subprocesses, so two share the 2-core CI
+# machine well. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install browser postgres
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The performance benchmarks one after another (about 19 min on the 2-core development machine):
 # benchmarks/results/REPORT.md, the JSON of each and their plots. BENCH_ARGS=--full: kmeans at 100K x 10K.

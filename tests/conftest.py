@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+# `make test` runs two workers on two cores, with servers and subprocesses beside them: torch's OpenMP threads
+# sleep when idle instead of spinning (spinning threads starve the other worker's processes). Set before torch
+# loads; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRISM = shutil.which("prism", path=str(Path(sys.executable).parent)) or "prism"
@@ -28,6 +34,22 @@ def run_prism(*args, home, timeout=900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PRISM_HOME=str(home), TOKENIZERS_PARALLELISM="false")
     return subprocess.run([PRISM, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+HEAVY_MARKERS = ("services", "scaleout", "slow")
+"""Marks of the long tests, longest kind first (pyproject.toml lists them)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding long tests first, the longest kind first; otherwise collection order. `make test` hands
+    whole modules to its two workers in this order (`--dist loadfile --no-loadscope-reorder`), so the long
+    modules start early instead of finishing the run alone on one worker."""
+    rank: dict[str, int] = {}
+    for item in items:
+        marks = [index for index, name in enumerate(HEAVY_MARKERS) if item.get_closest_marker(name)]
+        module = item.nodeid.split("::")[0]
+        rank[module] = min(rank.get(module, len(HEAVY_MARKERS)), *marks, len(HEAVY_MARKERS))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")

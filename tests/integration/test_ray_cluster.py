@@ -223,8 +223,7 @@ def test_a_worker_node_killed_mid_shard_is_survived_on_a_busy_machine(cluster, b
               f"(load average {os.getloadavg()[0]:.1f})")
 
 
-def test_a_shard_lost_with_every_node_fails_the_round_at_the_deadline_in_one_line(cluster, busy, tiny_model_dir,
-                                                                                 tmp_path):
+def test_a_shard_lost_with_every_node_fails_the_round_at_the_deadline_in_one_line(cluster, tiny_model_dir, tmp_path):
     home = make_home(tmp_path, tiny_model_dir, cluster.address, STOP_AT_FEATURES, deadline_s=5)
     process = start_round(home)
     try:

@@ -165,8 +165,8 @@ def orphaned_vllm_engines() -> list[int]:
     `VLLMEngine`'s reaper kills its engine core when the owner dies; one left anyway (its reaper was
     killed too, or it was started by other code) is re-parented (to init, or a subreaper) and keeps
     its memory — on a GPU, the memory a new engine needs. This finds such processes (Linux `/proc`) so
-    that a rerun can name them; it never stops anything itself. A parent that is a Python process or
-    a Ray worker (`ray::…`) owns its engine.
+    that a rerun can name them; it never stops anything itself. A parent whose executable is Python owns
+    its engine: a Ray worker or a pytest-xdist worker included, whatever title it gave itself.
     """
     found = []
     for entry in Path("/proc").iterdir():
@@ -177,9 +177,12 @@ def orphaned_vllm_engines() -> list[int]:
             if not title.startswith("VLLM::EngineCore") or entry.stat().st_uid != os.getuid():
                 continue
             parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            parent_title = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except (OSError, IndexError):
             continue
-        if "python" not in Path(parent_title).name and not parent_title.startswith("ray::"):
+        try:  # the executable, not the title: setproctitle (Ray, xdist) renames a Python parent
+            parent_exe = os.readlink(f"/proc/{parent}/exe")
+        except OSError:  # init, or a parent of another user: not this user's Python
+            parent_exe = ""
+        if "python" not in Path(parent_exe).name:
             found.append(int(entry.name))
     return sorted(found)
