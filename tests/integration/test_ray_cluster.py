@@ -223,13 +223,19 @@ def test_a_worker_node_killed_mid_shard_is_survived_on_a_busy_machine(cluster, b
               f"(load average {os.getloadavg()[0]:.1f})")
 
 
-def test_a_shard_lost_with_every_node_fails_the_round_at_the_deadline_in_one_line(cluster, tiny_model_dir, tmp_path):
+def test_a_shard_lost_with_every_node_fails_the_round_at_the_deadline_in_one_line(cluster, watcher, tiny_model_dir,
+                                                                                 tmp_path):
+    """No CPU hog here (the two node-kill tests have it): this test also prints how long Ray takes to declare a
+    killed node dead on a machine the suite alone loads."""
     home = make_home(tmp_path, tiny_model_dir, cluster.address, STOP_AT_FEATURES, deadline_s=5)
     process = start_round(home)
     try:
         wait_until_both_shards_stopped(cluster, process, home, time.monotonic() + 600)
         for node in cluster.workers:
             node.kill()
+        killed_at = time.monotonic()
+        for node in cluster.workers:
+            report_declared_dead(node.name, killed_at)
     finally:
         code, output = finish(process, home, timeout=300)
     assert code != 0
