@@ -48,8 +48,8 @@ def executor_for(config: PrismConfig) -> ExecutorDefinition:
     """The executor of `config.orchestration.executor`; k8s with a local store is an `InputError`."""
     orchestration = config.orchestration
     if orchestration.executor == "multiprocess":
-        # Step processes fork from a server that has imported the definitions (torch, transformers, dagster):
-        # a step starts in well under a second instead of paying the ~6 s import again.
+        # Step processes fork from a server that has imported the definitions (torch, transformers, dagster)
+        # instead of each importing them again.
         return multiprocess_executor.configured({
             "max_concurrent": orchestration.max_concurrent or os.cpu_count(),
             "start_method": {"forkserver": {"preload_modules": ["prism_assets.definitions"]}},
