@@ -79,8 +79,10 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 
 def make_home(root: Path, model_dir: Path, url: str, problems: int) -> Path:
+    """The benchmark's home under `root` (its prism.yaml written again on every start: the server's port
+    changes, the store and the journals stay)."""
     home = root / "home"
-    home.mkdir(parents=True)
+    home.mkdir(parents=True, exist_ok=True)
     config = {
         "features": {"proxy": str(model_dir), "dim": FEATURE_DIM},
         "generator": {"backend": "openai", "base_urls": [url], "model": "instant", "max_concurrency": CONCURRENCY,
@@ -379,7 +381,9 @@ def markdown(result: dict) -> str:
         "# Scale: rounds of many problems against an instant server",
         "",
         f"`python -m benchmarks.scale{' --quick' if d['quick'] else ''} --json` — {d['rounds']} rounds of "
-        f"{d['problems']} problems × {SOLUTIONS} solutions, {d['total_s']:.0f} s in all. Load average (1, 5, "
+        f"{d['problems']} problems × {SOLUTIONS} solutions, {d['total_s']:.0f} s in the command's last "
+        f"run (it resumes with `--keep`); the rounds took {d['rounds_wall_s']:.0f} s of wall time and "
+        f"{d['rounds_cpu_s']:.0f} s of CPU time in all. Load average (1, 5, "
         f"15 min) {d['load_average_start']} at the start, {d['load_average_end']} at the end, on "
         f"{os.cpu_count()} CPUs (a shared machine: timings move with its load). Generator: the pipeline's "
         f"OpenAI engine (max_concurrency {CONCURRENCY}) against `benchmarks.instant_server`; proxy: the random "
@@ -395,11 +399,15 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {verdict['value']} | {verdict['limit']} | {'yes' if verdict['met'] else 'NO'} |")
     assets = list(d["per_round"][-1]["seconds"])
     lines += ["", "## Per round", "",
-              "| round | rows added | pool rows | MB written | peak RSS MB | wall s | " + " | ".join(assets) + " |",
-              "|---|---|---|---|---|---|" + "---|" * len(assets)]
+              "Seconds per asset are wall seconds; `cpu s` is the round process's CPU time (all threads), which "
+              "moves less with the machine's load; `load` is the 1-minute load average when the round started.", "",
+              "| round | rows added | pool rows | MB written | peak RSS MB | wall s | cpu s | load | "
+              + " | ".join(assets) + " |",
+              "|---|---|---|---|---|---|---|---|" + "---|" * len(assets)]
     for r in d["per_round"]:
+        load = r.get("load_average_start", [None])[0]
         lines.append(f"| {r['round']} | {r['rows_added']} | {r['pool_rows']} | {r['store_bytes_added'] / 1e6:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['wall_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.0f} | {load} | "
                      + " | ".join(f"{r['seconds'].get(a, 0):.2f}" for a in assets) + " |")
     lines += ["", "MB written by table:", "",
               "| round | " + " | ".join(sorted(d["per_round"][-1]["store_bytes_by_table"])) + " |",
@@ -439,7 +447,9 @@ def main() -> None:
     parser.add_argument("--engine-requests", type=int)
     parser.add_argument("--pool-sizes", help="comma-separated pool sizes of `pool_costs` (default 2000,8000; full "
                                              "10000,50000)")
-    parser.add_argument("--keep", type=Path, help="build the homes here and keep them (default: a temporary folder)")
+    parser.add_argument("--keep", type=Path, help="build the home here and keep it (default: a temporary folder); "
+                                                "run again with the same folder, it resumes after the last finished "
+                                                "round (`rounds.jsonl` there)")
     parser.add_argument("--worker", nargs=2, metavar=("HOME", "ROUND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -455,13 +465,21 @@ def main() -> None:
         from prismatic.models import init_model
         from prismatic.rounds import round_key
 
-        model_dir = init_model("tiny", root / "models" / "tiny", seed=0)
+        model_dir = root / "models" / "tiny"
+        if not model_dir.exists():
+            init_model("tiny", model_dir, seed=0)
         server, url = start_server()
         home = make_home(root, model_dir, url, problems)
-        per_round = []
-        for number in range(rounds + 1):
+        finished = root / "rounds.jsonl"  # one line per finished round: a rerun with --keep resumes after it
+        per_round = [json.loads(line) for line in finished.read_text().splitlines()] if finished.exists() else []
+        if per_round:
+            print(f"resuming {root}: {len(per_round)} rounds already run", file=sys.stderr)
+        for number in range(len(per_round), rounds + 1):
             key = round_key(number)
-            per_round.append(run_round_process(home, key))
+            load = [round(x, 2) for x in os.getloadavg()]
+            per_round.append({**run_round_process(home, key), "load_average_start": load})
+            with finished.open("a") as out:
+                out.write(json.dumps(per_round[-1]) + "\n")
             r = per_round[-1]
             print(f"{key}: +{r['rows_added']} → {r['pool_rows']} pool rows, {r['store_bytes_added'] / 1e6:.1f} MB, "
                   f"{r['peak_rss_mb']:.0f} MB RSS, {r['wall_s']:.1f} s", file=sys.stderr)
@@ -479,6 +497,8 @@ def main() -> None:
     targets = verdicts(per_round, engine, query)
     details = {"quick": args.quick, "rounds": rounds, "problems": problems, "solutions": SOLUTIONS,
                "total_s": round(time.perf_counter() - started, 1), "load_average_start": load_start,
+               "rounds_wall_s": round(sum(r["wall_s"] for r in per_round), 1),
+               "rounds_cpu_s": round(sum(r["cpu_s"] for r in per_round), 1),
                "load_average_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
                "per_round": per_round, "engine": engine, "query": query, "pool_costs": costs}
     details["targets_met"] = {name: verdict["met"] for name, verdict in targets.items()}
