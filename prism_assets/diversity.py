@@ -10,7 +10,7 @@ from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS
 from prismatic.rounds import SEED_ROUND, previous_round
-from prismatic.synthesis.steps import diversity_scores_step, pool_features, pool_gvendi
+from prismatic.synthesis.steps import cached_embeddings, diversity_scores_step, pool_features, pool_gvendi
 from resources.generator import GeneratorResource
 from resources.home import PrismHome
 from resources.proxy import ProxyResource
@@ -18,13 +18,14 @@ from resources.store import StoreResource
 
 
 @asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="3",
+       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="4",
        group_name="prismatic", owners=["team:prismatic"],
        description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
                    "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "
                    "details as JSON; `gvendi_candidates` of this round's verified samples; `gvendi_control`, the "
                    "pool G-Vendi had as many candidates been kept at random. Metadata: every value, the gain "
-                   "beside the control's gain, and a plot of each metric across rounds.")
+                   "beside the control's gain, and a plot of each metric across rounds. With `embedding_vendi`, "
+                   "also writes `embeddings`: the sentence embeddings of the pool rows no earlier round encoded.")
 def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                      proxy: ProxyResource, generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
@@ -37,7 +38,8 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
     output = diversity_scores_step(
         prism_home.config(), members, pool_x, projection, candidates, outcome=outcome,
         previous_gvendi=pool_gvendi(store.store(), previous_round(key)) if scored_before else None,
-        proxy=proxy.model, judge=generator.judge, log=context.log.info)
+        proxy=proxy.model, judge=generator.judge, log=context.log.info,
+        embeddings=cached_embeddings(store.store(), key, prism_home.config().metrics))
     frame = output.tables["diversity_scores"]
     plots = {}
     history = io.history(store, "diversity_scores", key, frame, ["metric", "value"])

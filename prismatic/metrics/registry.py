@@ -34,7 +34,7 @@ class MetricInputs:
     features: () → (n × d unit gradient features in sample order, what made them: proxy, mode, dim).
     proxy: () → (model, tokenizer, name) of the proxy LM.
     judge: () → (engine, model name) of the cluster-agent's LLM.
-    encoder: () → a sentence-transformers model.
+    embeddings: () → N × d unit sentence embeddings of `texts` (`metrics.embedding_model`).
     config: a `MetricsConfig`; max_tokens: the proxy's chat truncation (`features.max_tokens`).
     close: () → releases what the loaders opened and own (an engine process started for the judge).
     """
@@ -44,7 +44,7 @@ class MetricInputs:
     features: Callable[[], tuple[Any, dict]]
     proxy: Callable[[], tuple[Any, Any, str]]
     judge: Callable[[], tuple[Any, str]]
-    encoder: Callable[[], Any]
+    embeddings: Callable[[], Any]
     max_tokens: int | None = None
     close: Callable[[], None] = lambda: None
 
@@ -93,9 +93,8 @@ def _ngram_vendi(inputs: MetricInputs) -> MetricResult:
 
 def _embedding_vendi(inputs: MetricInputs) -> MetricResult:
     from prismatic.metrics.baselines import embedding_vendi
-    from prismatic.metrics.embeddings import embed
 
-    embeddings = embed(inputs.encoder(), inputs.texts, inputs.config.embedding_batch_size)
+    embeddings = inputs.embeddings()
     return MetricResult(embedding_vendi(embeddings), {"encoder": inputs.config.embedding_model,
                                                       "dim": int(embeddings.shape[1])})
 
@@ -171,11 +170,12 @@ def compute_metrics(names: Sequence[str], inputs: MetricInputs,
     return results
 
 
-def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=None, judge=None) -> MetricInputs:
+def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=None, judge=None,
+                       embeddings=None) -> MetricInputs:
     """`MetricInputs` whose loaders follow a `PrismConfig`: the proxy and gradient features of
-    `features:`, the encoder of `metrics.embedding_model`, the judge of `metrics.cluster_agent.judge`
-    (else `generator:`). Pass `features`, `proxy` or `judge` loaders to reuse what a caller already
-    has (the caller keeps owning them); call `close()` when done."""
+    `features:`, the embeddings of `metrics.embedding_model`, the judge of `metrics.cluster_agent.judge`
+    (else `generator:`). Pass `features`, `proxy`, `judge` or `embeddings` loaders to reuse what a caller
+    already has (the caller keeps owning them); call `close()` when done."""
 
     @functools.cache
     def load_proxy():
@@ -211,10 +211,14 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
         while opened:
             opened.pop().close()
 
-    def load_encoder():
-        from prismatic.metrics.embeddings import load_encoder as load
+    def load_embeddings():
+        if embeddings is not None:
+            return embeddings()
+        from prismatic.metrics.embeddings import embed, load_encoder
 
-        return load(config.metrics.embedding_model)
+        return embed(load_encoder(config.metrics.embedding_model), sample_texts(samples, config.metrics.text),
+                     config.metrics.embedding_batch_size)
 
     return MetricInputs(samples=samples, config=config.metrics, features=load_features, proxy=load_proxy,
-                        judge=load_judge, encoder=load_encoder, max_tokens=config.features.max_tokens, close=close)
+                        judge=load_judge, embeddings=load_embeddings, max_tokens=config.features.max_tokens,
+                        close=close)

