@@ -307,7 +307,8 @@ def format_summary(rows: list[dict]) -> list[str]:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(cell_row, widths)) for cell_row in cells]
     for row in rows:
-        reasons = dict(row["dropped_by"], **({"unparseable": row["unparseable"]} if row["unparseable"] else {}))
+        reasons = dict(sorted(row["dropped_by"].items()),  # by name: the same line for the same counts
+                       **({"unparseable": row["unparseable"]} if row["unparseable"] else {}))
         if reasons:
             lines.append(f"{row['round']} dropped: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
     return lines
