@@ -137,3 +137,13 @@ def test_mode_option_meets_the_sparse_final_stage_with_one_clear_error(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("prism: error: option --mode: Value error, final: sparse is the fast path's "
                                      "last stage; use mode: fast, or final: dense")
+
+
+def test_the_summary_names_drop_reasons_in_name_order_whatever_their_order_in_the_row():
+    from prism_cli.runner import format_summary
+
+    row = {"round": "r001", "problems": 13, "dropped": 4, "solved": 9, "verified": 11, "kept": 7, "pool": 91,
+           "gvendi": 39.2, "gain": 4.7, "control_gain": 3.2, "tokens": 100, "cost_usd": None, "unparseable": 3,
+           "dropped_by": {"too_few_words": 1, "low_alpha_words": 2, "proxy_nll_outlier": 1}}
+    assert format_summary([row])[-1] == ("r001 dropped: low_alpha_words 2, proxy_nll_outlier 1, too_few_words 1, "
+                                         "unparseable 3")
