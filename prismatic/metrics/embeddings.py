@@ -9,6 +9,7 @@ Any other value is a folder (or a name) that `SentenceTransformer` can load.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,22 +50,28 @@ def embed(encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
                           show_progress_bar=False)
 
 
-def embed_with_cache(encoder: Callable[[], Any], ids: Sequence[str], texts: Sequence[str],
-                     cached: pl.DataFrame | None, batch_size: int = 64) -> tuple[np.ndarray, list[int]]:
-    """Unit-norm embeddings (N × d float32) of `texts`, row i of sample `ids[i]`: taken from `cached` (`id`,
-    `embedding`) where it holds the id, encoded otherwise, the encoder loaded (`encoder()`) only when a row is
-    missing. Returns the matrix and the positions that were encoded, so that a caller can keep them. A
-    sample's id names its text (ids are content hashes), so a cached row stands for the same text.
+def text_digest(text: str) -> str:
+    """SHA-256 (hex) of a text as encoded: what the embeddings cache matches on."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def embed_with_cache(encoder: Callable[[], Any], texts: Sequence[str], cached: pl.DataFrame | None,
+                     batch_size: int = 64) -> tuple[np.ndarray, list[str], list[int]]:
+    """Unit-norm embeddings (N × d float32) of `texts`: taken from `cached` (`digest`, `embedding`) where it
+    holds the text's digest (`text_digest`), encoded otherwise, the encoder loaded (`encoder()`) only when a
+    text is missing. Returns the matrix, every text's digest and the positions that were encoded, so that a
+    caller can keep them.
     """
-    position = {} if cached is None else {sample: i for i, sample in enumerate(cached["id"].to_list())}
-    missing = [i for i, sample in enumerate(ids) if sample not in position]
+    digests = [text_digest(text) for text in texts]
+    position = {} if cached is None else {digest: i for i, digest in enumerate(cached["digest"].to_list())}
+    missing = [i for i, digest in enumerate(digests) if digest not in position]
     fresh = embed(encoder(), [texts[i] for i in missing], batch_size) if missing else None
     stored = cached["embedding"].to_numpy() if cached is not None and len(cached) else None
     width = fresh.shape[1] if fresh is not None else (stored.shape[1] if stored is not None else 0)
-    out = np.empty((len(ids), width), dtype=np.float32)
+    out = np.empty((len(texts), width), dtype=np.float32)
     if fresh is not None:
         out[missing] = fresh
-    hits = [i for i, sample in enumerate(ids) if sample in position]
+    hits = [i for i, digest in enumerate(digests) if digest in position]
     if hits:
-        out[hits] = stored[[position[ids[i]] for i in hits]]
-    return out, missing
+        out[hits] = stored[[position[digests[i]] for i in hits]]
+    return out, digests, missing

@@ -70,10 +70,12 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     },
     # One row per metric. n: samples scored; details: JSON (proxy, dim, raw counts, ...).
     "diversity_scores": {"metric": _STR, "value": _FLOAT, "n": _INT, "details": _STR},
-    # Sentence embeddings of pool rows that embedding Vendi encoded in this round (the rows no earlier
-    # round's partition holds for the same encoder and text): the cache that keeps a round's encoding
-    # cost to what it adds. encoder: metrics.embedding_model; text: metrics.text.
-    "embeddings": {"id": _STR, "embedding": pl.Array(pl.Float32, ANY_WIDTH), "encoder": _STR, "text": _STR},
+    # Sentence embeddings of pool rows that embedding Vendi encoded in this round (the texts no earlier
+    # round's partition holds for the same encoder and text setting): the cache that keeps a round's
+    # encoding cost to what it adds. digest: SHA-256 (hex) of the encoded text, what the cache matches on;
+    # encoder: metrics.embedding_model; text: metrics.text.
+    "embeddings": {"id": _STR, "digest": _STR, "embedding": pl.Array(pl.Float32, ANY_WIDTH), "encoder": _STR,
+                   "text": _STR},
     # Rows dropped on the way (dedup, decontamination, failed parse, ...). detail: free text.
     "rejections": {"id": _STR, "reason": _STR, "detail": _STR},
     # The opt-in student of a round (prismatic.student.step), one row per evaluation set: n problems, mean

@@ -114,18 +114,18 @@ def pool_features(store: Store, pool: pl.DataFrame) -> tuple[np.ndarray, dict]:
 
 
 def cached_embeddings(store: Store, key: str, metrics: MetricsConfig) -> pl.DataFrame | None:
-    """The sentence embeddings (`id`, `embedding`) that the rounds before `key` encoded with
+    """The sentence embeddings (`digest`, `embedding`) that the rounds before `key` encoded with
     `metrics.embedding_model` over `metrics.text` (their `embeddings` partitions), or None when
     `embedding_vendi` is not among `metrics.names`. Each partition holds only what its round encoded, so
-    this reads one row per pool sample at most (and rows of samples no longer in the pool).
+    this reads one row per pool text at most (and rows of texts no longer in the pool).
     """
     if "embedding_vendi" not in metrics.names:
         return None
     number = round_number(key)
     frames = [store.read("embeddings", r).filter(encoder=metrics.embedding_model, text=metrics.text)
               for r in sort_rounds(store.rounds("embeddings")) if round_number(r) < number]
-    frames = [frame.select("id", "embedding") for frame in frames if len(frame)]
-    return pl.concat(frames).unique("id", keep="last", maintain_order=True) if frames else None
+    frames = [frame.select("digest", "embedding") for frame in frames if len(frame)]
+    return pl.concat(frames).unique("digest", keep="last", maintain_order=True) if frames else None
 
 
 # ------------------------------------------------------------------------------------ seeds
@@ -453,11 +453,13 @@ def diversity_scores_step(config: PrismConfig, pool: pl.DataFrame, features: np.
 
     def pool_embeddings() -> np.ndarray:
         ids = pool["id"].to_list()
-        matrix, fresh = embed_with_cache(lambda: load_encoder(settings.embedding_model), ids,
-                                         sample_texts(pool, settings.text), embeddings, settings.embedding_batch_size)
+        matrix, digests, fresh = embed_with_cache(lambda: load_encoder(settings.embedding_model),
+                                                  sample_texts(pool, settings.text), embeddings,
+                                                  settings.embedding_batch_size)
         encoded["embeddings"] = pl.DataFrame({
-            "id": [ids[i] for i in fresh], "embedding": matrix[fresh], "encoder": settings.embedding_model,
-            "text": settings.text}).with_columns(pl.col("embedding").cast(pl.Array(pl.Float32, matrix.shape[1])))
+            "id": [ids[i] for i in fresh], "digest": [digests[i] for i in fresh], "embedding": matrix[fresh],
+            "encoder": settings.embedding_model, "text": settings.text,
+        }).with_columns(pl.col("embedding").cast(pl.Array(pl.Float32, matrix.shape[1])))
         return matrix
 
     about = {"proxy": projection.get("proxy"), "dim": features.shape[1], "projection": projection}

@@ -114,7 +114,8 @@ def test_embedding_vendi_formula():
 
 def test_a_round_encodes_only_the_pool_rows_no_earlier_round_encoded(tmp_path, monkeypatch):
     """diversity_scores_step with the `embeddings` of earlier rounds (`cached_embeddings`): the second round
-    encodes its 3 new rows only, and its embedding Vendi equals one computed from scratch over all 8 texts."""
+    encodes its 3 new rows only, and its embedding Vendi equals one computed from scratch over all 8 texts; a
+    row whose text changed under the same id is encoded again."""
     from prismatic.metrics import embeddings as module
     from prismatic.storage.local import LocalStore
     from prismatic.synthesis.steps import cached_embeddings, diversity_scores_step
@@ -142,6 +143,13 @@ def test_a_round_encodes_only_the_pool_rows_no_earlier_round_encoded(tmp_path, m
     # Another encoder or text setting does not reuse these rows.
     other = MetricsConfig(names=["embedding_vendi"], text="prompt")
     assert cached_embeddings(store, "r002", other) is None
+    # The cache matches texts, not ids: s7 rewritten (a rematerialized round) is encoded again.
+    changed = pool.with_columns(pl.when(pl.col("id") == "s7").then(pl.lit("Ten is not prime.")).otherwise("prompt")
+                                .alias("prompt"))
+    cache = cached_embeddings(store, "r002", config.metrics)
+    output = diversity_scores_step(config, changed, x, {}, x[:0], embeddings=cache)
+    assert encoded == [5, 3, 8, 1]  # the 8: the from-scratch computation above
+    assert output.tables["embeddings"]["id"].to_list() == ["s7"]
 
 
 def test_embedding_vendi_with_the_bundled_minilm():

