@@ -63,15 +63,16 @@ def embed_with_cache(encoder: Callable[[], Any], texts: Sequence[str], cached: p
     caller can keep them.
     """
     digests = [text_digest(text) for text in texts]
+    if not digests:
+        return np.zeros((0, 0), dtype=np.float32), [], []
     position = {} if cached is None else {digest: i for i, digest in enumerate(cached["digest"].to_list())}
+    hits = [i for i, digest in enumerate(digests) if digest in position]
     missing = [i for i, digest in enumerate(digests) if digest not in position]
     fresh = embed(encoder(), [texts[i] for i in missing], batch_size) if missing else None
-    stored = cached["embedding"].to_numpy() if cached is not None and len(cached) else None
-    width = fresh.shape[1] if fresh is not None else (stored.shape[1] if stored is not None else 0)
-    out = np.empty((len(texts), width), dtype=np.float32)
+    stored = cached["embedding"].to_numpy()[[position[digests[i]] for i in hits]] if hits else None
+    out = np.empty((len(texts), (fresh if fresh is not None else stored).shape[1]), dtype=np.float32)
     if fresh is not None:
         out[missing] = fresh
-    hits = [i for i, digest in enumerate(digests) if digest in position]
     if hits:
-        out[hits] = stored[[position[digests[i]] for i in hits]]
+        out[hits] = stored
     return out, digests, missing

@@ -122,7 +122,8 @@ def cached_embeddings(store: Store, key: str, metrics: MetricsConfig) -> pl.Data
     if "embedding_vendi" not in metrics.names:
         return None
     number = round_number(key)
-    frames = [store.read("embeddings", r).filter(encoder=metrics.embedding_model, text=metrics.text)
+    frames = [store.read("embeddings", r, columns=["digest", "embedding", "encoder", "text"])
+              .filter(encoder=metrics.embedding_model, text=metrics.text)
               for r in sort_rounds(store.rounds("embeddings")) if round_number(r) < number]
     frames = [frame.select("digest", "embedding") for frame in frames if len(frame)]
     return pl.concat(frames).unique("digest", keep="last", maintain_order=True) if frames else None
