@@ -7,7 +7,9 @@ of 1,000 (under 5 min). Generation goes through the pipeline's own OpenAI-compat
 (`generator: {backend: openai, base_urls: [...]}`) to `benchmarks.instant_server` on 127.0.0.1, a
 separate process that answers at once with realistic lengths and a `usage` field, so what is measured
 is the pipeline. Features: the random `tiny` Qwen2 preset as the proxy (`prismatic.models.init_model`,
-fast mode, `features.dim` 256). Problems: the `fewshot` format, math only, P/2 few-shot prompts × 2
+fast mode, `features.dim` 256, float32), in `FEATURE_SHARDS` = 2 shards under the `multiprocess` executor
+(each step its own process, each shard one torch thread: on 2 cores this is about twice one process's
+speed). Problems: the `fewshot` format, math only, P/2 few-shot prompts × 2
 problems; every default screening rule (text filters, proxy-NLL outliers, dedup against the pool and
 the round); selection `logdet` keeping P/2 candidates a round (a fixed count: the random proxy's
 gradients would let `novelty` keep almost none, and the point is a pool that grows); metrics: G-Vendi
@@ -15,7 +17,9 @@ only.
 
 Each round (r000, the seeds, then r001 … rR) runs in a fresh process, `python -m benchmarks.scale
 --worker HOME rNNN`, which calls `prism_cli.runner.run_round` (the code of `prism run`: Dagster,
-every asset and check of the round) and reports its own peak RSS (VmHWM) and CPU seconds. Workers run
+every asset and check of the round) and reports the peak RSS and the CPU seconds of its process tree (the
+worker, the executor's step processes and their forkserver: their proportional set sizes summed, sampled
+every 0.1 s, or the worker's own high-water mark if larger). Workers run
 with `OMP_WAIT_POLICY=PASSIVE` unless it is set: on a machine shared with other work, torch's OpenMP
 threads spin while they wait for a core, and the features step ran several times slower without it.
 Per round: `round`,
@@ -39,6 +43,7 @@ round). The machine's load average is in the report: timings on a shared machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -57,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = 4
 PROBLEMS_PER_PROMPT = 2
 FEATURE_DIM = 256
+FEATURE_SHARDS = 2
 CONCURRENCY = 32
 QUERY = ("select g.round, count(*) as solutions, count(v.id) as verified from generations g "
          "left join verified_samples v on v.round = g.round and v.id = g.id "
@@ -84,7 +90,10 @@ def make_home(root: Path, model_dir: Path, url: str, problems: int) -> Path:
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
     config = {
-        "features": {"proxy": str(model_dir), "dim": FEATURE_DIM},
+        # float32 (the preset's own dtype: bf16 is ~35 % slower on this CPU) in FEATURE_SHARDS processes of one
+        # thread each: the tiny model's ops are too small for two threads to share (two were ~40 % slower than one).
+        "features": {"proxy": str(model_dir), "dim": FEATURE_DIM, "model_dtype": "float32", "shards": FEATURE_SHARDS},
+        "orchestration": {"executor": "multiprocess"},
         "generator": {"backend": "openai", "base_urls": [url], "model": "instant", "max_concurrency": CONCURRENCY,
                       "max_retries": 2},
         "synthesis": {"tasks": ["math"], "prompts_per_round": max(1, problems // PROBLEMS_PER_PROMPT),
@@ -111,7 +120,7 @@ def worker(home: Path, key: str) -> None:
 
     def sample_rss() -> None:  # (time, resident MB, CPU s) every 0.1 s: what each asset holds and uses
         while not stop.wait(0.1):
-            samples.append((time.time(), _resident_mb(), _cpu_s()))
+            samples.append((time.time(), _resident_mb(), _tree_cpu_s()))
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
@@ -128,8 +137,8 @@ def worker(home: Path, key: str) -> None:
     if extra:
         steps["round_report"] = round(sum(extra.values()), 3)
         steps["asset checks"] = round(steps["asset checks"] - steps["round_report"], 3)
-    print(json.dumps({"seconds": steps, "peak_rss_mb": round(rss_mb(), 1), "wall_s": round(wall_s, 2),
-                      "cpu_s": round(_cpu_s(), 1),
+    print(json.dumps({"seconds": steps, "peak_rss_mb": round(max([rss_mb(), *(mb for _, mb, _ in samples)]), 1),
+                      "wall_s": round(wall_s, 2), "cpu_s": round(_tree_cpu_s(), 1),
                       **by_asset(instance_for(home), result["run_id"], samples),
                       "generations": {name: generations.get(name) for name in (
                           "problems_parsed", "problems", "problems_removed", "solutions", "responses_generated",
@@ -138,11 +147,38 @@ def worker(home: Path, key: str) -> None:
                       "verified": metadata.get("verified_samples", {}).get("dagster/row_count")}))
 
 
+def _tree() -> list:
+    """This process and its descendants (the executor's step processes and their forkserver)."""
+    import psutil
+
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
 def _resident_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
+    """Resident MB of this process and its descendants together, now: the sum of their proportional set sizes
+    (PSS: a page shared by k processes counts 1/k in each), since the step processes fork from one forkserver
+    and share its pages; summed RSS would count those pages once per process."""
+    import psutil
+
+    total = 0
+    for process in _tree():
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_full_info().pss
+    return total / 1e6
+
+
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process and its descendants, the finished ones included (each process's own and its
+    reaped children's)."""
+    import psutil
+
+    total = 0.0
+    for process in _tree():
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def by_asset(instance, run_id: str, samples: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:

@@ -329,9 +329,13 @@ class FastFeaturizer:
         p_v, p_h = self._proj["embedding"]
         emb_seg = self.segments[-1] if self.tied else self._segment("lm_head.weight")
         # Head: Σ_t (P_V δ_t)(P_h h_t)ᵀ per sample, δ_t the logits' gradient.
-        head_in = p_h(h_sel).float()  # N × k_h
-        block = torch.zeros(out.shape[0], p_v.k, p_h.k, device=out.device)
-        block.index_add_(0, sample, logits_grad_projected[:, :, None] * head_in[:, None, :])
+        # One batched matmul over the padded samples (tokens that are not scored stay zero), not an N × k_V × k_h
+        # outer product summed by index: the latter wrote N·k_V·k_h floats and took ~15 % of the tiny preset's time.
+        head_in = hidden.new_zeros(hidden.shape[1], p_h.k, dtype=torch.float32)
+        head_in[rows] = p_h(h_sel).float()  # T × k_h
+        head_delta = head_in.new_zeros(hidden.shape[1], p_v.k)
+        head_delta[rows] = logits_grad_projected  # T × k_V
+        block = packing.pad(head_delta).transpose(1, 2) @ packing.pad(head_in)  # B × k_V × k_h
         if not self.tied:
             out[:, emb_seg.offset:emb_seg.offset + emb_seg.size] += block.flatten(1)
             p_v, p_h = self._proj["input_embedding"]
