@@ -45,9 +45,9 @@ demo: install model
 	$(PRISM) demo --rounds 2
 
 # The UI, daemon included, on the home's instance; its dagster.yaml gets the settings that run rounds
-# one at a time (prism_assets/instance.py).
+# one at a time (prism_assets/automation/instance.py).
 ui: install
-	$(PY) -m prism_assets.instance
+	$(PY) -m prism_assets.automation.instance
 	DAGSTER_HOME=$(PRISM_HOME)/dagster $(VENV)/bin/dagster dev -w workspace.yaml
 
 # Two workers, each module whole on one of them (its module fixtures started once), the long modules first

@@ -136,9 +136,9 @@ def make_home(root: Path, n: int, model_dir: Path) -> Path:
 
 
 def round_assets() -> list[str]:
-    """The round's assets in job order (`prism_assets.jobs.ROUND_ASSETS`), imported only when needed:
+    """The round's assets in job order (`prism_assets.automation.jobs.ROUND_ASSETS`), imported only when needed:
     `main` times the first import of dagster and prism_assets."""
-    from prism_assets.jobs import ROUND_ASSETS
+    from prism_assets.automation.jobs import ROUND_ASSETS
 
     return ROUND_ASSETS
 
@@ -160,7 +160,7 @@ class DirectRound:
         self.ui_metadata_s = 0.0
 
     def write(self, output, asset: str) -> None:
-        """`prism_assets.io.write_step` minus the Dagster data version: the same `StepOutput.write`."""
+        """`prism_assets.tables.write_step` minus the Dagster data version: the same `StepOutput.write`."""
         output.write(self.catalog, SEED_ROUND, run_id="direct", asset=asset)
 
     def featurize(self, samples: pl.DataFrame, shard: tuple[int, int]):

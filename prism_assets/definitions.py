@@ -11,19 +11,21 @@ import os
 
 from dagster import Definitions, EnvVar
 
-from prism_assets.checks import ROUND_CHECKS
-from prism_assets.clustering import clusters, pool, selection
-from prism_assets.diversity import diversity_scores
-from prism_assets.features import build_gradient_features
-from prism_assets.generations import generations
-from prism_assets.jobs import prism_round, round_checks, round_provenance_checks, seed_job
-from prism_assets.report import round_report
+from prism_assets.assets.checks import ROUND_CHECKS
+from prism_assets.assets.clusters import clusters
+from prism_assets.assets.diversity import diversity_scores
+from prism_assets.assets.features import build_gradient_features
+from prism_assets.assets.generations import generations
+from prism_assets.assets.pool import pool
+from prism_assets.assets.report import round_report
+from prism_assets.assets.seeds import seeds
+from prism_assets.assets.selection import selection
+from prism_assets.assets.student import student_eval
+from prism_assets.assets.verification import verified_samples
+from prism_assets.automation.jobs import prism_round, round_checks, round_provenance_checks, seed_job
+from prism_assets.automation.schedules import build_round_schedule
+from prism_assets.automation.sensors import lost_run_sensor, next_round_sensor, provenance_sensor
 from prism_assets.scaleout import executor_for, io_manager_for
-from prism_assets.schedules import build_round_schedule
-from prism_assets.seeds import seeds
-from prism_assets.sensors import lost_run_sensor, next_round_sensor, provenance_sensor
-from prism_assets.student import student_eval
-from prism_assets.verification import verified_samples
 from resources.generator import GeneratorResource
 from resources.home import PrismHome, home_config
 from resources.proxy import ProxyResource

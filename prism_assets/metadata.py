@@ -8,13 +8,13 @@ import io
 import numpy as np
 from dagster import AssetKey, MetadataValue, TableColumn, TableRecord, TableSchema
 
-from prism_assets.jobs import WRITER
+from prism_assets.automation.jobs import WRITER
 
 MAX_TABLE_ROWS = 100
 
 
 def previous_round_links(table: str, used: dict[str, str] | None) -> dict[str, MetadataValue]:
-    """What this round read from the previous one (`io.read_previous`'s `used`; None in the seed round:
+    """What this round read from the previous one (`tables.read_previous`'s `used`; None in the seed round:
     nothing): `previous_<table>` (round, run id, data version), links to the asset that wrote `table`
     and to the run that wrote the partition read."""
     if used is None:

@@ -14,7 +14,7 @@
   tag `dagster-k8s/config` (`shard_op_tags`).
 - `ray`: `in_process_executor`: every step in the run's process, which joins the Ray cluster at
   `ray.address` for the gradient features and runs each shard there as an actor
-  (`prism_assets/features.py`, `prismatic.gradients.ray_shards`). Shard results come back through
+  (`prism_assets/assets/features.py`, `prismatic.gradients.ray_shards`). Shard results come back through
   Ray's object store, so the default IO manager stays.
 """
 

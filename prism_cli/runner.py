@@ -30,8 +30,8 @@ from pathlib import Path
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, reconstructable
 from dagster._core.execution.api import execute_run
 
-from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS, STUDENT_ASSETS
+from prism_assets.automation.instance import ensure_instance_settings
+from prism_assets.automation.jobs import REPORT_ASSETS, ROUND_ASSETS, STUDENT_ASSETS
 from prismatic.config_file import CONFIG_FILE
 from prismatic.data.filters import FILTER_REASONS
 from prismatic.data.quality import REASONS, read_benchmark_texts

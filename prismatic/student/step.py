@@ -13,7 +13,7 @@ sets, train the student on the rest, evaluate it and its base model (docs/formul
                  on the same problems (`base_nll`), so a row says what the round's data changed
 
 Decontamination uses every problem of a set, not only the evaluated ones. Like the other steps it
-knows nothing of Dagster: `prism_assets.student` reads the pool, calls `student_eval_step` and
+knows nothing of Dagster: `prism_assets.assets.student` reads the pool, calls `student_eval_step` and
 writes what it returns. Table columns: `prismatic.storage.schema` (docs/data-model.md).
 """
 

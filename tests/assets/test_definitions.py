@@ -9,10 +9,10 @@ from dagster import DagsterInstance, materialize
 from fake_llm import ROUND_CONFIG, DeterministicServer
 
 import resources.home
+from prism_assets.assets.seeds import seeds
+from prism_assets.automation.jobs import REPORT_ASSETS, ROUND_ASSETS
 from prism_assets.definitions import build_definitions, defs
-from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
 from prism_assets.partitions import rounds
-from prism_assets.seeds import seeds
 from prismatic.storage.factory import open_store
 from resources.home import PrismHome
 from resources.store import StoreResource

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance, materialize
 
-from prism_assets.diversity import diversity_scores
+from prism_assets.assets.diversity import diversity_scores
 from prismatic.data.samples import bundled_seeds_path, load_samples
 from prismatic.metrics.baselines import distinct_n, self_repetition
 from prismatic.metrics.vendi import gvendi

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetKey, DagsterInstance, materialize
 
-from prism_assets.checks import ROUND_CHECKS
-from prism_assets.clustering import pool
+from prism_assets.assets.checks import ROUND_CHECKS
+from prism_assets.assets.pool import pool
 from prismatic.storage.deltas import read_as_of
 from prismatic.storage.factory import open_store
 from prismatic.storage.schema import ROUND_TABLES, schema

@@ -14,8 +14,8 @@ from dagster_aws.s3 import S3PickleIOManager
 from dagster_k8s.job import get_user_defined_k8s_config
 from dagster_k8s.models import k8s_model_from_dict
 
+from prism_assets.automation.instance import write_instance_settings
 from prism_assets.definitions import build_definitions
-from prism_assets.instance import write_instance_settings
 from prism_assets.scaleout import shard_op_tags
 from prismatic.config_file import load_config
 from prismatic.errors import InputError

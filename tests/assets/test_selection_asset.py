@@ -17,7 +17,7 @@ def _unit(a):
 def test_selection_asset_takes_rule_count_and_epsilon_from_config(tmp_path):
     from dagster import DagsterInstance, materialize
 
-    from prism_assets.clustering import selection
+    from prism_assets.assets.selection import selection
     from prismatic.storage.factory import open_store
     from prismatic.storage.schema import TABLES, schema
     from resources.home import PrismHome

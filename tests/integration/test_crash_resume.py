@@ -31,7 +31,7 @@ import pytest
 from dagster import AssetExecutionContext, DagsterInstance, asset, materialize
 from fake_llm import ROUND_CONFIG, DeterministicServer
 
-from prism_assets import io
+from prism_assets import tables
 from prism_assets.partitions import rounds
 from prismatic.storage import schema
 from prismatic.storage.deltas import read_as_of
@@ -277,7 +277,7 @@ def test_second_run_of_a_round_is_refused_and_the_first_finishes(reference, driv
 
 @asset(partitions_def=rounds)
 def selection(context: AssetExecutionContext, store: StoreResource) -> None:
-    io.write_step(context, store, StepOutput({"selection": empty("selection")}))
+    tables.write_step(context, store, StepOutput({"selection": empty("selection")}))
 
 
 def test_a_run_launched_by_dagster_for_a_locked_round_writes_nothing(tmp_path):

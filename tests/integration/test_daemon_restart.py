@@ -22,11 +22,11 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from fake_llm import ROUND_CONFIG, DeterministicServer
 from services import Services, tag
 
+from prism_assets.assets.seeds import seeds
+from prism_assets.automation.instance import ensure_instance_settings
+from prism_assets.automation.jobs import ROUND_ASSETS
+from prism_assets.automation.sensors import REPLACES_TAG
 from prism_assets.definitions import build_definitions
-from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import ROUND_ASSETS
-from prism_assets.seeds import seeds
-from prism_assets.sensors import REPLACES_TAG
 from prismatic.storage import schema
 from prismatic.storage.factory import open_store
 

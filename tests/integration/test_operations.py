@@ -19,12 +19,12 @@ from dagster import (
     materialize,
 )
 
+from prism_assets.assets.generations import generations
+from prism_assets.automation.instance import ensure_instance_settings
+from prism_assets.automation.jobs import ROUND_ASSETS
+from prism_assets.automation.sensors import next_round_sensor
 from prism_assets.definitions import build_definitions
-from prism_assets.generations import generations
-from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import ROUND_ASSETS
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL
-from prism_assets.sensors import next_round_sensor
 from prismatic.storage.factory import open_store
 from resources.home import PrismHome
 from resources.store import StoreResource

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
+from prism_assets.automation.jobs import REPORT_ASSETS, ROUND_ASSETS
 
 pytestmark = pytest.mark.scaleout
 

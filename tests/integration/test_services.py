@@ -20,12 +20,12 @@ from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, DagsterI
 from fake_llm import ROUND_CONFIG, DeterministicServer
 from services import BACKFILL, RUNS, Services, tag
 
-from prism_assets.checks import ROUND_CHECKS
-from prism_assets.clustering import pool
+from prism_assets.assets.checks import ROUND_CHECKS
+from prism_assets.assets.pool import pool
+from prism_assets.assets.seeds import seeds
+from prism_assets.automation.instance import ensure_instance_settings
+from prism_assets.automation.jobs import REPORT_ASSETS, ROUND_ASSETS
 from prism_assets.definitions import build_definitions
-from prism_assets.instance import ensure_instance_settings
-from prism_assets.jobs import REPORT_ASSETS, ROUND_ASSETS
-from prism_assets.seeds import seeds
 from prismatic.storage.catalog import Catalog
 from prismatic.storage.factory import open_store
 

@@ -11,7 +11,7 @@ from atlas_store import build
 from conftest import run_prism
 from dagster import DagsterInstance, materialize
 
-from prism_assets.report import REPORT_FILE, round_report
+from prism_assets.assets.report import REPORT_FILE, round_report
 from prismatic.report.gather import gather
 from prismatic.report.page import render
 from resources.home import PrismHome

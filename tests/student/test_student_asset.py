@@ -13,8 +13,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from student_store import fill_rounds, prism, reference_nll, tiny_student_base
 
+from prism_assets.assets.student import student_eval
 from prism_assets.definitions import build_definitions
-from prism_assets.student import student_eval
 from prismatic.storage.factory import open_store
 from prismatic.storage.schema import schema
 from prismatic.student.sets import load_eval_set

@@ -16,9 +16,9 @@ from dagster import (
     schedule,
 )
 
-from prism_assets.jobs import prism_round
+from prism_assets.automation.jobs import prism_round
+from prism_assets.automation.sensors import gvendi_gain, stop_reason
 from prism_assets.partitions import rounds
-from prism_assets.sensors import gvendi_gain, stop_reason
 from prismatic.rounds import SEED_ROUND, round_key, round_number, round_sort_key
 from resources.home import PrismHome
 from resources.store import StoreResource

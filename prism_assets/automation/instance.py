@@ -32,7 +32,7 @@ and `sqlite` removes the key, so Dagster keeps its records in SQLite files under
 default). Every other key already in dagster.yaml is kept as it is (a deployment may set its own
 run coordinator, limits, ...).
 
-`python -m prism_assets.instance` applies the settings of `$PRISM_HOME/prism.yaml` to
+`python -m prism_assets.automation.instance` applies the settings of `$PRISM_HOME/prism.yaml` to
 `$PRISM_HOME/dagster` (`make ui` does).
 """
 

@@ -39,7 +39,7 @@ from dagster import (
     op,
 )
 
-from prism_assets import io
+from prism_assets import tables
 from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
 from prism_assets.scaleout import shard_op_tags
 from prismatic.config import PrismConfig
@@ -71,7 +71,7 @@ def build_gradient_features(config: PrismConfig) -> AssetsDefinition:
     def feature_shard(context: OpExecutionContext, prism_home: PrismHome, store: StoreResource,
                       proxy: ProxyResource, index: int) -> FeatureSet:
         config = prism_home.config()
-        samples = io.read(store, "verified_samples", context.partition_key)
+        samples = tables.read(store, "verified_samples", context.partition_key)
         count = config.features.shards
         if config.orchestration.executor == "multiprocess":  # shards side by side share the machine's cores
             side_by_side = min(count, config.orchestration.max_concurrent or os.cpu_count() or 1)
@@ -91,7 +91,7 @@ def build_gradient_features(config: PrismConfig) -> AssetsDefinition:
         description="Every feature shard as a Ray actor on the cluster of `orchestration.ray` (one per shard).")
     def feature_shards_on_ray(context: OpExecutionContext, prism_home: PrismHome, store: StoreResource) -> RayShards:
         config = prism_home.config()
-        samples = io.read(store, "verified_samples", context.partition_key)
+        samples = tables.read(store, "verified_samples", context.partition_key)
         result = ray_feature_shards(samples, config.features.shards, config.features, config.models_dir,
                                     config.orchestration.ray, config.home / CONFIG_FILE, log=context.log.info)
         context.add_output_metadata({"shard_nodes": result.nodes()})
@@ -122,11 +122,11 @@ def merge_and_write(context: OpExecutionContext, store: StoreResource, shards: l
                     shard_nodes: list[dict] | None = None) -> Output:
     """Write the round's `gradient_features` (`gradient_features_step`); `shard_nodes` (Ray: where each
     shard ran) go into the table's provenance and the asset's metadata."""
-    output = gradient_features_step(io.read(store, "verified_samples", context.partition_key), shards)
+    output = gradient_features_step(tables.read(store, "verified_samples", context.partition_key), shards)
     if shard_nodes is not None:
         output.facts["shard_nodes"] = shard_nodes
         if "gradient_features" in output.provenance:
             output.provenance["gradient_features"]["shard_nodes"] = shard_nodes
-    version, metadata = io.write_step(context, store, output)
+    version, metadata = tables.write_step(context, store, output)
     return Output(None, data_version=version, metadata=metadata)
 

@@ -26,12 +26,12 @@ ROUND_ASSETS = list(ROUND_ASSET_TABLES)
 
 STUDENT_GROUP = "student"
 STUDENT_ASSETS = ("student_eval",)
-"""The opt-in assets of a round (`prism_assets.student`, in the asset group `STUDENT_GROUP`): in the
+"""The opt-in assets of a round (`prism_assets.assets.student`, in the asset group `STUDENT_GROUP`): in the
 definitions only with `student.enabled`; `prism_round` selects the group, which is empty without them."""
 
 REPORT_GROUP = "report"
 REPORT_ASSETS = ("round_report",)
-"""The round's report (`prism_assets.report`, asset group `REPORT_GROUP`): the atlas page, after
+"""The round's report (`prism_assets.assets.report`, asset group `REPORT_GROUP`): the atlas page, after
 `diversity_scores`. It writes no table; `prism_round` selects its group."""
 
 WRITER = {table: asset for asset, tables in ROUND_ASSET_TABLES.items() for table in tables}

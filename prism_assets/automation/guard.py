@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dagster import AssetExecutionContext, AssetKey, AssetPartitionStatus, Failure
 
-from prism_assets.jobs import ROUND_ASSETS
+from prism_assets.automation.jobs import ROUND_ASSETS
 from prism_assets.partitions import rounds
 from prismatic.rounds import SEED_ROUND, previous_round
 from prismatic.storage.schema import ROUND_TABLES

@@ -2,11 +2,12 @@
 
 import base64
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from prism_assets import io
-from prism_assets.clustering import clusters, pool
-from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
+from prism_assets import tables
+from prism_assets.assets.clusters import clusters
+from prism_assets.assets.pool import pool
+from prism_assets.partitions import round_asset
 from prismatic.metrics.plots import metric_plot_png
 from prismatic.metrics.registry import METRICS
 from prismatic.rounds import SEED_ROUND, previous_round
@@ -17,22 +18,21 @@ from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="4",
-       group_name="prismatic", owners=["team:prismatic"],
-       description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
-                   "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "
-                   "details as JSON; `gvendi_candidates` of this round's verified samples; `gvendi_control`, the "
-                   "pool G-Vendi had as many candidates been kept at random. Metadata: every value, the gain "
-                   "beside the control's gain, and a plot of each metric across rounds. With `embedding_vendi`, "
-                   "also writes `embeddings`: the sentence embeddings of the pool rows no earlier round encoded.")
+@round_asset(deps=[pool, clusters], kinds={"polars", "duckdb"}, code_version="4",
+             description="One row per metric of the pool after this round: `gvendi` (exp entropy of the spectrum of "
+                         "unit gradient features) and every metric in `metrics.names` of prism.yaml, each with its "
+                         "details as JSON; `gvendi_candidates` of this round's verified samples; `gvendi_control`, the "
+                         "pool G-Vendi had as many candidates been kept at random. Metadata: every value, the gain "
+                         "beside the control's gain, and a plot of each metric across rounds. With `embedding_vendi`, "
+                         "also writes `embeddings`: the sentence embeddings of the pool rows no earlier round encoded.")
 def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                      proxy: ProxyResource, generator: GeneratorResource) -> MaterializeResult:
     key = context.partition_key
     # G-Vendi needs the pool's ids and rounds (its features); the other metrics (metrics.names) its texts.
-    members = io.read(store, "pool", key, columns=None if prism_home.config().metrics.names else ["id", "round_added"])
+    columns = None if prism_home.config().metrics.names else ["id", "round_added"]
+    members = tables.read(store, "pool", key, columns=columns)
     pool_x, projection = pool_features(store.store(), members)
-    candidates = io.read(store, "gradient_features", key)["feature"].to_numpy()
+    candidates = tables.read(store, "gradient_features", key)["feature"].to_numpy()
     outcome = store.store().read_metadata("selection", key).get("outcome") if key != SEED_ROUND else None
     scored_before = key != SEED_ROUND and store.store().exists("diversity_scores", previous_round(key))
     output = diversity_scores_step(
@@ -42,7 +42,7 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
         embeddings=cached_embeddings(store.store(), key, prism_home.config().metrics))
     frame = output.tables["diversity_scores"]
     plots = {}
-    history = io.history(store, "diversity_scores", key, frame, ["metric", "value"])
+    history = tables.history(store, "diversity_scores", key, frame, ["metric", "value"])
     for name in [metric for metric in frame["metric"] if metric in METRICS]:  # the pool's metrics
         series = history.filter(metric=name)
         direction = METRICS[name].more_diverse
@@ -55,5 +55,5 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
                               control=control)
         plots[f"{name} by round"] = MetadataValue.md(
             f"![{name} by round](data:image/png;base64,{base64.b64encode(png).decode()})")
-    version, metadata = io.write_step(context, store, output)
+    version, metadata = tables.write_step(context, store, output)
     return MaterializeResult(data_version=version, metadata={**metadata, **plots})

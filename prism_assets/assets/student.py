@@ -11,12 +11,11 @@ import base64
 import io as bytes_io
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from prism_assets import io
-from prism_assets.clustering import pool
-from prism_assets.jobs import STUDENT_GROUP
-from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
+from prism_assets.assets.pool import pool
+from prism_assets.automation.jobs import STUDENT_GROUP
+from prism_assets.partitions import round_asset
 from prismatic.models import resolve_model
 from prismatic.storage.schema import empty
 from prismatic.student.sets import load_eval_set
@@ -28,29 +27,28 @@ MODELS_SUBDIR = "students"
 """Each round's student is saved to `<home>/students/<round>` (a plain transformers folder)."""
 
 
-@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN, deps=[pool],
-       kinds={"polars", "pytorch"}, code_version="1", group_name=STUDENT_GROUP, owners=["team:prismatic"],
-       description="The round's student (opt-in: student.enabled): the pool (or its new rows, student.train_on) "
-                   "without the problems of student.eval_sets (each a `rejections` row, eval_set_contamination), "
-                   "fine-tuned from student.base on the assistant tokens, then one row per evaluation set: mean "
-                   "assistant-token NLL of the references for the student and its base, and exact-match accuracy "
-                   "of greedy answers. Metadata: every value and plots of NLL and accuracy across rounds.")
+@round_asset(deps=[pool], kinds={"polars", "pytorch"}, code_version="1", group_name=STUDENT_GROUP,
+             description="The round's student (opt-in: student.enabled): the pool (or its new rows, student.train_on) "
+                         "without the problems of student.eval_sets (each a `rejections` row, eval_set_contamination), "
+                         "fine-tuned from student.base on the assistant tokens, then one row per evaluation set: mean "
+                         "assistant-token NLL of the references for the student and its base, and exact-match accuracy "
+                         "of greedy answers. Metadata: every value and plots of NLL and accuracy across rounds.")
 def student_eval(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     config = prism_home.config()
     tables = store.store()
     sets = [load_eval_set(spec) for spec in config.student.eval_sets]
     output = student_eval_step(
-        key, io.read(store, "pool", key), config.student, sets,
+        key, tables.read(store, "pool", key), config.student, sets,
         base_model=resolve_model(config.student.base, config.models_dir),
         model_dir=config.home / MODELS_SUBDIR / key, ngram=config.synthesis.decontamination.ngram,
-        rejections=io.read(store, "rejections", key) if tables.exists("rejections", key) else empty("rejections"))
-    history = io.history(store, "student_eval", key, output.tables["student_eval"],
+        rejections=tables.read(store, "rejections", key) if tables.exists("rejections", key) else empty("rejections"))
+    history = tables.history(store, "student_eval", key, output.tables["student_eval"],
                          ["set", "nll", "base_nll", "accuracy"])
     plots = {f"{metric} by round": MetadataValue.md(
         f"![{metric} by round](data:image/png;base64,{base64.b64encode(student_plot_png(history, metric)).decode()})")
         for metric in ("nll", "accuracy") if history[metric].drop_nulls().len()}
-    version, metadata = io.write_step(context, store, output)
+    version, metadata = tables.write_step(context, store, output)
     return MaterializeResult(data_version=version, metadata={**metadata, **plots})
 
 

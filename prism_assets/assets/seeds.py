@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from prism_assets import io
+from prism_assets import tables
 from prismatic.synthesis.steps import seeds_step
 from resources.home import PrismHome
 from resources.store import StoreResource
@@ -13,5 +13,5 @@ from resources.store import StoreResource
                    "Stored as round r000 of the `seeds` table.")
 def seeds(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     output = seeds_step(prism_home.config().synthesis.seeds)
-    version, metadata = io.write_step(context, store, output)
+    version, metadata = tables.write_step(context, store, output)
     return MaterializeResult(data_version=version, metadata=metadata)

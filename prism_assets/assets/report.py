@@ -4,12 +4,12 @@
 import base64
 import hashlib
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
-from prism_assets.clustering import clusters
-from prism_assets.diversity import diversity_scores
-from prism_assets.jobs import REPORT_GROUP
-from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
+from prism_assets.assets.clusters import clusters
+from prism_assets.assets.diversity import diversity_scores
+from prism_assets.automation.jobs import REPORT_GROUP
+from prism_assets.partitions import round_asset
 from prismatic.report.gather import gather
 from prismatic.report.page import render, summary
 from prismatic.report.png import map_png
@@ -18,15 +18,13 @@ from resources.store import StoreResource
 REPORT_FILE = "atlas.html"
 
 
-@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[clusters, diversity_scores], kinds={"plotly"}, code_version="1", group_name=REPORT_GROUP,
-       owners=["team:prismatic"],
-       description="The round's atlas: one HTML file that opens offline (`prism report` writes the same page): a "
-                   "2-D PCA map of the gradient features of the pool and the round's candidates (seed, kept "
-                   "earlier, kept this round, not kept; sparse clusters outlined), the clusters the round was "
-                   "judged against with the sparse threshold, G-Vendi and its gain against chance per round, the "
-                   "rejections with examples, and a searchable sample table. Written to "
-                   "<store>/_reports/round=<rNNN>/atlas.html; the metadata shows the map.")
+@round_asset(deps=[clusters, diversity_scores], kinds={"plotly"}, code_version="1", group_name=REPORT_GROUP,
+             description="The round's atlas: one HTML file that opens offline (`prism report` writes the same page): a "
+                         "2-D PCA map of the gradient features of the pool and the round's candidates (seed, kept "
+                         "earlier, kept this round, not kept; sparse clusters outlined), the clusters the round was "
+                         "judged against with the sparse threshold, G-Vendi and its gain against chance per round, the "
+                         "rejections with examples, and a searchable sample table. Written to "
+                         "<store>/_reports/round=<rNNN>/atlas.html; the metadata shows the map.")
 def round_report(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     atlas = gather(store.store(), key)

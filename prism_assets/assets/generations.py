@@ -1,12 +1,12 @@
 """Round rN's generations: few-shot problems from pool r(N-1), then N solutions per problem."""
 
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
-from prism_assets import io
-from prism_assets.guard import require_previous_round
+from prism_assets import tables
+from prism_assets.assets.seeds import seeds
+from prism_assets.automation.guard import require_previous_round
 from prism_assets.metadata import previous_round_links
-from prism_assets.partitions import ONE_ROUND_PER_RUN, ROUND_POOL, rounds
-from prism_assets.seeds import seeds
+from prism_assets.partitions import round_asset
 from prismatic.generation.journal import Journal
 from prismatic.generation.usage import Budget
 from prismatic.rounds import SEED_ROUND, previous_round
@@ -18,19 +18,17 @@ from resources.proxy import ProxyResource
 from resources.store import StoreResource
 
 
-@asset(partitions_def=rounds, pool=ROUND_POOL, backfill_policy=ONE_ROUND_PER_RUN,
-       deps=[seeds], kinds={"vllm", "polars"}, code_version="3", group_name="prismatic",
-       owners=["team:prismatic"],
-       description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
-                   "Reads the previous round's pool through the store (the one undeclared edge). "
-                   "Before any is solved, problems are screened: text quality filters (words, symbols, long "
-                   "tokens, repetition, must ask something), the proxy-perplexity outlier rule, exact and near "
-                   "duplicates of the pool or the round, and 10-gram overlap with configured benchmarks "
-                   "(a `rejections` row each, counts per reason in the metadata). "
-                   "Finished requests are journaled with their tokens and latency, so a retry sends only the "
-                   "missing ones; the metadata shows the round's tokens (and cost, with generator.prices). "
-                   "With generator.budget_tokens or budget_usd, the round stops sending once its spending "
-                   "reaches the budget and fails; a rerun with a larger budget resumes from the journal.")
+@round_asset(deps=[seeds], kinds={"vllm", "polars"}, code_version="3",
+             description="Problems written from 5 few-shot pool examples (weighted by level), then solutions. "
+                         "Reads the previous round's pool through the store (the one undeclared edge). "
+                         "Before any is solved, problems are screened: text quality filters (words, symbols, long "
+                         "tokens, repetition, must ask something), the proxy-perplexity outlier rule, exact and near "
+                         "duplicates of the pool or the round, and 10-gram overlap with configured benchmarks "
+                         "(a `rejections` row each, counts per reason in the metadata). "
+                         "Finished requests are journaled with their tokens and latency, so a retry sends only the "
+                         "missing ones; the metadata shows the round's tokens (and cost, with generator.prices). "
+                         "With generator.budget_tokens or budget_usd, the round stops sending once its spending "
+                         "reaches the budget and fails; a rerun with a larger budget resumes from the journal.")
 def generations(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource,
                 generator: GeneratorResource, proxy: ProxyResource) -> MaterializeResult:
     key = context.partition_key
@@ -38,9 +36,9 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     config = prism_home.config()
     if key == SEED_ROUND:
         output = generations_step(key, config.synthesis)
-        version, metadata = io.write_step(context, store, output)
+        version, metadata = tables.write_step(context, store, output)
         return MaterializeResult(data_version=version, metadata=metadata)
-    pool, used = io.read_previous(store, "pool", previous_round(key))
+    pool, used = tables.read_previous(store, "pool", previous_round(key))
     engine = generator.engine()
     endpoints_before = endpoint_counts(engine)
     # The local journal file, and with an S3 store its segments in the store (a retry in another pod finds them).
@@ -48,11 +46,11 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
                  flush_responses=config.generator.journal_flush_responses,
                  flush_s=config.generator.journal_flush_s) as journal:
         output = generations_step(  # the proxy loads on the NLL rule's first call, if any
-            key, config.synthesis, pool=pool, seeds=io.read(store, "seeds", SEED_ROUND), engine=engine,
+            key, config.synthesis, pool=pool, seeds=tables.read(store, "seeds", SEED_ROUND), engine=engine,
             journal=journal, model=generator.model_name(),
             nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks),
             budget=Budget.from_config(config.generator, journal.usage()), prices=config.generator.prices)
-    version, metadata = io.write_step(context, store, output, previous_pool=used)
+    version, metadata = tables.write_step(context, store, output, previous_pool=used)
     endpoints = endpoint_counts(engine, since=endpoints_before)
     return MaterializeResult(data_version=version, metadata={
         **metadata, **previous_round_links("pool", used), "model": generator.model_name(),

@@ -31,7 +31,7 @@ from dagster import (
     asset_check,
 )
 
-from prism_assets.jobs import PROVENANCE_CHECK, READS_PREVIOUS, ROUND_ASSET_TABLES
+from prism_assets.automation.jobs import PROVENANCE_CHECK, READS_PREVIOUS, ROUND_ASSET_TABLES
 from prismatic.rounds import SEED_ROUND, previous_round, round_sort_key
 from prismatic.storage.base import Store
 from prismatic.storage.deltas import read_as_of

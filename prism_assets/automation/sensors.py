@@ -47,7 +47,7 @@ from dagster import (
     sensor,
 )
 
-from prism_assets.jobs import READS_PREVIOUS, WRITER, prism_round, round_provenance_checks
+from prism_assets.automation.jobs import READS_PREVIOUS, WRITER, prism_round, round_provenance_checks
 from prism_assets.partitions import rounds
 from prismatic.config import RoundsConfig
 from prismatic.rounds import SEED_ROUND, previous_round, round_key, round_number

@@ -1,0 +1,1 @@
+"""The round assets, one module per asset family (docs/architecture.md)."""
