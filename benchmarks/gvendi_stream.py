@@ -38,13 +38,8 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.common import RESULTS, emit, machine, rss_mb, save_plot
-from prismatic.metrics.vendi import (
-    PARQUET_CHUNK_ROWS,
-    feature_chunks,
-    gvendi,
-    gvendi_of_parquet,
-    vendi_from_eigenvalues,
-)
+from prismatic.gradients.files import PARQUET_CHUNK_ROWS, feature_chunks
+from prismatic.metrics.vendi import gvendi, gvendi_of_parquet, vendi_from_eigenvalues
 
 DIM = 1024
 CLUSTERS = 256

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from prismatic.gradients.featureset import FeatureSet
 from prismatic.storage.atomic import write_atomically
 
 META_KEY = b"prismatic.gradients.files"
+PARQUET_CHUNK_ROWS = 8192
+"""Rows per batch that `feature_chunks` reads."""
+PARQUET_READ_BUFFER = 1 << 20
+"""Bytes of the buffered column reads (not pre-buffered: a large row group is never loaded whole)."""
 
 
 def write_features(path: str | Path, features: FeatureSet, proxy: str) -> Path:
@@ -45,31 +50,81 @@ def write_features(path: str | Path, features: FeatureSet, proxy: str) -> Path:
 
 
 def read_features(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
-    """(ids, n × d float32 matrix, metadata) of a feature file."""
-    path = Path(path)
-    if not path.exists():
+    """(ids, n × d float32 matrix, metadata) of a feature file, its `feature` column read and checked by
+    `feature_chunks` (the one reader of feature files) and every row finite."""
+    file = _open(path)
+    try:
+        dim = _feature_type(file, path).list_size
+        if "id" not in file.schema_arrow.names:
+            raise InputError(path, "missing column", field="id")
+        raw = (file.schema_arrow.metadata or {}).get(META_KEY)
+        ids = file.read(columns=["id"]).column("id").to_pylist()
+    finally:
+        file.close()
+    chunks = [chunk for _, chunk in feature_chunks(path)]
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise InputError(path, "non-finite value", line=int(np.flatnonzero(~finite)[0]) + 1, field="feature")
+    return ids, matrix, json.loads(raw) if raw else {}
+
+
+def feature_dim(path: str | Path) -> int:
+    """d of a features Parquet file, from its schema (checked: a fixed-size list of floats)."""
+    return _feature_type(_open(path), path).list_size
+
+
+def feature_chunks(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, chunk_rows × d float32 array) for each batch of the `feature` column, in order.
+
+    Arrays are read-only zero-copy views of Arrow's buffers when the values are float32 without
+    nulls (what `write_features` writes); other float widths are cast. No per-row Python objects.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    file = _open(path)
+    dim = _feature_type(file, path).list_size
+    start = 0
+    try:
+        for batch in file.iter_batches(batch_size=chunk_rows, columns=["feature"], use_threads=False):
+            column = batch.column(0)
+            if column.null_count:
+                raise InputError(path, "null feature rows", line=start + _first_null(column) + 1,
+                                 field="feature")
+            values = column.flatten()  # respects the batch's offset into the row group
+            if values.null_count:
+                raise InputError(path, "null feature values", field="feature")
+            if values.type != pa.float32():
+                values = values.cast(pa.float32())
+            yield start, values.to_numpy(zero_copy_only=True).reshape(len(column), dim)
+            start += len(column)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(path, f"not a readable Parquet file ({exc})") from None
+    finally:
+        file.close()
+
+
+def _open(path: str | Path) -> pq.ParquetFile:
+    if not Path(path).exists():
         raise InputError(path, "file not found")
     try:
-        table = pq.read_table(path)
+        return pq.ParquetFile(path, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise InputError(path, f"not a readable Parquet file ({exc})") from None
-    for column in ("id", "feature"):
-        if column not in table.column_names:
-            raise InputError(path, "missing column", field=column)
-    feature_type = table.schema.field("feature").type
-    if not pa.types.is_fixed_size_list(feature_type):
+
+
+def _feature_type(file: pq.ParquetFile, path: str | Path) -> pa.FixedSizeListType:
+    schema = file.schema_arrow
+    if "feature" not in schema.names:
+        raise InputError(path, "missing column", field="feature")
+    feature_type = schema.field("feature").type
+    if not (pa.types.is_fixed_size_list(feature_type) and pa.types.is_floating(feature_type.value_type)):
         raise InputError(path, f"expected a fixed-size float list, got {feature_type}", field="feature")
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    meta = json.loads(raw) if raw else {}
-    column = table.column("feature").combine_chunks()
-    if column.null_count:
-        raise InputError(path, "null feature rows", field="feature")
-    matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    matrix = matrix.reshape(len(table), feature_type.list_size)
-    if not np.isfinite(matrix).all():
-        row = int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0]) + 1
-        raise InputError(path, "non-finite value", line=row, field="feature")
-    return table.column("id").to_pylist(), matrix, meta
+    return feature_type
+
+
+def _first_null(column: pa.Array) -> int:
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
 
 
 PROJECTION_KEYS = ("mode", "dim", "proxy", "projection")

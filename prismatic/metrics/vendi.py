@@ -22,15 +22,14 @@ unit-normalized projected gradients (Jung et al., 2025).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from prismatic.errors import InputError
+from prismatic.gradients.files import PARQUET_CHUNK_ROWS, feature_chunks, feature_dim
 
 
 def vendi_from_eigenvalues(eigenvalues: np.ndarray) -> float:
@@ -192,10 +191,6 @@ def _chunks(features: torch.Tensor | np.ndarray, rows: int):
         yield features[start:start + rows]
 
 
-PARQUET_CHUNK_ROWS = 8192
-PARQUET_READ_BUFFER = 1 << 20
-
-
 def gvendi_of_parquet(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> float:
     """G-Vendi of the `feature` column of a features Parquet file (`prism features`), streamed.
 
@@ -224,64 +219,6 @@ def gvendi_of_parquet(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) ->
     if moment.n == 0:
         raise InputError(path, "no feature rows", field="feature")
     return moment.score()
-
-
-def feature_dim(path: str | Path) -> int:
-    """d of a features Parquet file, from its schema (checked: a fixed-size list of floats)."""
-    return _feature_type(_open(path), path).list_size
-
-
-def feature_chunks(path: str | Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, chunk_rows × d float32 array) for each batch of the `feature` column, in order.
-
-    Arrays are read-only zero-copy views of Arrow's buffers when the values are float32 without
-    nulls (what `write_features` writes); other float widths are cast. No per-row Python objects.
-    """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    file = _open(path)
-    dim = _feature_type(file, path).list_size
-    start = 0
-    try:
-        for batch in file.iter_batches(batch_size=chunk_rows, columns=["feature"], use_threads=False):
-            column = batch.column(0)
-            if column.null_count:
-                raise InputError(path, "null feature rows", line=start + _first_null(column) + 1,
-                                 field="feature")
-            values = column.flatten()  # respects the batch's offset into the row group
-            if values.null_count:
-                raise InputError(path, "null feature values", field="feature")
-            if values.type != pa.float32():
-                values = values.cast(pa.float32())
-            yield start, values.to_numpy(zero_copy_only=True).reshape(len(column), dim)
-            start += len(column)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(path, f"not a readable Parquet file ({exc})") from None
-    finally:
-        file.close()
-
-
-def _open(path: str | Path) -> pq.ParquetFile:
-    if not Path(path).exists():
-        raise InputError(path, "file not found")
-    try:
-        return pq.ParquetFile(path, buffer_size=PARQUET_READ_BUFFER, pre_buffer=False)
-    except Exception as exc:  # pyarrow raises several types for corrupt input
-        raise InputError(path, f"not a readable Parquet file ({exc})") from None
-
-
-def _feature_type(file: pq.ParquetFile, path: str | Path) -> pa.FixedSizeListType:
-    schema = file.schema_arrow
-    if "feature" not in schema.names:
-        raise InputError(path, "missing column", field="feature")
-    feature_type = schema.field("feature").type
-    if not (pa.types.is_fixed_size_list(feature_type) and pa.types.is_floating(feature_type.value_type)):
-        raise InputError(path, f"expected a fixed-size float list, got {feature_type}", field="feature")
-    return feature_type
-
-
-def _first_null(column: pa.Array) -> int:
-    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
 
 
 def _raise_bad_rows(path: str | Path, start: int, chunk: np.ndarray) -> None:

@@ -91,7 +91,8 @@ def test_gvendi_of_parquet_streams_row_groups_in_uneven_chunks(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from prismatic.metrics.vendi import feature_chunks, gvendi_of_parquet
+    from prismatic.gradients.files import feature_chunks
+    from prismatic.metrics.vendi import gvendi_of_parquet
 
     x = np.random.default_rng(9).normal(size=(3000, 48)).astype(np.float32)  # not unit: normalized on read
     column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 48)
