@@ -128,7 +128,7 @@ def fast_settings(path: Path, samples: pl.DataFrame, sizes: dict, exact_cosines:
     results: dict[str, list] = {}
     for k in sizes["blocks"]:
         for seed in sizes["seeds"]:
-            featurizer = FastFeaturizer(model, tok, seed=seed, block_in=k, block_out=k)
+            featurizer = FastFeaturizer(model, tok, FeaturesConfig(seed=seed, block_in=k, block_out=k))
             started = time.perf_counter()
             blocks = torch.cat([featurizer.per_sample_blocks(chats[i:i + 8]) for i in range(0, len(chats), 8)])
             seconds = time.perf_counter() - started
@@ -137,8 +137,9 @@ def fast_settings(path: Path, samples: pl.DataFrame, sizes: dict, exact_cosines:
             results.setdefault(f"fast blocks {k}x{k}", []).append(run)
             _progress(f"fast blocks {k}x{k}", run)
             for d, stage in [(d, stage) for d in sizes["dims"] for stage in sizes["finals"]]:
-                final = featurizer if (d, stage) == (featurizer.dim, featurizer.final) else FastFeaturizer(
-                    model, tok, dim=d, seed=seed, block_in=k, block_out=k, final=stage)
+                settings = FeaturesConfig(dim=d, seed=seed, block_in=k, block_out=k, final=stage)
+                same = (d, stage) == (featurizer.dim, featurizer.final)
+                final = featurizer if same else FastFeaturizer(model, tok, settings)
                 name = f"fast {k}x{k} d={d}" + (" sparse" if stage == "sparse" else "")
                 features, seconds = timed(lambda final=final, blocks=blocks: final.project(blocks))
                 run = {"seed": seed, "project_seconds": round(seconds, 1), **cosine_agreement(features, exact_cosines)}

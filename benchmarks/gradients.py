@@ -54,7 +54,7 @@ def fast_column(model, tok, samples, repeats, **featurizer_options):
     peak moves with other tenants' load), and the achieved FLOP/s is set against their median (and,
     conservatively, against the highest of them).
     """
-    featurizer = FastFeaturizer(model, tok, **featurizer_options)
+    featurizer = FastFeaturizer(model, tok, FeaturesConfig(**featurizer_options))
     featurizer.features(samples.head(8), progress=False)  # warm-up: allocator, thread pools
     peaks, runs = [], []
     for _ in range(repeats):
@@ -141,7 +141,7 @@ def smollm2_columns(model, tok, data, sizes) -> dict:
         column["block_sweep"].append(row)
         _progress("smollm2-135m", "block sweep", row)
     # Two projections of the same gradients (seeds 0 and 1): how far the fast path moves with its seed alone.
-    reseeded = FastFeaturizer(model, tok, seed=1).features(samples, progress=False).features
+    reseeded = FastFeaturizer(model, tok, FeaturesConfig(seed=1)).features(samples, progress=False).features
     column["agreement_fast_seed0_vs_seed1"] = agreement(fast.astype(np.float64), reseeded.astype(np.float64))
     _progress("smollm2-135m", "seed 0 vs seed 1", column["agreement_fast_seed0_vs_seed1"])
     return column

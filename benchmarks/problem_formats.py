@@ -62,7 +62,7 @@ def one_cell(name: str, pool: pl.DataFrame, problem_format: str, prompts: int, c
     tasks = sorted(pool["task"].unique().to_list())
     synthesis = config.synthesis.model_copy(update={"problem_format": problem_format, "prompts_per_round": prompts,
                                                     "tasks": tasks, "problems_per_prompt": 2})
-    model, tokenizer, _ = proxy
+    model, tokenizer = proxy.model, proxy.tokenizer
     problem_filter = build_filter(pool.select("id", "prompt"), synthesis.dedup, synthesis.decontamination)
     started = time.perf_counter()
     gens, problems, rejections, about = generate_round(
@@ -71,7 +71,7 @@ def one_cell(name: str, pool: pl.DataFrame, problem_format: str, prompts: int, c
     verified, _ = verify_round(gens, synthesis.min_agree)
     gvendi_candidates = None
     if verified.height >= 2:
-        features, _ = compute_features(verified, config.features, config.models_dir, proxy_model=proxy, progress=False)
+        features, _ = compute_features(verified, config.features, config.models_dir, proxy=proxy, progress=False)
         gvendi_candidates = round(gvendi(features.features), 3)
     seconds = time.perf_counter() - started
     parsed = gens.filter(kind="problem")

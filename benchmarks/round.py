@@ -167,7 +167,7 @@ class DirectRound:
         """`resources.proxy.ProxyResource.featurize` with the proxy loaded once."""
         from prismatic.gradients.proxy import compute_features
 
-        return compute_features(samples, self.config.features, self.config.models_dir, proxy_model=self.proxy,
+        return compute_features(samples, self.config.features, self.config.models_dir, proxy=self.proxy,
                                 progress=False, shard=shard)
 
     def load_seeds(self) -> None:

@@ -120,11 +120,11 @@ def _featurize(inputs: list[_Input], config: PrismConfig) -> None:
     pending = [item for item in inputs if item.features is None]
     if not pending:
         return
-    proxy_model = load_proxy(config.features, config.models_dir)
+    proxy = load_proxy(config.features, config.models_dir)
     for item in pending:
         print(f"features of {item.path} ({len(item.rows)} samples)", file=sys.stderr)
-        result, proxy = compute_features(item.rows, config.features, config.models_dir, proxy_model=proxy_model)
-        item.features, item.meta = result.features, dict(result.meta, proxy=proxy)
+        result, name = compute_features(item.rows, config.features, config.models_dir, proxy=proxy)
+        item.features, item.meta = result.features, dict(result.meta, proxy=name)
 
 
 def _write_jsonl(path: Path, rows: pl.DataFrame) -> None:

@@ -6,10 +6,10 @@ import polars as pl
 from dagster import ConfigurableResource
 
 from prismatic.gradients.featureset import FeatureSet, Shard
-from prismatic.gradients.proxy import compute_features, load_proxy
+from prismatic.gradients.proxy import Proxy, compute_features, load_proxy
 from resources.home import PrismHome
 
-_PROXIES: dict[str, tuple] = {}
+_PROXIES: dict[str, Proxy] = {}
 
 
 class ProxyResource(ConfigurableResource):
@@ -17,8 +17,8 @@ class ProxyResource(ConfigurableResource):
 
     prism_home: PrismHome
 
-    def model(self) -> tuple:
-        """(model, tokenizer, name) of the configured proxy, loaded once per process."""
+    def load(self) -> Proxy:
+        """The configured proxy, loaded once per process."""
         config = self.prism_home.config()
         key = f"{config.features.proxy}|{config.features.model_dtype}|{config.features.device}"
         if key not in _PROXIES:
@@ -28,5 +28,5 @@ class ProxyResource(ConfigurableResource):
     def featurize(self, samples: pl.DataFrame, shard: Shard | None = None) -> tuple[FeatureSet, str]:
         """Features of `samples` (`shard` = (index, count): only that shard's rows) and the proxy's name."""
         config = self.prism_home.config()
-        return compute_features(samples, config.features, config.models_dir, proxy_model=self.model(),
+        return compute_features(samples, config.features, config.models_dir, proxy=self.load(),
                                 progress=False, shard=shard)

@@ -38,7 +38,7 @@ def diversity_scores(context: AssetExecutionContext, prism_home: PrismHome, stor
     output = diversity_scores_step(
         prism_home.config(), members, pool_x, projection, candidates, outcome=outcome,
         previous_gvendi=pool_gvendi(store.store(), previous_round(key)) if scored_before else None,
-        proxy=proxy.model, judge=generator.judge, log=context.log.info,
+        proxy=proxy.load, judge=generator.judge, log=context.log.info,
         embeddings=cached_embeddings(store.store(), key, prism_home.config().metrics))
     frame = output.tables["diversity_scores"]
     plots = {}

@@ -41,14 +41,19 @@ def generations(context: AssetExecutionContext, prism_home: PrismHome, store: St
     pool, used = tables.read_previous(store, "pool", previous_round(key))
     engine = generator.engine()
     endpoints_before = endpoint_counts(engine)
+
+    def nll(texts: list[str], tasks: list[str]) -> list[float]:  # the proxy loads on the NLL rule's first call, if any
+        loaded = proxy.load()
+        return problem_nll(loaded.model, loaded.tokenizer, texts, tasks)
+
     # The local journal file, and with an S3 store its segments in the store (a retry in another pod finds them).
     with Journal(config.home / "journal" / f"{key}.jsonl", segments=store.store().journal_segments(key, "generations"),
                  flush_responses=config.generator.journal_flush_responses,
                  flush_s=config.generator.journal_flush_s) as journal:
-        output = generations_step(  # the proxy loads on the NLL rule's first call, if any
+        output = generations_step(
             key, config.synthesis, pool=pool, seeds=tables.read(store, "seeds", SEED_ROUND), engine=engine,
             journal=journal, model=generator.model_name(),
-            nll=lambda texts, tasks: problem_nll(*proxy.model()[:2], texts, tasks),
+            nll=nll,
             budget=Budget.from_config(config.generator, journal.usage()), prices=config.generator.prices)
     version, metadata = tables.write_step(context, store, output, previous_pool=used)
     endpoints = endpoint_counts(engine, since=endpoints_before)

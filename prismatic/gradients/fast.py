@@ -168,14 +168,12 @@ class _SideProjection:
 class FastFeaturizer:
     """Batched projected per-sample gradients of a causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, *, dim: int | None = None, seed: int | None = None,
-                 block_in: int | None = None, block_out: int | None = None, batch_tokens: int | None = None,
-                 final: str | None = None, max_tokens: int | None = None, compute_dtype: torch.dtype | None = None):
-        """dim, seed, block_in, block_out, batch_tokens, final: as in `FeaturesConfig` (prism.yaml's
-        `features:`), whose default a setting left None takes; `compute_dtype`: the model's dtype when None."""
-        given = {"dim": dim, "seed": seed, "block_in": block_in, "block_out": block_out, "batch_tokens": batch_tokens,
-                 "final": final}
-        settings = FeaturesConfig(**{name: value for name, value in given.items() if value is not None})
+    def __init__(self, model, tokenizer, settings: FeaturesConfig | None = None, *, max_tokens: int | None = None,
+                 compute_dtype: torch.dtype | None = None):
+        """settings: prism.yaml's `features:` (of which this reads dim, seed, block_in, block_out, batch_tokens and
+        final; None: the defaults); max_tokens: cut each chat to this many tokens (None: never); compute_dtype:
+        the model's dtype when None."""
+        settings = settings or FeaturesConfig()
         self.model, self.tokenizer = model, tokenizer
         self.dim, self.seed, self.final, self.max_tokens = settings.dim, settings.seed, settings.final, max_tokens
         self.block_in, self.block_out, self.batch_tokens = settings.block_in, settings.block_out, settings.batch_tokens

@@ -11,7 +11,9 @@ P g / √d of the gradient g of the sample's mean assistant-token loss; see docs
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -32,38 +34,49 @@ def pick_device(setting: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_proxy(config: FeaturesConfig, models_dir: Path):
-    """(model, tokenizer, resolved name) of the configured proxy."""
-    proxy = resolve_model(config.proxy, models_dir)
+@dataclass(frozen=True)
+class Proxy:
+    """The proxy LM, loaded: a causal LM in eval mode on its device (`features.device`, weights in
+    `features.model_dtype`), its tokenizer (with a chat template), and `name`, the folder or Hugging Face id
+    it was loaded from (recorded with every feature set as its `proxy`)."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+
+
+def load_proxy(config: FeaturesConfig, models_dir: Path) -> Proxy:
+    """The proxy of `features.proxy` (a folder under `models_dir`, a path or a Hugging Face id)."""
+    name = resolve_model(config.proxy, models_dir)
     device = pick_device(config.device)
-    print(f"loading proxy {proxy} on {device}", file=sys.stderr)
-    model, tokenizer = load_causal_lm(proxy, getattr(torch, config.model_dtype), device)
-    return model, tokenizer, proxy
+    print(f"loading proxy {name} on {device}", file=sys.stderr)
+    model, tokenizer = load_causal_lm(name, getattr(torch, config.model_dtype), device)
+    return Proxy(model, tokenizer, name)
 
 
-def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: Path, *, proxy_model=None,
+def compute_features(samples: pl.DataFrame, config: FeaturesConfig, models_dir: Path, *, proxy: Proxy | None = None,
                      progress: bool = True, source: Path | None = None, fields: DataFields | None = None,
                      shard: Shard | None = None) -> tuple[FeatureSet, str]:
-    """Features of `samples` (id, prompt, response); `proxy_model` = (model, tokenizer, name) to reuse one.
+    """Features of `samples` (id, prompt, response) and the proxy's name; `proxy`: a loaded one to reuse (None:
+    load `config.proxy`).
 
     `source` (the file the samples came from, with `LINE_COLUMN` in `samples`) and `fields` (its
     field names) make an overlong sample an `InputError` naming file, line and field.
     `shard` = (index, count): only that shard's rows (every shard reads all of `samples` to plan the
     batches; `merge_feature_sets` of all shards equals the unsharded result).
     """
-    model, tokenizer, proxy = proxy_model or load_proxy(config, models_dir)
-    max_tokens = fit_context(samples, tokenizer, context_length(model), config, source=source, fields=fields)
+    proxy = proxy or load_proxy(config, models_dir)
+    max_tokens = fit_context(samples, proxy.tokenizer, context_length(proxy.model), config, source=source,
+                             fields=fields)
     fault_point("features")
     if config.mode == "fast":
-        featurizer = FastFeaturizer(model, tokenizer, dim=config.dim, seed=config.seed,
-                                    block_in=config.block_in, block_out=config.block_out,
-                                    batch_tokens=config.batch_tokens, final=config.final, max_tokens=max_tokens)
-        return featurizer.features(samples, progress=progress, shard=shard), proxy
-    result = faithful_features(model, tokenizer, samples, dim=config.dim, seed=config.seed,
+        featurizer = FastFeaturizer(proxy.model, proxy.tokenizer, config, max_tokens=max_tokens)
+        return featurizer.features(samples, progress=progress, shard=shard), proxy.name
+    result = faithful_features(proxy.model, proxy.tokenizer, samples, dim=config.dim, seed=config.seed,
                                max_tokens=max_tokens,
                                projection_dtype=getattr(torch, config.projection_dtype),
                                buffer_bytes=config.gradient_buffer_gb * 1e9, progress=progress, shard=shard)
-    return result, proxy
+    return result, proxy.name
 
 
 def context_length(model) -> int | None:

@@ -94,7 +94,7 @@ class ShardWorker:
             self.load_s = time.perf_counter() - started
 
         def featurize(frame: pl.DataFrame, shard: tuple[int, int]) -> tuple[FeatureSet, str]:
-            return compute_features(frame, self.features, self.models_dir, proxy_model=self.proxy, progress=False,
+            return compute_features(frame, self.features, self.models_dir, proxy=self.proxy, progress=False,
                                     shard=shard)
 
         started = time.perf_counter()

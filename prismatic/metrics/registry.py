@@ -13,12 +13,15 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
 from prismatic.config import check_metric_names
 from prismatic.errors import PrismError
+
+if TYPE_CHECKING:
+    from prismatic.gradients.proxy import Proxy
 
 
 @dataclass
@@ -32,7 +35,7 @@ class MetricInputs:
     """The samples (`id`, `prompt`, `response`) and loaders of what the metrics need.
 
     features: () → (n × d unit gradient features in sample order, what made them: proxy, mode, dim).
-    proxy: () → (model, tokenizer, name) of the proxy LM.
+    proxy: () → the proxy LM (`prismatic.gradients.proxy.Proxy`).
     judge: () → (engine, model name) of the cluster-agent's LLM.
     embeddings: () → N × d unit sentence embeddings of `texts` (`metrics.embedding_model`).
     config: a `MetricsConfig`; max_tokens: the proxy's chat truncation (`features.max_tokens`).
@@ -42,7 +45,7 @@ class MetricInputs:
     samples: pl.DataFrame
     config: Any
     features: Callable[[], tuple[Any, dict]]
-    proxy: Callable[[], tuple[Any, Any, str]]
+    proxy: Callable[[], Proxy]
     judge: Callable[[], tuple[Any, str]]
     embeddings: Callable[[], Any]
     max_tokens: int | None = None
@@ -114,9 +117,9 @@ def _self_repetition(inputs: MetricInputs) -> MetricResult:
 def _proxy_nll(inputs: MetricInputs) -> MetricResult:
     from prismatic.metrics.baselines import proxy_nll
 
-    model, tokenizer, name = inputs.proxy()
-    return MetricResult(proxy_nll(model, tokenizer, inputs.samples, inputs.max_tokens),
-                        {"proxy": name, "max_tokens": inputs.max_tokens})
+    proxy = inputs.proxy()
+    return MetricResult(proxy_nll(proxy.model, proxy.tokenizer, inputs.samples, inputs.max_tokens),
+                        {"proxy": proxy.name, "max_tokens": inputs.max_tokens})
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def inputs_from_config(samples: pl.DataFrame, config, *, features=None, proxy=No
             return features()
         from prismatic.gradients.proxy import compute_features
 
-        result, name = compute_features(samples, config.features, config.models_dir, proxy_model=load_proxy())
+        result, name = compute_features(samples, config.features, config.models_dir, proxy=load_proxy())
         return result.features, {"proxy": name, "mode": result.meta["mode"], "dim": result.meta["dim"],
                                  "seed": config.features.seed}
 

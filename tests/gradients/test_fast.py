@@ -33,7 +33,7 @@ def _autograd_by_name(model, chat):
 def test_identity_projection_gives_exact_per_sample_gradients(tiny_lm):
     model, tok = tiny_lm
     chats = [encode_chat(tok, p, r) for p, r in SAMPLES]
-    fast = FastFeaturizer(model, tok, block_in=EXACT, block_out=EXACT)
+    fast = FastFeaturizer(model, tok, FeaturesConfig(block_in=EXACT, block_out=EXACT))
     blocks = fast.per_sample_blocks(chats)  # one padded batch
     assert fast.concat_dim == model.num_parameters()
     for i, chat in enumerate(chats):
@@ -52,7 +52,7 @@ def test_projected_blocks_preserve_gradient_inner_products(tiny_lm):
     model, tok = tiny_lm
     chats = [encode_chat(tok, p, r) for p, r in SAMPLES]
     exact = torch.stack([per_sample_gradient(model, c) for c in chats]).double()
-    fast = FastFeaturizer(model, tok, block_in=16, block_out=16)
+    fast = FastFeaturizer(model, tok, FeaturesConfig(block_in=16, block_out=16))
     projected = fast.per_sample_blocks(chats).double()
     assert fast.concat_dim < model.num_parameters() / 4
     cos = lambda m: (m / m.norm(dim=1, keepdim=True)) @ (m / m.norm(dim=1, keepdim=True)).T  # noqa: E731
@@ -64,7 +64,7 @@ def test_packing_does_not_change_a_sample(tiny_lm, final):
     """A sample's blocks, and its features after either final stage, are the same alone and packed with
     others of different lengths, in any order."""
     model, tok = tiny_lm
-    fast = FastFeaturizer(model, tok, dim=64, block_in=8, block_out=8, final=final)
+    fast = FastFeaturizer(model, tok, FeaturesConfig(dim=64, block_in=8, block_out=8, final=final))
     chats = [encode_chat(tok, p, r) for p, r in SAMPLES]
     assert len({c.n_tokens for c in chats}) > 1
     alone = torch.cat([fast.per_sample_blocks([c]) for c in chats])
@@ -99,9 +99,9 @@ def test_features_are_deterministic_unit_rows_with_recorded_projection(tiny_lm):
     model, tok = tiny_lm
     frame = pl.DataFrame({"id": ["a", "b", "c"], "prompt": [p for p, _ in SAMPLES],
                           "response": [r for _, r in SAMPLES]})
-    a = FastFeaturizer(model, tok, dim=64, seed=5, batch_tokens=64).features(frame, progress=False)
-    b = FastFeaturizer(model, tok, dim=64, seed=5, batch_tokens=10_000).features(frame, progress=False)
-    c = FastFeaturizer(model, tok, dim=64, seed=6).features(frame, progress=False)
+    a = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=5, batch_tokens=64)).features(frame, progress=False)
+    b = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=5, batch_tokens=10_000)).features(frame, progress=False)
+    c = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=6)).features(frame, progress=False)
     np.testing.assert_allclose(a.features, b.features, atol=2e-3)
     assert not np.allclose(a.features, c.features, atol=1e-2)
     assert np.allclose(np.linalg.norm(a.features, axis=1), 1, atol=1e-5)
@@ -113,9 +113,9 @@ def test_sparse_final_stage_is_deterministic_and_recorded(tiny_lm):
     model, tok = tiny_lm
     frame = pl.DataFrame({"id": ["a", "b", "c"], "prompt": [p for p, _ in SAMPLES],
                           "response": [r for _, r in SAMPLES]})
-    a = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse")
-    b = FastFeaturizer(model, tok, dim=64, seed=5, final="sparse").features(frame, progress=False)
-    dense = FastFeaturizer(model, tok, dim=64, seed=5, final="dense").features(frame, progress=False)
+    a = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=5, final="sparse"))
+    b = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=5, final="sparse")).features(frame, progress=False)
+    dense = FastFeaturizer(model, tok, FeaturesConfig(dim=64, seed=5, final="dense")).features(frame, progress=False)
     features = a.features(frame, progress=False)
     np.testing.assert_array_equal(features.features, b.features)
     assert np.allclose(np.linalg.norm(features.features, axis=1), 1, atol=1e-5)
@@ -154,8 +154,8 @@ def test_gvendi_ranking_is_the_same_in_both_modes(tiny_lm):
     model, tok = tiny_lm
     scores = {"fast": [], "fast sparse": [], "faithful": []}
     for frame in _datasets():
-        fast = FastFeaturizer(model, tok, dim=256, final="dense").features(frame, progress=False)
-        sparse = FastFeaturizer(model, tok, dim=256, final="sparse").features(frame, progress=False)
+        fast = FastFeaturizer(model, tok, FeaturesConfig(dim=256, final="dense")).features(frame, progress=False)
+        sparse = FastFeaturizer(model, tok, FeaturesConfig(dim=256, final="sparse")).features(frame, progress=False)
         faithful = faithful_features(model, tok, frame, dim=256, progress=False)
         scores["fast"].append(gvendi(fast.features))
         scores["fast sparse"].append(gvendi(sparse.features))

@@ -8,7 +8,7 @@ import pytest
 from prismatic.config import FeaturesConfig
 from prismatic.errors import PrismError
 from prismatic.gradients.featureset import FeatureSet, feature_table, merge_feature_sets, shard_units
-from prismatic.gradients.proxy import compute_features
+from prismatic.gradients.proxy import Proxy, compute_features
 from prismatic.storage.schema import conform, schema
 
 
@@ -47,9 +47,9 @@ def test_merged_shards_equal_the_unsharded_features(tiny_lm, tiny_model_dir, mod
     # Small batches (fast) and buffers (faithful) so that the data set spans several of them.
     config = FeaturesConfig(proxy=str(tiny_model_dir), mode=mode, dim=32, batch_tokens=300, model_dtype="float32",
                             gradient_buffer_gb=4 * sum(p.numel() for p in tiny_lm[0].parameters()) * 2 / 1e9)
-    proxy = (*tiny_lm, "tiny")
-    whole, _ = compute_features(data, config, tiny_model_dir, proxy_model=proxy, progress=False)
-    parts = [compute_features(data, config, tiny_model_dir, proxy_model=proxy, progress=False, shard=(k, 3))[0]
+    proxy = Proxy(*tiny_lm, "tiny")
+    whole, _ = compute_features(data, config, tiny_model_dir, proxy=proxy, progress=False)
+    parts = [compute_features(data, config, tiny_model_dir, proxy=proxy, progress=False, shard=(k, 3))[0]
              for k in range(3)]
     assert all(part.ids for part in parts) and sum(len(part.ids) for part in parts) == len(data)
     assert all(part.ids == sorted(part.ids) for part in parts)  # each shard keeps the data set's order
