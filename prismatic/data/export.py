@@ -10,7 +10,7 @@ of rounds into the folder `out`:
                  it) with the parquet columns
 
 `messages` is the chat [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-(`prismatic.student.train.chat_of`), the same chat the student is trained on: `read_training_chats`
+(`prismatic.data.chats.sample_chat`), the same chat the student is trained on: `read_training_chats`
 reads any of the four back as exactly these chats, and `prism train` trains on them. Every export
 also carries its dataset card: `dataset_card.json` (machine-readable) and `README.md` (a Hugging
 Face dataset card), with the rows and the G-Vendi per round, the configuration, the store and the
@@ -46,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prismatic.data.chats import sample_chat, turns_of
 from prismatic.data.samples import jsonl_records
 from prismatic.errors import InputError, PrismError
 from prismatic.rounds import check_round, round_number, sort_rounds
@@ -125,10 +126,8 @@ def _span_text(span: tuple[str | None, str | None]) -> str:
 
 
 def with_messages(rows: pl.DataFrame) -> pl.DataFrame:
-    """`rows` (prompt, response, ...) with their `messages` chat (`prismatic.student.train.chat_of`)."""
-    from prismatic.student.train import chat_of
-
-    chats = [chat_of(p, r) for p, r in zip(rows["prompt"].to_list(), rows["response"].to_list(), strict=True)]
+    """`rows` (prompt, response, ...) with their `messages` chat (`sample_chat`)."""
+    chats = [sample_chat(p, r) for p, r in zip(rows["prompt"].to_list(), rows["response"].to_list(), strict=True)]
     return rows.with_columns(messages=pl.Series("messages", chats, dtype=pl.List(pl.Struct(
         {"role": pl.String, "content": pl.String}))))
 
@@ -322,8 +321,8 @@ def _number(value: float | None) -> str:
 def read_training_chats(path: str | Path) -> list[list[dict[str, str]]]:
     """The chats of an export (any of the four formats: the folder, or its data file), or of any JSONL
     or Parquet file whose rows hold `messages` (a list of {"role", "content"} with string values) or
-    `prompt` and `response` strings (then `chat_of(prompt, response)`); a chat is one user turn, then
-    one assistant turn (`prismatic.student.train.turns_of`). A bad row is an `InputError`
+    `prompt` and `response` strings (then `sample_chat(prompt, response)`); a chat is one user turn, then
+    one assistant turn (`prismatic.data.chats.turns_of`). A bad row is an `InputError`
     naming the file, the line (Parquet and hf: the row, 1-based) and the field; no chat is one too."""
     path = Path(path)
     if not path.exists():
@@ -375,9 +374,7 @@ def _chat(path: Path, line: int, row: Any) -> list[dict[str, str]]:
                 got = "missing" if field not in row else f"expected a string, got {type(row[field]).__name__}"
                 raise InputError(path, f"{got} (a row needs `messages`, or `prompt` and `response`)",
                                  line=line, field="messages" if field not in row else field)
-        from prismatic.student.train import chat_of
-
-        return chat_of(row["prompt"], row["response"])
+        return sample_chat(row["prompt"], row["response"])
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         raise InputError(path, "expected a non-empty list of {role, content} messages", line=line, field="messages")
@@ -386,9 +383,7 @@ def _chat(path: Path, line: int, row: Any) -> list[dict[str, str]]:
                 and isinstance(message.get("content"), str)):
             raise InputError(path, f"message {i}: expected {{\"role\": str, \"content\": str}}", line=line,
                              field="messages")
-    from prismatic.student.train import chat_of, turns_of
-
     try:
-        return chat_of(*turns_of(messages))
+        return sample_chat(*turns_of(messages))
     except PrismError as exc:
         raise InputError(path, str(exc), line=line, field="messages") from None

@@ -1,8 +1,9 @@
 """A sample as the proxy sees it: its chat's token ids and the assistant-token mask.
 
-A sample (prompt, response) is rendered with the tokenizer's chat template as user = prompt,
-assistant = response. The assistant tokens A are the response's tokens plus the end-of-turn token
-that closes it; every other position is labelled `IGNORE`. Both gradient paths (faithful.py, fast.py)
+A sample (prompt, response) is rendered with the tokenizer's chat template as its chat
+(`prismatic.data.chats.sample_chat`: user = prompt, assistant = response). The assistant tokens A are
+the response's tokens plus the end-of-turn token that closes it; every other position is labelled
+`IGNORE`. Both gradient paths (faithful.py, fast.py)
 and the NLL baseline score exactly these tokens with the mean next-token cross-entropy
 
     L(θ) = −(1/|A|) Σ_{t∈A} log p_θ(x_t | x_<t)        (nats per assistant token).
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prismatic.data.chats import prompt_chat, sample_chat
 from prismatic.errors import PrismError
 
 IGNORE = -100
@@ -47,9 +49,8 @@ def encode_chat(tokenizer, prompt: str, response: str, max_tokens: int | None = 
     any template that copies the content verbatim. With `max_tokens`, the tail is cut and
     `truncated` set; a sample with no assistant token left is refused.
     """
-    user = [{"role": "user", "content": prompt}]
-    prefix = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    prefix = tokenizer.apply_chat_template(prompt_chat(prompt), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(sample_chat(prompt, response), tokenize=False)
     if not full.startswith(prefix) or full[len(prefix):len(prefix) + len(response)] != response:
         raise PrismError("the chat template does not render the assistant content after the generation "
                          "prompt; assistant-only loss needs a template that does")

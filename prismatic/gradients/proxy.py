@@ -19,6 +19,7 @@ import polars as pl
 import torch
 
 from prismatic.config import DataFields, FeaturesConfig
+from prismatic.data.chats import prompt_chat, sample_chat
 from prismatic.data.samples import LINE_COLUMN
 from prismatic.errors import InputError, PrismError
 from prismatic.faults import fault_point
@@ -101,10 +102,10 @@ def fit_context(samples: pl.DataFrame, tokenizer, context: int | None, config: F
         prompt, response = row["prompt"], row["response"]
         if len(prompt.encode()) + len(response.encode()) < context // 2:
             continue  # a token covers at least one byte; the template adds far fewer than context/2 tokens
-        n_chat = _n_tokens(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+        n_chat = _n_tokens(tokenizer, sample_chat(prompt, response))
         if n_chat <= context:
             continue
-        n_prompt = _n_tokens(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
+        n_prompt = _n_tokens(tokenizer, prompt_chat(prompt), generation_prompt=True)
         if n_prompt >= context:
             field, message = fields.prompt_field, (f"the prompt of sample {row['id']!r} alone is {n_prompt} tokens; "
                                                    f"the proxy's context is {context}, so no response token is left "

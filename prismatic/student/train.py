@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from prismatic.config import StudentConfig
+from prismatic.data.chats import turns_of
 from prismatic.errors import PrismError
 from prismatic.gradients.chat import IGNORE, encode_chat
 from prismatic.models import load_causal_lm
@@ -50,19 +51,6 @@ class TrainReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "model_dir": str(self.model_dir)}
-
-
-def chat_of(prompt: str, response: str) -> list[dict[str, str]]:
-    """The two-turn chat a sample trains on: user = prompt, assistant = response."""
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-
-
-def turns_of(chat: Sequence[Mapping[str, str]]) -> tuple[str, str]:
-    """(prompt, response) of a chat of one user turn then one assistant turn; anything else is a PrismError."""
-    roles = [message.get("role") for message in chat]
-    if roles != ["user", "assistant"]:
-        raise PrismError(f"a training chat must be one user turn then one assistant turn, not {roles}")
-    return chat[0]["content"], chat[1]["content"]
 
 
 def train_student(chats: Sequence[Sequence[Mapping[str, str]]], out_dir: Path, config: StudentConfig, *,

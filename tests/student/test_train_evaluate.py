@@ -10,14 +10,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prismatic.config import StudentConfig
+from prismatic.data.chats import sample_chat
 from prismatic.errors import PrismError
 from prismatic.student.evaluate import evaluate_student, item_nlls
 from prismatic.student.sets import EvalItem, EvalSet
-from prismatic.student.train import REPORT_FILE, chat_of, train_student
+from prismatic.student.train import REPORT_FILE, train_student
 
 PAIRS = [(f"What is {a} plus {b}?", f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}") for a, b in
          [(2, 3), (10, 7), (41, 1), (6, 6), (13, 29), (8, 0)]]
-CHATS = [chat_of(prompt, response) for prompt, response in PAIRS]
+CHATS = [sample_chat(prompt, response) for prompt, response in PAIRS]
 
 
 def weights(folder):
