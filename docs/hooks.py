@@ -2,8 +2,8 @@
 
 - `reference/configuration.md` and `reference/cli.md`, rendered by `prism_cli.reference` from the configuration
   model and the typer app at every build, so no default or option is written down by hand;
-- every report and plot of `benchmarks/results/` as `results/<name>`, so the pages link the reports themselves
-  (and the strict build checks those links) instead of copying their figures.
+- every report and plot of `benchmarks/results/` and its folders (a study's) as `results/<path>`, so the pages
+  link the reports themselves (and the strict build checks those links) instead of copying their figures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 def on_files(files: Files, config) -> Files:
     files.append(File.generated(config, "reference/configuration.md", content=config_reference_markdown()))
     files.append(File.generated(config, "reference/cli.md", content=cli_reference_markdown()))
-    for path in sorted(RESULTS.glob("*")):
+    for path in sorted(RESULTS.rglob("*")):
         if path.suffix in {".md", ".png"}:
-            files.append(File.generated(config, f"results/{path.name}", abs_src_path=str(path)))
+            files.append(File.generated(config, f"results/{path.relative_to(RESULTS).as_posix()}",
+                                        abs_src_path=str(path)))
     return files

@@ -19,6 +19,7 @@ import typer
 from prism_cli.defaults import default_of
 from prism_cli.report import register as register_report_command
 from prism_cli.student import register as register_student_commands
+from prism_cli.study import register as register_study_command
 from prismatic.errors import PrismError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -350,6 +351,7 @@ def models_init(out_dir: Annotated[Path, typer.Argument(help="Folder to write th
 
 register_student_commands(app)  # export, train, evaluate (prism_cli/student.py)
 register_report_command(app)  # report (prism_cli/report.py)
+register_study_command(app)  # study (prism_cli/study.py)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -80,8 +80,8 @@ def train(data: Annotated[Path, typer.Argument(help="What `prism export` wrote (
     from prismatic.student.train import train_student
 
     config = load_config(home)
-    student = _student_options(config.student, base=base, epochs=epochs, lr=lr, lora_rank=lora_rank, seed=seed,
-                               batch_size=batch_size)
+    student = section_options(config.student, base=base, epochs=epochs, lr=lr, lora_rank=lora_rank, seed=seed,
+                              batch_size=batch_size)
     chats = read_training_chats(data)  # bad data is reported before the model loads and before anything is written
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines: stdout is for the result
         report = train_student(chats, out, student, base_model=resolve_model(student.base, config.models_dir),
@@ -141,18 +141,18 @@ def eval_set_spec(text: str, configured):
     return text
 
 
-def _student_options(student, **options):
-    """`student` (prism.yaml's section) with the command's options over it, validated like the file;
-    an invalid option is named (`option --lora-rank: ...`)."""
+def section_options(section, **options):
+    """`section` (a section of prism.yaml: `student`, `study`) with the command's options over it, validated
+    like the file; an invalid option is named (`option --lora-rank: ...`)."""
     from pydantic import ValidationError
 
     updates = {name: value for name, value in options.items() if value is not None}
     try:
-        return type(student).model_validate(student.model_dump(exclude_unset=True) | updates)
+        return type(section).model_validate(section.model_dump(exclude_unset=True) | updates)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "student"
-        raise PrismError(f"option --{name.replace('_', '-')}: {err['msg']}") from None
+        name = f"--{str(err['loc'][0]).replace('_', '-')}" if err["loc"] else "options"
+        raise PrismError(f"option {name}: {err['msg']}") from None
 
 
 def _emit(payload: dict, as_json: bool) -> None:

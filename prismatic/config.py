@@ -16,6 +16,7 @@ from prismatic.config_deploy import (  # noqa: F401 (re-exported: every section 
     S3Config,
     Section,
 )
+from prismatic.config_student import EvalSetConfig, StudentConfig, StudyConfig  # noqa: F401 (re-exported)
 
 METRIC_NAMES = ("gvendi", "cluster_agent", "distinct_n", "ngram_vendi", "embedding_vendi", "compression_ratio",
                 "self_repetition", "proxy_nll")
@@ -409,58 +410,6 @@ class MetricsConfig(Section):
         return check_metric_names(names)
 
 
-class EvalSetConfig(Section):
-    """A JSONL evaluation set of the student (`prismatic.student.sets`).
-
-    path: relative paths are taken from the working directory.
-    name: the set's name in reports (None: the file's stem).
-    format: `auto` (GSM8K when rows have `question` and an `answer` ending in `#### n`; SVAMP when
-      they have `body`, `question`, `equation` and `answer`), `gsm8k`, `svamp` or `fields` (the three
-      fields below).
-    prompt_field, response_field, answer_field: with `format: fields`, the problem, the reference
-      solution and its final answer.
-    """
-
-    path: str
-    name: str | None = None
-    format: Literal["auto", "gsm8k", "svamp", "fields"] = "auto"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    answer_field: str = "answer"
-
-
-class StudentConfig(Section):
-    """The student model trained on a round's data and evaluated on held-out sets (`prismatic.student`,
-    docs/formulas.md#student).
-
-    enabled: add the opt-in `student_eval` asset to the round (it trains one model per round).
-    base: the model fine-tuned: a folder under `$PRISM_HOME/models`, a path, or a Hugging Face id.
-    train_on: `pool` (every row of the round's pool) or `new` (only the rows the round added).
-    epochs, lr, batch_size, seed: AdamW on the mean assistant-token cross-entropy; the same seed and
-      data give the same weights.
-    lora_rank: 0 fine-tunes every weight; r > 0 trains rank-r LoRA adapters (PEFT) on every linear
-      layer, with alpha = 2r.
-    max_tokens: a training chat longer than this many tokens is cut to it.
-    eval_sets: where the student is evaluated (in distribution and out of it).
-    eval_limit: NLL on the first N problems of each set (None: all).
-    accuracy_limit: exact-match accuracy (math-verify) of greedy vLLM answers on the first N problems
-      of each set (0: not measured).
-    """
-
-    enabled: bool = False
-    base: str = "smollm2-135m-instruct"
-    train_on: Literal["pool", "new"] = "pool"
-    epochs: int = Field(2, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, gt=0)
-    seed: int = Field(0, ge=0)
-    lora_rank: int = Field(0, ge=0)
-    max_tokens: int = Field(512, gt=0)
-    eval_sets: list[EvalSetConfig] = Field(default_factory=list)
-    eval_limit: int | None = Field(None, gt=0)
-    accuracy_limit: int = Field(0, ge=0)
-
-
 class PrismConfig(Section):
     """Everything in `prism.yaml`. `home` is where the file lives, not a key in it.
 
@@ -476,6 +425,7 @@ class PrismConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     student: StudentConfig = StudentConfig()
+    study: StudyConfig = StudyConfig()
     store: str | None = None
     s3: S3Config = S3Config()
 

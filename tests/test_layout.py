@@ -105,9 +105,11 @@ def test_the_core_imports_neither_dagster_nor_the_layers_above_it():
 def test_the_config_model_imports_nothing_of_the_project():
     files = module_files()
     assert {m for m in imports_of(files["prismatic.config"], "prismatic.config") if m in files} == {
-        "prismatic.config_deploy"}
+        "prismatic.config_deploy", "prismatic.config_student"}
     assert {m for m in imports_of(files["prismatic.config_deploy"], "prismatic.config_deploy")
             if m.startswith("prism")} == set()
+    assert {m for m in imports_of(files["prismatic.config_student"], "prismatic.config_student")
+            if m in files} == {"prismatic.config_deploy"}
     reader = {m for m in imports_of(files["prismatic.config_file"], "prismatic.config_file") if m in files}
     assert reader == {"prismatic.config", "prismatic.errors"}
 
