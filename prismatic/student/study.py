@@ -341,7 +341,7 @@ def cached_base_nll(cache: Path, model: str, eval_set: EvalSet) -> float | None:
             entry = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-        if entry.get("model") == model and entry.get("set_sha256") == digest:
+        if entry.get("model") == model and entry.get("set_sha256") == digest and "nll" in entry:
             return entry["nll"]
     return None
 

@@ -244,6 +244,29 @@ def test_a_killed_study_resumes_with_the_next_unfinished_run(tiny_model_dir, tmp
     assert again == []
 
 
+def test_another_study_of_the_same_sets_reuses_the_base_models_nll(tiny_model_dir, tmp_path):
+    """The base NLL is computed once per set and model: a second study (another ladder, another fingerprint) in the
+    same home takes it from <home>/cache/base_nll.jsonl and evaluates the base model no more."""
+    config = study_config(tiny_model_dir, tmp_path / "home", seeds=1)
+    execute, first = counting(limit=2)
+    with pytest.raises(Killed):
+        run_study(POOL, SETS, config, tmp_path / "one", base_model=str(tiny_model_dir),
+                  runner=sequential_runner(execute), vectors=vectors)
+    assert first == ["base:near", "base:far"]
+    other = config.model_copy(update={"study": config.study.model_copy(update={"random_draws": 2})})
+    execute, second = counting(limit=0)
+    with pytest.raises(Killed):
+        run_study(POOL, SETS, other, tmp_path / "two", base_model=str(tiny_model_dir),
+                  runner=sequential_runner(execute), vectors=vectors)
+    assert second == []
+    one, two = ([json.loads(line) for line in (tmp_path / name / JOURNAL).read_text().splitlines()]
+                for name in ("one", "two"))
+    assert one[0]["fingerprint"] != two[0]["fingerprint"] and len(two) == 1 + 2
+    assert {line["run"]: line["result"]["nll"] for line in two[1:]} == {line["run"]: line["result"]["nll"]
+                                                                          for line in one[1:]}
+    assert all(line["result"]["cached"] for line in two[1:])
+
+
 # ------------------------------------------------------------------------------------------------- the command
 
 
