@@ -67,6 +67,8 @@ CONCURRENCY = 32
 QUERY = ("select g.round, count(*) as solutions, count(v.id) as verified from generations g "
          "left join verified_samples v on v.round = g.round and v.id = g.id "
          "where g.kind = 'solution' group by 1 order by 1")
+FULL_ROUNDS = {False: 20, True: 5}
+"""Rounds after the seed round that the targets are set for: the full run's and `--quick`'s."""
 TARGETS = {"bytes_ratio": 1.5, "rss_ratio": 1.25, "engine_responses_per_s": 1000.0, "query_s": 2.0}
 
 
@@ -423,8 +425,11 @@ def markdown(result: dict) -> str:
         f"15 min) {d['load_average_start']} at the start, {d['load_average_end']} at the end, on "
         f"{os.cpu_count()} CPUs (a shared machine: timings move with its load). Generator: the pipeline's "
         f"OpenAI engine (max_concurrency {CONCURRENCY}) against `benchmarks.instant_server`; proxy: the random "
-        f"`tiny` preset (fast, dim {FEATURE_DIM}). Each round runs in its own process (`run_round`, as "
-        "`prism run`).",
+        f"`tiny` preset (fast, float32, dim {FEATURE_DIM}) in {FEATURE_SHARDS} one-thread shards under the "
+        "multiprocess executor. Each round runs in its own process (`run_round`, as `prism run`)"
+        + (f"; this run was stopped after round {d['per_round'][-1]['round']}, short of the "
+           f"{FULL_ROUNDS[d['quick']]} rounds the targets are set for: they are measured at that round."
+           if d["rounds"] < FULL_ROUNDS[d["quick"]] else "."),
         "",
         "## Targets",
         "",
@@ -435,8 +440,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {verdict['value']} | {verdict['limit']} | {'yes' if verdict['met'] else 'NO'} |")
     assets = list(d["per_round"][-1]["seconds"])
     lines += ["", "## Per round", "",
-              "Seconds per asset are wall seconds; `cpu s` is the round process's CPU time (all threads), which "
-              "moves less with the machine's load; `load` is the 1-minute load average when the round started.", "",
+              "Seconds per asset are Dagster step seconds summed over the asset's steps: `gradient_features`' "
+              f"{FEATURE_SHARDS} shards run side by side, so its wall time is about 1/{FEATURE_SHARDS} of its "
+              "figure. `peak RSS MB` and `cpu s` are those of the round's process tree (the worker, the step "
+              "processes and their forkserver; memory as summed PSS); `cpu s` moves less with the machine's load "
+              "than wall seconds; `load` is the 1-minute load average when the round started.", "",
               "| round | rows added | pool rows | MB written | peak RSS MB | wall s | cpu s | load | "
               + " | ".join(assets) + " |",
               "|---|---|---|---|---|---|---|---|" + "---|" * len(assets)]
@@ -478,7 +486,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Rounds of many problems against an instant server.")
     parser.add_argument("--quick", action="store_true", help="5 rounds of 1,000 problems")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--rounds", type=int, help="rounds after the seed round (default 20; --quick 5); with --keep "
+                                                   "and fewer than are finished, a report of the first ROUNDS")
     parser.add_argument("--problems", type=int)
     parser.add_argument("--engine-requests", type=int)
     parser.add_argument("--pool-sizes", help="comma-separated pool sizes of `pool_costs` (default 2000,8000; full "
@@ -491,7 +500,7 @@ def main() -> None:
     if args.worker:
         worker(Path(args.worker[0]), args.worker[1])
         return
-    rounds = args.rounds or (5 if args.quick else 20)
+    rounds = args.rounds or FULL_ROUNDS[args.quick]
     problems = args.problems or (1_000 if args.quick else 10_000)
     engine_requests = args.engine_requests or (5_000 if args.quick else 20_000)
     started, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
