@@ -13,6 +13,7 @@ import io as bytes_io
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
+from prism_assets import tables
 from prism_assets.assets.pool import pool
 from prism_assets.automation.jobs import STUDENT_GROUP
 from prism_assets.partitions import round_asset
@@ -36,15 +37,15 @@ MODELS_SUBDIR = "students"
 def student_eval(context: AssetExecutionContext, prism_home: PrismHome, store: StoreResource) -> MaterializeResult:
     key = context.partition_key
     config = prism_home.config()
-    tables = store.store()
+    stored = store.store()
     sets = [load_eval_set(spec) for spec in config.student.eval_sets]
     output = student_eval_step(
         key, tables.read(store, "pool", key), config.student, sets,
         base_model=resolve_model(config.student.base, config.models_dir),
         model_dir=config.home / MODELS_SUBDIR / key, ngram=config.synthesis.decontamination.ngram,
-        rejections=tables.read(store, "rejections", key) if tables.exists("rejections", key) else empty("rejections"))
+        rejections=tables.read(store, "rejections", key) if stored.exists("rejections", key) else empty("rejections"))
     history = tables.history(store, "student_eval", key, output.tables["student_eval"],
-                         ["set", "nll", "base_nll", "accuracy"])
+                             ["set", "nll", "base_nll", "accuracy"])
     plots = {f"{metric} by round": MetadataValue.md(
         f"![{metric} by round](data:image/png;base64,{base64.b64encode(student_plot_png(history, metric)).decode()})")
         for metric in ("nll", "accuracy") if history[metric].drop_nulls().len()}
